@@ -1,0 +1,3 @@
+//! Tokenizer with chat template (placeholder).
+/// Tokenizer (placeholder).
+pub struct TextTokenizer;

