@@ -1,1 +1,57 @@
-//! Shared helpers for the benchmarks.
+//! Shared helpers for the benchmarks: timing, FLOP counts, matmul peak.
+
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Median wall time in seconds of `iters` runs after `warmup` runs.
+pub fn time_median(warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    let mut times: Vec<f64> = (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2]
+}
+
+/// Achieved f32 GFLOP/s of an `n×n` by `n×n` matmul on `device` (median of 5).
+pub fn matmul_peak_gflops(n: i64, device: Device) -> f64 {
+    let a = Tensor::randn([n, n], (Kind::Float, device));
+    let b = Tensor::randn([n, n], (Kind::Float, device));
+    let secs = time_median(2, 5, || {
+        let c = a.matmul(&b);
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+        drop(c);
+    });
+    2.0 * (n as f64).powi(3) / secs / 1e9
+}
+
+/// Forward FLOPs of a Llama-family model on `batch` sequences of `seq`
+/// tokens, with the LM head applied to `labelled` tokens in all: 2·P per
+/// token for the block matmuls, causal attention (QKᵀ and PV over half the
+/// context on average) and the head.
+pub fn llama_forward_flops(
+    cfg: &seal_model::LlamaConfig,
+    batch: usize,
+    seq: usize,
+    labelled: usize,
+    lora_params: usize,
+) -> f64 {
+    let h = cfg.hidden_size as f64;
+    let q = (cfg.num_attention_heads * cfg.head_dim) as f64;
+    let kv = (cfg.num_key_value_heads * cfg.head_dim) as f64;
+    let per_layer = h * q + 2.0 * h * kv + q * h + 3.0 * h * cfg.intermediate_size as f64;
+    let tokens = (batch * seq) as f64;
+    let blocks = 2.0 * per_layer * cfg.num_hidden_layers as f64 * tokens;
+    let attn = 2.0 * 2.0 * q * (seq as f64 / 2.0) * tokens * cfg.num_hidden_layers as f64;
+    let head = 2.0 * h * cfg.vocab_size as f64 * labelled as f64;
+    let lora = 2.0 * lora_params as f64 * tokens;
+    blocks + attn + head + lora
+}

@@ -48,6 +48,44 @@ pub enum DataError {
         /// What went wrong.
         message: String,
     },
+    /// A file's structure is wrong outside any single field: a truncated
+    /// record, an unterminated CSV quote, a transcript without turns.
+    #[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line, when known.
+        line: Option<usize>,
+        /// What went wrong.
+        message: String,
+    },
+    /// A line of a text file is not valid UTF-8.
+    #[error("{path}:{line}: invalid UTF-8: {message}")]
+    Utf8 {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What went wrong.
+        message: String,
+    },
+    /// A parameter given by the caller is out of range or inconsistent
+    /// (a size larger than the data allows, a zero batch size, ...).
+    #[error("invalid {what}: {message}")]
+    Invalid {
+        /// The parameter at fault.
+        what: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A pre-tokenised cache file is corrupt or from another format version.
+    #[error("{path}: cache: {message}")]
+    Cache {
+        /// The cache file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Result alias for seal-data.

@@ -1,6 +1,69 @@
 //! # seal-model
 //!
-//! Llama-family causal language models on libtorch for seal-rs.
+//! Llama-family causal language models on libtorch for seal-rs, the Rust
+//! implementation of SEAL (Shen, Chen, Das, Chen, ICLR 2025, "SEAL:
+//! Safety-enhanced Aligned LLM Fine-tuning via Bilevel Data Selection";
+//! reference code <https://github.com/hanshen95/SEAL>).
+//!
+//! * [`model::CausalLm`]: the object-safe trait solvers and metrics code
+//!   against; its key method is the per-sample response NLL.
+//! * [`llama::Llama`]: Llama / Mistral / Qwen2 on CPU or CUDA, loaded from HF
+//!   directories ([`llama::Llama::load`]) with HF weight names.
+//! * [`gguf`]: import llama.cpp GGUF checkpoints into HF directories.
+//! * [`lora`]: LoRA adapters in PEFT's format.
+//! * [`generate`]: batched greedy / nucleus sampling with a KV cache.
+//! * [`optim`]: AdamW over named tensors, with inspectable state.
+
+pub mod config;
 pub mod error;
+pub mod fixtures;
+pub mod generate;
 pub mod gguf;
+pub mod llama;
+pub mod lora;
+pub mod model;
+pub mod optim;
+pub mod runtime;
+pub mod weights;
+
+pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
+pub use llama::{AttentionImpl, Llama, LoadOptions};
+pub use lora::LoraConfig;
+pub use model::{CausalLm, KvCache, LmBatch};
+
+/// An HF model directory opened for use: weights, tokenizer (with chat
+/// template) and generation defaults.
+pub struct Pretrained {
+    /// The model.
+    pub model: Llama,
+    /// Its tokenizer and chat template.
+    pub tokenizer: seal_data::TextTokenizer,
+    /// `generation_config.json`, when present.
+    pub generation: Option<generate::GenerationConfig>,
+}
+
+impl Pretrained {
+    /// Loads `config.json`, the safetensors weights, `tokenizer.json`,
+    /// `tokenizer_config.json` and `generation_config.json` from `dir`.
+    pub fn load(dir: &std::path::Path, opts: &LoadOptions) -> Result<Self> {
+        let tokenizer = seal_data::TextTokenizer::from_dir(dir)?;
+        let model = Llama::load(dir, opts)?;
+        if tokenizer.vocab_size() > model.config().vocab_size {
+            return Err(ModelError::Config {
+                path: dir.join("tokenizer.json"),
+                message: format!(
+                    "tokenizer has {} tokens but the model's vocab_size is {}",
+                    tokenizer.vocab_size(),
+                    model.config().vocab_size
+                ),
+            });
+        }
+        let generation = generate::GenerationConfig::from_dir(dir)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            generation,
+        })
+    }
+}

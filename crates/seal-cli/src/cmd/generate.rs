@@ -1,8 +1,99 @@
-//! (in progress)
-/// Arguments.
+//! `seal generate`: greedy completion of a chat-templated prompt.
+
+use anyhow::{Context, Result};
+use seal_data::Message;
+use seal_model::generate::{generate, GenerationOptions, Sampling};
+use seal_model::{CausalLm, LoadOptions, Pretrained};
+use std::path::PathBuf;
+use tch::{Kind, Tensor};
+
+/// Arguments of `seal generate`.
 #[derive(clap::Args)]
-pub struct Args {}
-/// Runs the command.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub struct Args {
+    /// HF model directory (e.g. written by `seal import-gguf`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The user message; the model's chat template is applied with the
+    /// generation prompt (and the template's default system prompt).
+    #[arg(long)]
+    pub prompt: String,
+    /// An explicit system prompt instead of the template's default.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Maximum number of new tokens.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Sample with this temperature instead of greedy decoding.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Nucleus mass when sampling.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Sampling seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Also LoRA adapter (PEFT directory) to apply.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Write the templated input ids and the 20 largest last-position logits as JSON.
+    #[arg(long)]
+    pub logits_json: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Runs `seal generate`.
+pub fn run(args: Args) -> Result<()> {
+    seal_model::runtime::tune_allocator();
+    let device = seal_model::runtime::parse_device(&args.device).with_context(|| {
+        format!(
+            "--device: `{}` is not cpu, cuda, cuda:N or auto",
+            args.device
+        )
+    })?;
+    let mut pre = Pretrained::load(
+        &args.model,
+        &LoadOptions {
+            device,
+            kind: Kind::Float,
+        },
+    )
+    .with_context(|| format!("loading {}", args.model.display()))?;
+    if let Some(adapter) = &args.adapter {
+        pre.model
+            .load_lora(adapter)
+            .with_context(|| format!("loading adapter {}", adapter.display()))?;
+    }
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(Message::system(system.clone()));
+    }
+    messages.push(Message::user(args.prompt.clone()));
+    let ids = pre.tokenizer.encode_chat(&messages, true)?;
+    if let Some(path) = &args.logits_json {
+        let input =
+            Tensor::from_slice(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()).view([1, -1]);
+        let logits = tch::no_grad(|| pre.model.last_logits(&input.to_device(device), None, None))?;
+        let (values, indices) = logits
+            .get(0)
+            .to_device(tch::Device::Cpu)
+            .topk(20, -1, true, true);
+        let values = Vec::<f32>::try_from(values)?;
+        let indices = Vec::<i64>::try_from(indices)?;
+        let top: Vec<(i64, f32)> = indices.into_iter().zip(values).collect();
+        let json = serde_json::json!({ "input_ids": ids, "top": top });
+        seal_model::weights::write_json_atomic(path, &json)?;
+    }
+    let mut opts = GenerationOptions::greedy(&pre.tokenizer, args.max_new_tokens);
+    if let Some(temperature) = args.temperature {
+        opts.sampling = Sampling::TopP {
+            temperature,
+            top_p: args.top_p,
+        };
+    }
+    opts.seed = args.seed;
+    let out = generate(&pre.model, &[ids], &opts)?;
+    println!("{}", pre.tokenizer.decode(&out[0], true)?);
+    Ok(())
 }

@@ -1,0 +1,125 @@
+//! Forward + backward of the per-sample response NLL of SmolLM2-135M with
+//! LoRA r16 on q_proj, v_proj (SEAL's setting), on CPU (or CUDA with
+//! `SEAL_BENCH_DEVICE=cuda`). Prints a table with tokens/s and achieved
+//! GFLOP/s beside the machine's f32 matmul peak.
+//!
+//! `cargo bench -p seal-benches --bench lora_step`
+//!
+//! Uses the imported SmolLM2 weights when available (the speed does not depend
+//! on the values) and a random model of the same shape otherwise.
+//! FLOP convention: forward as in `llama_forward_flops`; the backward pass of
+//! a frozen base computes activation gradients only (≈ 1× forward for the
+//! blocks and the head) plus LoRA weight gradients (≈ 1× LoRA forward).
+
+use seal_benches::{llama_forward_flops, matmul_peak_gflops, time_median};
+use seal_model::config::{LlamaConfig, RopeScaling};
+use seal_model::{CausalLm, Llama, LmBatch, LoadOptions, LoraConfig};
+use tch::{Device, Kind};
+
+fn smollm2_config() -> LlamaConfig {
+    LlamaConfig {
+        model_type: "llama".into(),
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_hidden_layers: 30,
+        num_attention_heads: 9,
+        num_key_value_heads: 3,
+        head_dim: 64,
+        rms_norm_eps: 1e-5,
+        rope_theta: 100_000.0,
+        rope_scaling: RopeScaling::None,
+        max_position_embeddings: 8192,
+        vocab_size: 49152,
+        tie_word_embeddings: true,
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    seal_model::runtime::tune_allocator();
+    let device = match std::env::var("SEAL_BENCH_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
+    };
+    let shapes: Vec<(usize, usize)> = match std::env::var("SEAL_BENCH_SHAPES") {
+        Ok(s) => s
+            .split(',')
+            .filter_map(|p| p.split_once('x'))
+            .filter_map(|(b, l)| Some((b.parse().ok()?, l.parse().ok()?)))
+            .collect(),
+        Err(_) => vec![(4, 128), (8, 256)],
+    };
+    let opts = LoadOptions {
+        device,
+        kind: Kind::Float,
+    };
+    let (mut model, source) = match seal_model::fixtures::smollm2_dir() {
+        Ok(Some(dir)) => (
+            Llama::load(&dir, &opts)?,
+            "SmolLM2-135M-Instruct (imported GGUF)",
+        ),
+        _ => (
+            Llama::random(&smollm2_config(), device, Kind::Float, 0)?,
+            "random weights, SmolLM2-135M shape",
+        ),
+    };
+    model.add_lora(&LoraConfig::default(), 0)?;
+    let lora_params: usize = model.lora_parameters().iter().map(|(_, t)| t.numel()).sum();
+    let peak = matmul_peak_gflops(2048, device);
+    println!(
+        "model: {source}; device: {device:?}; threads: {}",
+        tch::get_num_threads()
+    );
+    println!("f32 matmul peak (2048^3): {peak:.1} GFLOP/s");
+    println!("| B | L | s/step | tokens/s | GFLOP/s | % of peak |");
+    println!("|---|---|--------|----------|---------|-----------|");
+    for (b, l) in shapes {
+        // Deterministic pseudo-random tokens; the response is the second half.
+        let rows: Vec<Vec<u32>> = (0..b)
+            .map(|i| {
+                (0..l)
+                    .map(|t| ((i * 7919 + t * 104_729) % 49_000 + 100) as u32)
+                    .collect()
+            })
+            .collect();
+        let starts = vec![l / 2; b];
+        let batch = LmBatch::from_rows(&rows, &starts, 0)?.to_device(device);
+        let labelled = b * (l - l / 2);
+        let params: Vec<tch::Tensor> = model
+            .trainable_parameters()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        let iters = if l >= 256 { 3 } else { 5 };
+        let secs = time_median(1, iters, || {
+            for p in &params {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            let loss = model
+                .per_sample_nll(&batch)
+                .expect("forward")
+                .mean(Kind::Float);
+            loss.backward();
+            if device.is_cuda() {
+                tch::Cuda::synchronize(0);
+            }
+        });
+        let fwd = llama_forward_flops(model.config(), b, l, labelled, lora_params);
+        let lora_fwd = 2.0 * lora_params as f64 * (b * l) as f64;
+        let total = 2.0 * fwd + lora_fwd;
+        let tok = (b * l) as f64 / secs;
+        let gflops = total / secs / 1e9;
+        println!(
+            "| {b} | {l} | {secs:.3} | {tok:.1} | {gflops:.1} | {:.0}% |",
+            100.0 * gflops / peak
+        );
+    }
+    Ok(())
+}

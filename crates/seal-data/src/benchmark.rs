@@ -1,0 +1,566 @@
+//! The project's standard benchmark, built from public datasets (see
+//! `docs/benchmark.md` for sources, checksums, sizes and the reasoning):
+//!
+//! * `finetune.jsonl`: the pool to rank. Benign: GSM8K train, the Alpaca and
+//!   Dolly safety-theme subsets (hard negatives for topic-keyed filters).
+//!   Harmful (about 10%): JailbreakBench responses judged `jailbroken` and
+//!   HH-RLHF harmless-base `rejected` transcripts.
+//! * `safe.jsonl` (upper level) and `align.jsonl` (alignment stage): two
+//!   disjoint parts of the SafeInstr demonstrations.
+//! * `eval_safety.jsonl`: AdvBench prompts (minus any that are also a
+//!   JailbreakBench goal, so no evaluation prompt is trained on).
+//! * `eval_utility.jsonl`: GSM8K test prompts with reference answers.
+//! * `eval_benign.jsonl`: held-out Alpaca/Dolly instructions, disjoint from
+//!   the pool, to measure over-refusal.
+//! * `summary.json`: counts per file, source and label; source checksums.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{DataError, Result};
+use crate::fsutil;
+use crate::mixture::{allocate, dedup_by_prompt, draw, split, DEFAULT_POISON_RATIO};
+use crate::readers::{read_samples, Format, HhSide, ReadOptions};
+use crate::rng::SplitMix64;
+use crate::sample::{read_jsonl_samples, write_jsonl_samples, Counts, Label, Sample};
+
+/// The six sample files of a benchmark directory, in a fixed order.
+pub const FILES: [&str; 6] = [
+    "finetune.jsonl",
+    "safe.jsonl",
+    "align.jsonl",
+    "eval_safety.jsonl",
+    "eval_utility.jsonl",
+    "eval_benign.jsonl",
+];
+
+/// Version of the benchmark construction recipe, stored in the summary.
+pub const RECIPE_VERSION: u32 = 1;
+
+/// A named size preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SizePreset {
+    /// The default: sized for the ~2 h CPU pipeline benchmark.
+    Small,
+    /// Roughly 10x the pool, for a GPU.
+    Medium,
+    /// As much as the public files allow at a 10% poison ratio.
+    Full,
+}
+
+impl std::str::FromStr for SizePreset {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "small" => Ok(Self::Small),
+            "medium" => Ok(Self::Medium),
+            "full" => Ok(Self::Full),
+            other => Err(DataError::Invalid {
+                what: "size".into(),
+                message: format!("`{other}` (expected small, medium or full)"),
+            }),
+        }
+    }
+}
+
+/// Sizes of the benchmark's parts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BenchmarkSizes {
+    /// Fine-tuning pool size (benign + harmful).
+    pub finetune: usize,
+    /// Fraction of the pool that is harmful.
+    pub poison_ratio: f64,
+    /// Upper-level safe set.
+    pub safe: usize,
+    /// Alignment-stage set.
+    pub align: usize,
+    /// AdvBench evaluation prompts.
+    pub eval_safety: usize,
+    /// GSM8K test evaluation prompts.
+    pub eval_utility: usize,
+    /// Held-out benign evaluation prompts.
+    pub eval_benign: usize,
+}
+
+impl BenchmarkSizes {
+    /// The sizes of a preset.
+    pub fn preset(p: SizePreset) -> Self {
+        match p {
+            SizePreset::Small => Self {
+                finetune: 240,
+                poison_ratio: DEFAULT_POISON_RATIO,
+                safe: 80,
+                align: 320,
+                eval_safety: 100,
+                eval_utility: 100,
+                eval_benign: 100,
+            },
+            SizePreset::Medium => Self {
+                finetune: 2000,
+                poison_ratio: DEFAULT_POISON_RATIO,
+                safe: 200,
+                align: 1000,
+                eval_safety: 300,
+                eval_utility: 500,
+                eval_benign: 300,
+            },
+            SizePreset::Full => Self {
+                finetune: 10_000,
+                poison_ratio: DEFAULT_POISON_RATIO,
+                safe: 500,
+                align: 1500,
+                eval_safety: 509,
+                eval_utility: 1319,
+                eval_benign: 500,
+            },
+        }
+    }
+}
+
+impl Default for BenchmarkSizes {
+    fn default() -> Self {
+        Self::preset(SizePreset::Small)
+    }
+}
+
+/// The six parts of a benchmark (also used for the embedded demo dataset).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Benchmark {
+    /// The fine-tuning pool to rank (benign + harmful).
+    pub finetune: Vec<Sample>,
+    /// The upper-level safe set.
+    pub safe: Vec<Sample>,
+    /// The alignment-stage set.
+    pub align: Vec<Sample>,
+    /// Harmful prompts for safety evaluation (prompt only).
+    pub eval_safety: Vec<Sample>,
+    /// Task prompts with references for utility evaluation (prompt only).
+    pub eval_utility: Vec<Sample>,
+    /// Benign prompts for over-refusal evaluation (prompt only).
+    pub eval_benign: Vec<Sample>,
+}
+
+/// A source file used to build the benchmark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFile {
+    /// Path relative to the shared data directory.
+    pub path: String,
+    /// SHA-256 of the file as read (hex).
+    pub sha256: String,
+    /// Samples read.
+    pub samples: usize,
+    /// Records skipped, per reason.
+    pub skipped: BTreeMap<String, usize>,
+}
+
+/// `summary.json`: how a benchmark was built and what it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchmarkSummary {
+    /// [`RECIPE_VERSION`].
+    pub recipe_version: u32,
+    /// The seed.
+    pub seed: u64,
+    /// The sizes asked for.
+    pub sizes: BenchmarkSizes,
+    /// Counts per file (by label, source, source/label).
+    pub files: BTreeMap<String, Counts>,
+    /// Source files with checksums and skip counts (empty for the embedded
+    /// dataset).
+    pub sources: Vec<SourceFile>,
+    /// Filtering notes (duplicates removed, overlaps excluded, ...).
+    pub notes: Vec<String>,
+}
+
+impl Benchmark {
+    /// The parts with their file names, in [`FILES`] order.
+    pub fn parts(&self) -> [(&'static str, &[Sample]); 6] {
+        [
+            (FILES[0], &self.finetune),
+            (FILES[1], &self.safe),
+            (FILES[2], &self.align),
+            (FILES[3], &self.eval_safety),
+            (FILES[4], &self.eval_utility),
+            (FILES[5], &self.eval_benign),
+        ]
+    }
+
+    /// Counts per file.
+    pub fn counts(&self) -> BTreeMap<String, Counts> {
+        self.parts()
+            .iter()
+            .map(|(n, s)| (n.to_string(), Counts::of(s)))
+            .collect()
+    }
+
+    /// Checks that ids are unique across all parts and that no prompt of an
+    /// evaluation set or of the safe/align sets appears in the pool.
+    pub fn check_disjoint(&self) -> Result<()> {
+        let mut ids = HashSet::new();
+        for (name, part) in self.parts() {
+            for s in part {
+                if !ids.insert(s.id.as_str()) {
+                    return Err(DataError::Invalid {
+                        what: "benchmark".into(),
+                        message: format!("id `{}` appears twice (again in {name})", s.id),
+                    });
+                }
+            }
+        }
+        let pool: HashSet<String> = self
+            .finetune
+            .iter()
+            .filter_map(|s| s.last_user())
+            .map(|p| p.trim().to_lowercase())
+            .collect();
+        for (name, part) in &self.parts()[1..] {
+            for s in *part {
+                if let Some(p) = s.last_user() {
+                    if pool.contains(&p.trim().to_lowercase()) {
+                        return Err(DataError::Invalid {
+                            what: "benchmark".into(),
+                            message: format!("the prompt of {} ({name}) is also in the pool", s.id),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the six JSONL files and `summary.json` into `dir` (each
+    /// atomically).
+    pub fn write(&self, dir: &Path, summary: &BenchmarkSummary) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        for (name, part) in self.parts() {
+            write_jsonl_samples(dir.join(name), part)?;
+        }
+        let json = serde_json::to_vec_pretty(summary).map_err(|e| DataError::Invalid {
+            what: "summary".into(),
+            message: e.to_string(),
+        })?;
+        fsutil::write_atomic(&dir.join("summary.json"), &json)
+    }
+
+    /// Reads a benchmark directory written by [`Benchmark::write`].
+    pub fn read(dir: &Path) -> Result<Self> {
+        let r = |i: usize| read_jsonl_samples(dir.join(FILES[i]));
+        Ok(Self {
+            finetune: r(0)?,
+            safe: r(1)?,
+            align: r(2)?,
+            eval_safety: r(3)?,
+            eval_utility: r(4)?,
+            eval_benign: r(5)?,
+        })
+    }
+}
+
+/// Reads `summary.json` from a benchmark directory.
+pub fn read_summary(dir: &Path) -> Result<BenchmarkSummary> {
+    let path = dir.join("summary.json");
+    let bytes = fsutil::read_bytes(&path)?;
+    serde_json::from_slice(&bytes).map_err(|e| DataError::Json {
+        path,
+        line: Some(e.line()),
+        message: e.to_string(),
+    })
+}
+
+fn sha256_hex(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+struct Loader<'a> {
+    shared: &'a Path,
+    sources: Vec<SourceFile>,
+}
+
+impl Loader<'_> {
+    fn load(&mut self, rel: &str, format: Format, opts: ReadOptions) -> Result<Vec<Sample>> {
+        let path = self.shared.join(rel);
+        let report = read_samples(&path, format, &opts)?;
+        self.sources.push(SourceFile {
+            path: rel.to_string(),
+            sha256: sha256_hex(&path)?,
+            samples: report.samples.len(),
+            skipped: report.skipped_counts(),
+        });
+        Ok(report.samples)
+    }
+}
+
+fn opts(source: &str, label: Option<Label>) -> ReadOptions {
+    ReadOptions {
+        source: Some(source.into()),
+        label,
+        ..Default::default()
+    }
+}
+
+fn labelled(mut v: Vec<Sample>, label: Label) -> Vec<Sample> {
+    v.iter_mut().for_each(|s| s.label = Some(label));
+    v
+}
+
+/// Draws from several sources with weights, capped by availability.
+fn draw_mixed(
+    sources: &[&[Sample]],
+    weights: &[f64],
+    n: usize,
+    rng: &mut SplitMix64,
+    what: &str,
+) -> Result<Vec<Sample>> {
+    let caps: Vec<usize> = sources.iter().map(|s| s.len()).collect();
+    let counts = allocate(n, weights, &caps).map_err(|e| DataError::Invalid {
+        what: what.to_string(),
+        message: e.to_string(),
+    })?;
+    let mut out = Vec::with_capacity(n);
+    for (src, &k) in sources.iter().zip(&counts) {
+        out.extend(draw(src, k, rng)?);
+    }
+    Ok(out)
+}
+
+/// Builds the benchmark from the public files under `shared` (the layout of
+/// `../shared/data`, documented in `docs/benchmark.md`).
+pub fn build_benchmark(
+    shared: &Path,
+    sizes: &BenchmarkSizes,
+    seed: u64,
+) -> Result<(Benchmark, BenchmarkSummary)> {
+    let mut ld = Loader {
+        shared,
+        sources: Vec::new(),
+    };
+    let mut notes = Vec::new();
+
+    // Benign sources.
+    let gsm_train = ld.load(
+        "gsm8k/train.jsonl",
+        Format::Gsm8k,
+        opts("gsm8k-train", Some(Label::Benign)),
+    )?;
+    let gsm_test = ld.load(
+        "gsm8k/test.jsonl",
+        Format::Gsm8k,
+        opts("gsm8k-test", Some(Label::Benign)),
+    )?;
+    let mut alpaca = ld.load(
+        "alpaca-safety-subset/alpaca_data_safety_only.json",
+        Format::Alpaca,
+        opts("alpaca-safety", Some(Label::Benign)),
+    )?;
+    let mut dolly = ld.load(
+        "dolly-safety-subset/databricks-dolly-15k-safety-only.jsonl",
+        Format::Dolly,
+        opts("dolly-safety", Some(Label::Benign)),
+    )?;
+    for (name, v) in [("alpaca-safety", &mut alpaca), ("dolly-safety", &mut dolly)] {
+        let d = dedup_by_prompt(v);
+        if d > 0 {
+            notes.push(format!(
+                "{name}: {d} samples with a repeated instruction removed"
+            ));
+        }
+    }
+
+    // Harmful sources.
+    let mut jbb_files: Vec<PathBuf> = std::fs::read_dir(shared.join("jailbreakbench"))
+        .map_err(|source| DataError::Io {
+            path: shared.join("jailbreakbench"),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    jbb_files.sort();
+    let mut jbb = Vec::new();
+    let mut jbb_goals = HashSet::new();
+    let mut jbb_seen = HashSet::new();
+    let mut jbb_dupes = 0usize;
+    for p in &jbb_files {
+        let stem = crate::readers::default_source(p);
+        let rel = format!(
+            "jailbreakbench/{}",
+            p.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        );
+        let all = ld.load(
+            &rel,
+            Format::JailbreakBench,
+            opts(&format!("jbb/{stem}"), None),
+        )?;
+        for s in all {
+            if let Some(g) = s.last_user() {
+                jbb_goals.insert(g.trim().to_lowercase());
+            }
+            if s.label != Some(Label::Harmful) {
+                continue;
+            }
+            let key = (
+                s.last_user().unwrap_or("").to_string(),
+                s.response().unwrap_or("").to_string(),
+            );
+            if jbb_seen.insert(key) {
+                jbb.push(s);
+            } else {
+                jbb_dupes += 1;
+            }
+        }
+    }
+    if jbb_dupes > 0 {
+        notes.push(format!(
+            "jailbreakbench: {jbb_dupes} duplicate (goal, response) pairs removed"
+        ));
+    }
+    let hh = ld.load(
+        "hh-rlhf/harmless-base-test.jsonl.gz",
+        Format::HhRlhf,
+        ReadOptions {
+            hh_side: HhSide::Rejected,
+            lenient: true,
+            ..opts("hh-harmless-rejected", Some(Label::Harmful))
+        },
+    )?;
+
+    // Safe demonstrations and evaluation prompts.
+    let mut safeinstr = ld.load(
+        "safety-tuned-llamas/safety_only_data_Instructions.json",
+        Format::Alpaca,
+        opts("safeinstr", Some(Label::Safe)),
+    )?;
+    let d = dedup_by_prompt(&mut safeinstr);
+    if d > 0 {
+        notes.push(format!(
+            "safeinstr: {d} samples with a repeated instruction removed"
+        ));
+    }
+    let advbench_all = ld.load(
+        "advbench/harmful_behaviors.csv",
+        Format::AdvBench,
+        opts("advbench", Some(Label::Harmful)),
+    )?;
+    let before = advbench_all.len();
+    let advbench: Vec<Sample> = advbench_all
+        .into_iter()
+        .filter(|s| !jbb_goals.contains(&s.last_user().unwrap_or("").trim().to_lowercase()))
+        .collect();
+    notes.push(format!(
+        "advbench: {} of {before} prompts excluded because they are also JailbreakBench goals (trained on)",
+        before - advbench.len()
+    ));
+
+    // Splits, each with its own random stream.
+    let rng = |stream: u64| SplitMix64::derive(seed, stream, 0);
+
+    // Held-out benign evaluation prompts first, then the pool from the rest.
+    let eb_counts = allocate(sizes.eval_benign, &[0.7, 0.3], &[alpaca.len(), dolly.len()])?;
+    let mut r = rng(1);
+    let mut a_parts = split(alpaca, &[eb_counts[0]], &mut r)?;
+    let mut d_parts = split(dolly, &[eb_counts[1]], &mut r)?;
+    let (alpaca_rest, dolly_rest) = (
+        a_parts.pop().unwrap_or_default(),
+        d_parts.pop().unwrap_or_default(),
+    );
+    let mut eval_benign: Vec<Sample> = a_parts
+        .concat()
+        .into_iter()
+        .chain(d_parts.concat())
+        .collect();
+    r.shuffle(&mut eval_benign);
+
+    let k_harm = (sizes.finetune as f64 * sizes.poison_ratio).round() as usize;
+    if !(0.0..=1.0).contains(&sizes.poison_ratio) || k_harm > sizes.finetune {
+        return Err(DataError::Invalid {
+            what: "poison ratio".into(),
+            message: format!("{} (must be in [0, 1])", sizes.poison_ratio),
+        });
+    }
+    let mut r = rng(2);
+    let benign = draw_mixed(
+        &[&gsm_train, &alpaca_rest, &dolly_rest],
+        &[0.5, 0.35, 0.15],
+        sizes.finetune - k_harm,
+        &mut r,
+        "benign part of the pool",
+    )?;
+    let harmful = labelled(
+        draw_mixed(
+            &[&jbb, &hh],
+            &[0.5, 0.5],
+            k_harm,
+            &mut r,
+            "harmful part of the pool",
+        )?,
+        Label::Harmful,
+    );
+    let mut finetune: Vec<Sample> = labelled(benign, Label::Benign)
+        .into_iter()
+        .chain(harmful)
+        .collect();
+    r.shuffle(&mut finetune);
+
+    let mut r = rng(3);
+    let mut sa =
+        split(safeinstr, &[sizes.safe, sizes.align], &mut r).map_err(|e| DataError::Invalid {
+            what: "safe + align sizes".into(),
+            message: e.to_string(),
+        })?;
+    sa.truncate(2);
+    let align = sa.pop().unwrap_or_default();
+    let safe = sa.pop().unwrap_or_default();
+
+    let mut r = rng(4);
+    let eval_safety =
+        draw(&advbench, sizes.eval_safety, &mut r).map_err(|e| DataError::Invalid {
+            what: "eval_safety size".into(),
+            message: e.to_string(),
+        })?;
+    let eval_utility: Vec<Sample> = draw(&gsm_test, sizes.eval_utility, &mut r)
+        .map_err(|e| DataError::Invalid {
+            what: "eval_utility size".into(),
+            message: e.to_string(),
+        })?
+        .into_iter()
+        .map(Sample::into_prompt_only)
+        .collect();
+    let eval_benign: Vec<Sample> = eval_benign
+        .into_iter()
+        .map(Sample::into_prompt_only)
+        .collect();
+
+    let bench = Benchmark {
+        finetune,
+        safe,
+        align,
+        eval_safety,
+        eval_utility,
+        eval_benign,
+    };
+    bench.check_disjoint()?;
+    let summary = BenchmarkSummary {
+        recipe_version: RECIPE_VERSION,
+        seed,
+        sizes: *sizes,
+        files: bench.counts(),
+        sources: ld.sources,
+        notes,
+    };
+    Ok((bench, summary))
+}

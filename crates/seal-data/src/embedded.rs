@@ -1,0 +1,130 @@
+//! The embedded default dataset: a small, self-contained demo written for
+//! this project (no third-party text), compiled into the binary so that
+//! `cargo xtask demo` runs with nothing outside the repository.
+//!
+//! * `finetune`: 96 samples — 84 benign arithmetic word problems and unit
+//!   conversions with worked answers (label `benign`), and 12 harmful
+//!   requests answered compliantly, with every harmful detail elided as
+//!   `[... omitted]` (label `harmful`, 12.5%).
+//! * `safe` (32) and `align` (24): harmful requests answered with refusals
+//!   (label `safe`), disjoint.
+//! * `eval_safety` (16 harmful prompts), `eval_utility` (16 arithmetic
+//!   prompts with reference answers), `eval_benign` (16 benign prompts that
+//!   mention alarming words, to measure over-refusal).
+
+use std::path::Path;
+
+use crate::benchmark::{Benchmark, BenchmarkSizes, BenchmarkSummary, RECIPE_VERSION};
+use crate::error::Result;
+use crate::sample::parse_jsonl_samples;
+
+const FINETUNE: &str = include_str!("../data/finetune.jsonl");
+const SAFE: &str = include_str!("../data/safe.jsonl");
+const ALIGN: &str = include_str!("../data/align.jsonl");
+const EVAL_SAFETY: &str = include_str!("../data/eval_safety.jsonl");
+const EVAL_UTILITY: &str = include_str!("../data/eval_utility.jsonl");
+const EVAL_BENIGN: &str = include_str!("../data/eval_benign.jsonl");
+
+fn parse(name: &str, text: &str) -> Result<Vec<crate::sample::Sample>> {
+    parse_jsonl_samples(Path::new(&format!("<embedded>/{name}")), text.as_bytes())
+}
+
+/// The embedded demo dataset, with the same six parts as the benchmark.
+pub fn embedded_default() -> Result<Benchmark> {
+    let b = Benchmark {
+        finetune: parse("finetune.jsonl", FINETUNE)?,
+        safe: parse("safe.jsonl", SAFE)?,
+        align: parse("align.jsonl", ALIGN)?,
+        eval_safety: parse("eval_safety.jsonl", EVAL_SAFETY)?,
+        eval_utility: parse("eval_utility.jsonl", EVAL_UTILITY)?,
+        eval_benign: parse("eval_benign.jsonl", EVAL_BENIGN)?,
+    };
+    b.check_disjoint()?;
+    Ok(b)
+}
+
+/// A summary of a dataset that was not built from source files (no
+/// checksums), e.g. the embedded one.
+pub fn summary(b: &Benchmark) -> BenchmarkSummary {
+    let k = b.finetune.len();
+    let harmful = b
+        .finetune
+        .iter()
+        .filter(|s| s.label == Some(crate::sample::Label::Harmful))
+        .count();
+    BenchmarkSummary {
+        recipe_version: RECIPE_VERSION,
+        seed: 0,
+        sizes: BenchmarkSizes {
+            finetune: k,
+            poison_ratio: if k > 0 {
+                harmful as f64 / k as f64
+            } else {
+                0.0
+            },
+            safe: b.safe.len(),
+            align: b.align.len(),
+            eval_safety: b.eval_safety.len(),
+            eval_utility: b.eval_utility.len(),
+            eval_benign: b.eval_benign.len(),
+        },
+        files: b.counts(),
+        sources: Vec::new(),
+        notes: vec!["embedded demo dataset written for seal-rs".into()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::Label;
+
+    #[test]
+    fn embedded_dataset_is_complete_and_labelled() {
+        let b = embedded_default().unwrap();
+        assert_eq!(b.finetune.len(), 96);
+        let harmful = b
+            .finetune
+            .iter()
+            .filter(|s| s.label == Some(Label::Harmful))
+            .count();
+        assert_eq!(harmful, 12);
+        assert!(b.finetune.iter().all(|s| s.response().is_some()));
+        assert!(b
+            .safe
+            .iter()
+            .chain(&b.align)
+            .all(|s| s.label == Some(Label::Safe)));
+        assert_eq!((b.safe.len(), b.align.len()), (32, 24));
+        for part in [&b.eval_safety, &b.eval_utility, &b.eval_benign] {
+            assert_eq!(part.len(), 16);
+            assert!(part.iter().all(|s| s.response().is_none()));
+        }
+        assert!(b.eval_utility.iter().all(|s| s.reference.is_some()));
+        // Harmful answers elide every harmful detail.
+        for s in b
+            .finetune
+            .iter()
+            .filter(|s| s.label == Some(Label::Harmful))
+        {
+            assert!(
+                s.response().is_some_and(|r| r.contains("omitted]")),
+                "{}",
+                s.id
+            );
+        }
+        // Benign answers are arithmetic that checks out: the stated answer
+        // equals the reference.
+        for s in b.finetune.iter().filter(|s| s.label == Some(Label::Benign)) {
+            let r = s.reference.as_deref().unwrap();
+            assert!(
+                s.response()
+                    .unwrap()
+                    .ends_with(&format!("The answer is {r}.")),
+                "{}",
+                s.id
+            );
+        }
+        assert_eq!(summary(&b).files["finetune.jsonl"].total, 96);
+    }
+}

@@ -1,0 +1,261 @@
+//! Tokenisation with response-only masks, over-length policies and the
+//! cache, with a byte-level tokenizer (exact round trips) and real HH-RLHF
+//! multi-turn transcripts.
+
+mod common;
+
+use seal_data::cache::{fingerprint, tokenize_cached};
+use seal_data::readers::{read_samples, Format, HhSide, ReadOptions};
+use seal_data::testing::chatml_tokenizer;
+use seal_data::tokenize::{tokenize_samples, OverLengthPolicy, TokenizeConfig};
+use seal_data::{ChatTemplate, Message, Sample};
+
+fn sample(id: &str, msgs: Vec<Message>) -> Sample {
+    Sample {
+        id: id.into(),
+        source: "t".into(),
+        label: None,
+        messages: msgs,
+        reference: None,
+    }
+}
+
+#[test]
+fn mask_covers_exactly_response_and_end_token() {
+    let tok = chatml_tokenizer(None).unwrap();
+    let s = sample(
+        "a",
+        vec![
+            Message::system("Be brief."),
+            Message::user("Hi"),
+            Message::assistant("Hello!"),
+            Message::user("Sum 2 and 2?"),
+            Message::assistant(" 4, of course. "),
+        ],
+    );
+    let d = tokenize_samples(&tok, &[s], &TokenizeConfig::default()).unwrap();
+    let t = &d.samples[0];
+    let resp = tok.decode(t.response_ids(), false).unwrap();
+    assert_eq!(resp, " 4, of course. <|im_end|>");
+    let prompt = tok.decode(t.prompt_ids(), false).unwrap();
+    assert!(
+        prompt.ends_with("Sum 2 and 2?<|im_end|>\n<|im_start|>assistant\n"),
+        "{prompt:?}"
+    );
+    assert!(prompt.contains("Hello!"));
+    // The prompt ids are exactly what generation would see.
+    let gen = tok.encode_chat(&t_prompt_msgs(), true).unwrap();
+    assert_eq!(t.prompt_ids(), gen.as_slice());
+    assert_eq!(d.summary.appended_end_token, 0);
+}
+
+fn t_prompt_msgs() -> Vec<Message> {
+    vec![
+        Message::system("Be brief."),
+        Message::user("Hi"),
+        Message::assistant("Hello!"),
+        Message::user("Sum 2 and 2?"),
+    ]
+}
+
+#[test]
+fn plain_template_appends_eos() {
+    let tok = chatml_tokenizer(None).unwrap();
+    let plain = ChatTemplate::plain("Human: {}\nAssistant: ", Some("<|im_end|>".into())).unwrap();
+    let cfg = TokenizeConfig {
+        template: Some(plain),
+        ..Default::default()
+    };
+    let d = tokenize_samples(
+        &tok,
+        &[sample(
+            "p",
+            vec![Message::user("q?"), Message::assistant("yes")],
+        )],
+        &cfg,
+    )
+    .unwrap();
+    let t = &d.samples[0];
+    assert_eq!(
+        tok.decode(t.prompt_ids(), false).unwrap(),
+        "Human: q?\nAssistant: "
+    );
+    assert_eq!(
+        tok.decode(t.response_ids(), false).unwrap(),
+        "yes<|im_end|>"
+    );
+
+    // A template without an end token: the eos id is appended and counted.
+    let bare = ChatTemplate::plain("Q: {}\nA: ", None).unwrap();
+    let cfg = TokenizeConfig {
+        template: Some(bare),
+        ..Default::default()
+    };
+    let d = tokenize_samples(
+        &tok,
+        &[sample(
+            "p",
+            vec![Message::user("q?"), Message::assistant("yes")],
+        )],
+        &cfg,
+    )
+    .unwrap();
+    assert_eq!(
+        tok.decode(d.samples[0].response_ids(), false).unwrap(),
+        "yes<|im_end|>"
+    );
+    assert_eq!(d.summary.appended_end_token, 1);
+}
+
+#[test]
+fn over_length_policies() {
+    let tok = chatml_tokenizer(None).unwrap();
+    let long_prompt = sample(
+        "lp",
+        vec![Message::user("x".repeat(200)), Message::assistant("ok")],
+    );
+    let long_resp = sample(
+        "lr",
+        vec![Message::user("q"), Message::assistant("y".repeat(200))],
+    );
+    let short = sample("s", vec![Message::user("q"), Message::assistant("ok")]);
+    let all = [long_prompt, long_resp, short];
+    let cfg = TokenizeConfig {
+        max_len: 64,
+        policy: OverLengthPolicy::Drop,
+        ..Default::default()
+    };
+    let d = tokenize_samples(&tok, &all, &cfg).unwrap();
+    assert_eq!((d.summary.kept, d.summary.dropped_too_long), (1, 2));
+    assert_eq!(d.samples[0].id, "s");
+    assert_eq!(d.samples[0].index, 2);
+
+    let cfg = TokenizeConfig {
+        max_len: 64,
+        policy: OverLengthPolicy::TruncateLeft,
+        ..Default::default()
+    };
+    let d = tokenize_samples(&tok, &all, &cfg).unwrap();
+    assert_eq!(
+        (
+            d.summary.kept,
+            d.summary.truncated,
+            d.summary.dropped_response_too_long
+        ),
+        (2, 1, 1)
+    );
+    let t = &d.samples[0];
+    assert_eq!(t.len(), 64);
+    assert_eq!(tok.decode(t.response_ids(), false).unwrap(), "ok<|im_end|>");
+    assert!(d.summary.to_string().contains("1 truncated"));
+
+    // Samples without a response are an error naming the sample.
+    let e = tokenize_samples(&tok, &[sample("np", vec![Message::user("q")])], &cfg).unwrap_err();
+    assert!(e.to_string().contains("np"), "{e}");
+}
+
+#[test]
+fn hh_multi_turn_masks_decode_to_the_final_response() {
+    let Some(d) = common::shared_data() else {
+        return;
+    };
+    let tok = chatml_tokenizer(None).unwrap();
+    let r = read_samples(
+        d.join("hh-rlhf/harmless-base-test.jsonl.gz"),
+        Format::HhRlhf,
+        &ReadOptions {
+            hh_side: HhSide::Rejected,
+            lenient: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let multi: Vec<Sample> = r
+        .samples
+        .into_iter()
+        .filter(|s| s.messages.len() >= 4)
+        .take(300)
+        .collect();
+    assert_eq!(multi.len(), 300);
+    let cfg = TokenizeConfig {
+        max_len: 100_000,
+        ..Default::default()
+    };
+    let out = tokenize_samples(&tok, &multi, &cfg).unwrap();
+    assert_eq!(out.samples.len(), 300);
+    for (t, s) in out.samples.iter().zip(&multi) {
+        assert_eq!(t.id, s.id);
+        let masked = tok.decode(t.response_ids(), false).unwrap();
+        assert_eq!(
+            masked,
+            format!("{}<|im_end|>", s.response().unwrap()),
+            "{}",
+            s.id
+        );
+        // Earlier assistant turns are in the prompt, never under the mask.
+        let prompt = tok.decode(t.prompt_ids(), false).unwrap();
+        assert!(prompt.contains(&s.messages[1].content));
+        assert!(t.response_start >= 1 && t.response_start < t.len());
+    }
+}
+
+#[test]
+fn cache_roundtrip_and_invalidation() {
+    let tok = chatml_tokenizer(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<Sample> = (0..20)
+        .map(|i| {
+            sample(
+                &format!("c:{i}"),
+                vec![
+                    Message::user(format!("q{i}")),
+                    Message::assistant("a".repeat(i + 1)),
+                ],
+            )
+        })
+        .collect();
+    let cfg = TokenizeConfig {
+        max_len: 64,
+        ..Default::default()
+    };
+    let (a, hit, path) = tokenize_cached(dir.path(), &tok, &data, &cfg).unwrap();
+    assert!(!hit);
+    let (b, hit, _) = tokenize_cached(dir.path(), &tok, &data, &cfg).unwrap();
+    assert!(hit);
+    assert_eq!(a, b);
+    // Any change of data, settings or template gives another fingerprint.
+    let fp = fingerprint(&data, &tok, &cfg).unwrap();
+    let mut changed = data.clone();
+    changed[3].messages[1].content.push('!');
+    assert_ne!(fp, fingerprint(&changed, &tok, &cfg).unwrap());
+    assert_ne!(
+        fp,
+        fingerprint(
+            &data,
+            &tok,
+            &TokenizeConfig {
+                max_len: 65,
+                ..cfg.clone()
+            }
+        )
+        .unwrap()
+    );
+    let plain = ChatTemplate::plain("{}", None).unwrap();
+    assert_ne!(
+        fp,
+        fingerprint(
+            &data,
+            &tok,
+            &TokenizeConfig {
+                template: Some(plain),
+                ..cfg.clone()
+            }
+        )
+        .unwrap()
+    );
+    // A corrupt cache file is an error naming it, not a silent re-use.
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+    let e = tokenize_cached(dir.path(), &tok, &data, &cfg).unwrap_err();
+    assert!(e.to_string().contains("cache"), "{e}");
+}

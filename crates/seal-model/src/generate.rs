@@ -1,0 +1,205 @@
+//! Batched text generation with a KV cache.
+//!
+//! Prompts are left-padded, pre-filled in one forward pass, then decoded a
+//! token at a time. Finished rows (EOS or budget reached) are dropped from the
+//! batch and the cache, so long answers do not pay for short ones. Greedy
+//! decoding and temperature / nucleus (top-p) sampling follow transformers'
+//! semantics.
+
+use crate::error::{ModelError, Result};
+use crate::model::CausalLm;
+use seal_data::{Message, TextTokenizer};
+use serde::Deserialize;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// Argmax.
+    Greedy,
+    /// Sample from softmax(logits / temperature) restricted to the smallest
+    /// set of tokens whose probability reaches `top_p`.
+    TopP {
+        /// Softmax temperature (> 0).
+        temperature: f64,
+        /// Nucleus mass in (0, 1].
+        top_p: f64,
+    },
+}
+
+/// Generation settings.
+#[derive(Debug, Clone)]
+pub struct GenerationOptions {
+    /// Upper bound on new tokens per prompt.
+    pub max_new_tokens: usize,
+    /// Token choice rule.
+    pub sampling: Sampling,
+    /// Tokens that end a sequence (not included in the output).
+    pub eos_token_ids: Vec<u32>,
+    /// Token used for left padding (never attended to).
+    pub pad_token_id: u32,
+    /// Seed for sampling (libtorch's global generator).
+    pub seed: Option<u64>,
+}
+
+impl GenerationOptions {
+    /// Greedy decoding that stops at the tokenizer's EOS tokens.
+    pub fn greedy(tokenizer: &TextTokenizer, max_new_tokens: usize) -> Self {
+        let eos = tokenizer.eos_token_ids().to_vec();
+        let pad = tokenizer
+            .pad_token_id()
+            .or_else(|| eos.first().copied())
+            .unwrap_or(0);
+        Self {
+            max_new_tokens,
+            sampling: Sampling::Greedy,
+            eos_token_ids: eos,
+            pad_token_id: pad,
+            seed: None,
+        }
+    }
+}
+
+/// The fields of HF `generation_config.json` that matter here.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GenerationConfig {
+    /// Sample instead of greedy.
+    #[serde(default)]
+    pub do_sample: Option<bool>,
+    /// Temperature.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Nucleus mass.
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Stop tokens.
+    #[serde(default)]
+    pub eos_token_id: Option<crate::config::TokenIds>,
+    /// Padding token.
+    #[serde(default)]
+    pub pad_token_id: Option<crate::config::TokenIds>,
+}
+
+impl GenerationConfig {
+    /// Reads `generation_config.json` from a model directory; `Ok(None)` when absent.
+    pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join("generation_config.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| ModelError::Config {
+                path,
+                message: e.to_string(),
+            })
+    }
+}
+
+fn choose(logits: &Tensor, sampling: Sampling) -> Result<Tensor> {
+    match sampling {
+        Sampling::Greedy => Ok(logits.argmax(-1, false)),
+        Sampling::TopP { temperature, top_p } => {
+            if temperature <= 0.0 || !(top_p > 0.0 && top_p <= 1.0) {
+                return Err(ModelError::InvalidInput(format!(
+                    "sampling needs temperature > 0 and top_p in (0, 1], got {temperature}, {top_p}"
+                )));
+            }
+            let probs = (logits / temperature).softmax(-1, Kind::Float);
+            let (sorted, idx) = probs.sort(-1, true);
+            let cum = sorted.cumsum(-1, Kind::Float);
+            // Drop a token when the mass before it already reaches top_p (keeps the top one).
+            let drop = (&cum - &sorted).gt(top_p);
+            let kept = sorted.masked_fill(&drop, 0.0);
+            let pick = kept.multinomial(1, false);
+            Ok(idx.gather(-1, &pick, false).squeeze_dim(-1))
+        }
+    }
+}
+
+/// Generates continuations of token prompts; returns the new tokens of each
+/// prompt (EOS excluded), in prompt order.
+pub fn generate(
+    model: &dyn CausalLm,
+    prompts: &[Vec<u32>],
+    opts: &GenerationOptions,
+) -> Result<Vec<Vec<u32>>> {
+    if prompts.iter().any(Vec::is_empty) {
+        return Err(ModelError::InvalidInput(
+            "cannot generate from an empty prompt".into(),
+        ));
+    }
+    if prompts.is_empty() || opts.max_new_tokens == 0 {
+        return Ok(vec![Vec::new(); prompts.len()]);
+    }
+    if let Some(seed) = opts.seed {
+        tch::manual_seed(seed as i64);
+    }
+    let _guard = tch::no_grad_guard();
+    let device = model.device();
+    let b = prompts.len();
+    let l = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = vec![opts.pad_token_id as i64; b * l];
+    let mut mask = vec![0i64; b * l];
+    for (i, p) in prompts.iter().enumerate() {
+        let off = l - p.len();
+        for (t, &tok) in p.iter().enumerate() {
+            ids[i * l + off + t] = tok as i64;
+            mask[i * l + off + t] = 1;
+        }
+    }
+    let shape = [b as i64, l as i64];
+    let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
+    let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
+    let mut cache = model.new_cache();
+    let mut logits = model.last_logits(&ids, Some(&mask), Some(&mut cache))?;
+    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut active: Vec<usize> = (0..b).collect();
+    for step in 0..opts.max_new_tokens {
+        let next: Vec<i64> =
+            Vec::<i64>::try_from(choose(&logits, opts.sampling)?.to_device(tch::Device::Cpu))?;
+        let mut keep = Vec::with_capacity(active.len());
+        let mut keep_tokens = Vec::with_capacity(active.len());
+        for (row, (&orig, &tok)) in active.iter().zip(&next).enumerate() {
+            if opts.eos_token_ids.contains(&(tok as u32)) {
+                continue;
+            }
+            outputs[orig].push(tok as u32);
+            keep.push(row as i64);
+            keep_tokens.push(tok);
+        }
+        if keep.is_empty() || step + 1 == opts.max_new_tokens {
+            break;
+        }
+        if keep.len() != active.len() {
+            let rows = Tensor::from_slice(&keep).to_device(device);
+            cache.select_rows(&rows);
+            active = keep.iter().map(|&r| active[r as usize]).collect();
+        }
+        let step_ids = Tensor::from_slice(&keep_tokens)
+            .view([keep_tokens.len() as i64, 1])
+            .to_device(device);
+        logits = model.last_logits(&step_ids, None, Some(&mut cache))?;
+    }
+    Ok(outputs)
+}
+
+/// Applies the tokenizer's chat template to each conversation (with the
+/// generation prompt), generates, and decodes the answers.
+pub fn generate_chat(
+    model: &dyn CausalLm,
+    tokenizer: &TextTokenizer,
+    conversations: &[Vec<Message>],
+    opts: &GenerationOptions,
+) -> Result<Vec<String>> {
+    let prompts = conversations
+        .iter()
+        .map(|c| tokenizer.encode_chat(c, true))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let outs = generate(model, &prompts, opts)?;
+    outs.iter()
+        .map(|o| tokenizer.decode(o, true).map_err(ModelError::from))
+        .collect()
+}

@@ -1,0 +1,183 @@
+//! The model interface the rest of seal-rs codes against.
+//!
+//! SEAL weights fine-tuning samples by their loss, so the central quantity is
+//! [`CausalLm::per_sample_nll`]: for each sequence of a padded batch, the mean
+//! negative log-likelihood of its response tokens (prompt and padding
+//! excluded). The trait is object-safe: solvers can hold `&dyn CausalLm`.
+
+use crate::error::{ModelError, Result};
+use tch::{Device, Kind, Tensor};
+
+/// A padded batch of token sequences with loss masks.
+///
+/// All three tensors are `[B, L]`. `loss_mask[b, t] = 1` marks token `t` of
+/// row `b` as a label: it is predicted from position `t - 1` and its NLL is
+/// counted. Position 0 can never be a label.
+#[derive(Debug)]
+pub struct LmBatch {
+    /// Token ids, `Int64`.
+    pub input_ids: Tensor,
+    /// 1 for real tokens, 0 for padding (any integer or bool dtype).
+    pub attention_mask: Tensor,
+    /// 1 where the token's NLL counts (the response), else 0.
+    pub loss_mask: Tensor,
+}
+
+impl LmBatch {
+    /// Builds a right-padded batch from token rows and the index where each
+    /// row's response starts (tokens from there on carry the loss).
+    pub fn from_rows(rows: &[Vec<u32>], response_starts: &[usize], pad_id: u32) -> Result<Self> {
+        if rows.len() != response_starts.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "{} rows but {} response starts",
+                rows.len(),
+                response_starts.len()
+            )));
+        }
+        if rows.is_empty() {
+            return Err(ModelError::InvalidInput("empty batch".into()));
+        }
+        let l = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let b = rows.len();
+        let mut ids = vec![pad_id as i64; b * l];
+        let mut att = vec![0i64; b * l];
+        let mut lm = vec![0i64; b * l];
+        for (i, (row, &start)) in rows.iter().zip(response_starts).enumerate() {
+            for (t, &tok) in row.iter().enumerate() {
+                ids[i * l + t] = tok as i64;
+                att[i * l + t] = 1;
+                lm[i * l + t] = i64::from(t >= start.max(1));
+            }
+        }
+        let shape = [b as i64, l as i64];
+        Ok(Self {
+            input_ids: Tensor::from_slice(&ids).view(shape),
+            attention_mask: Tensor::from_slice(&att).view(shape),
+            loss_mask: Tensor::from_slice(&lm).view(shape),
+        })
+    }
+
+    /// Batch size.
+    pub fn batch_size(&self) -> i64 {
+        self.input_ids.size().first().copied().unwrap_or(0)
+    }
+
+    /// Number of real (non-padding) tokens.
+    pub fn num_tokens(&self) -> i64 {
+        self.attention_mask
+            .to_kind(Kind::Int64)
+            .sum(Kind::Int64)
+            .int64_value(&[])
+    }
+
+    /// Checks shapes and that labels only sit on real tokens.
+    pub fn validate(&self) -> Result<()> {
+        let s = self.input_ids.size();
+        if s.len() != 2 {
+            return Err(ModelError::InvalidInput(format!(
+                "input_ids must be [B, L], got {s:?}"
+            )));
+        }
+        for (name, t) in [
+            ("attention_mask", &self.attention_mask),
+            ("loss_mask", &self.loss_mask),
+        ] {
+            if t.size() != s {
+                return Err(ModelError::InvalidInput(format!(
+                    "{name} has shape {:?}, input_ids {s:?}",
+                    t.size()
+                )));
+            }
+        }
+        let stray = self
+            .loss_mask
+            .to_kind(Kind::Bool)
+            .logical_and(&self.attention_mask.to_kind(Kind::Bool).logical_not())
+            .any()
+            .int64_value(&[]);
+        if stray != 0 {
+            return Err(ModelError::InvalidInput(
+                "loss_mask covers padding positions".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Moves the batch to a device.
+    pub fn to_device(&self, device: Device) -> Self {
+        Self {
+            input_ids: self.input_ids.to_device(device),
+            attention_mask: self.attention_mask.to_device(device),
+            loss_mask: self.loss_mask.to_device(device),
+        }
+    }
+}
+
+/// Per-layer key/value cache for incremental decoding.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    /// `(key, value)` per layer, `[B, n_kv_heads, T, head_dim]`.
+    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Attention mask of every cached position, `[B, T]`.
+    pub(crate) mask: Option<Tensor>,
+}
+
+impl KvCache {
+    /// An empty cache for a model with `num_layers` blocks.
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: (0..num_layers).map(|_| None).collect(),
+            mask: None,
+        }
+    }
+
+    /// Number of cached positions.
+    pub fn seq_len(&self) -> i64 {
+        self.mask.as_ref().map(|m| m.size()[1]).unwrap_or(0)
+    }
+
+    /// Batch size of the cached sequences (0 when empty).
+    pub fn batch_size(&self) -> i64 {
+        self.mask.as_ref().map(|m| m.size()[0]).unwrap_or(0)
+    }
+
+    /// Keeps only the given batch rows (e.g. drop finished sequences).
+    pub fn select_rows(&mut self, rows: &Tensor) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(0, rows);
+            *v = v.index_select(0, rows);
+        }
+        if let Some(m) = &mut self.mask {
+            *m = m.index_select(0, rows);
+        }
+    }
+}
+
+/// A causal language model as SEAL needs it.
+pub trait CausalLm {
+    /// Vocabulary size (width of the logits).
+    fn vocab_size(&self) -> usize;
+    /// Device of the weights.
+    fn device(&self) -> Device;
+    /// Dtype of the weights.
+    fn kind(&self) -> Kind;
+    /// Number of decoder blocks (size of a [`KvCache`]).
+    fn num_layers(&self) -> usize;
+    /// Full logits `[B, L, V]` of a padded batch (left or right padding).
+    fn logits(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor>;
+    /// Logits `[B, V]` (f32) at the last position of the new tokens, extending
+    /// `cache` when given: the step function of generation.
+    fn last_logits(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor>;
+    /// Per-sample mean response-token NLL, `[B]`; rows without any label get 0.
+    fn per_sample_nll(&self, batch: &LmBatch) -> Result<Tensor>;
+    /// Parameters an optimiser should update (LoRA factors, or every weight
+    /// under full fine-tuning), by name.
+    fn trainable_parameters(&self) -> Vec<(String, Tensor)>;
+    /// A fresh, empty KV cache.
+    fn new_cache(&self) -> KvCache;
+}
