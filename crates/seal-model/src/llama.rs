@@ -249,6 +249,15 @@ fn seeded_init_lock() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Repeats each key/value head `groups` times along the head axis, as
+/// transformers' `repeat_kv` (expand + reshape: its backward is a plain sum).
+fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
+    let s = x.size();
+    x.unsqueeze(2)
+        .expand([s[0], s[1], groups, s[2], s[3]], false)
+        .reshape([s[0], s[1] * groups, s[2], s[3]])
+}
+
 fn rotate_half(x: &Tensor) -> Tensor {
     let half = x.size()[x.dim() - 1] / 2;
     let x1 = x.narrow(-1, 0, half);
@@ -831,11 +840,11 @@ impl Llama {
             let h = block.input_layernorm.forward(&x);
             let attn =
                 self.attention_forward(&block.self_attn, &h, &cos, &sin, &mask, layer_cache)?;
-            x = x + attn;
+            x = &x + attn; // out of place: autograd needs the old x
             let h = block.post_attention_layernorm.forward(&x);
             let gate = block.mlp.gate_proj.forward(&h, self.training).silu();
             let up = block.mlp.up_proj.forward(&h, self.training);
-            x = x + block.mlp.down_proj.forward(&(gate * up), self.training);
+            x = &x + block.mlp.down_proj.forward(&(gate * up), self.training);
         }
         if let Some(c) = cache {
             c.mask = Some(full_mask);
@@ -886,10 +895,7 @@ impl Llama {
         let out = match self.attention {
             AttentionImpl::Sdpa => {
                 let (k, v) = if groups > 1 {
-                    (
-                        k.repeat_interleave_self_int(groups, 1, None),
-                        v.repeat_interleave_self_int(groups, 1, None),
-                    )
+                    (repeat_kv(&k, groups), repeat_kv(&v, groups))
                 } else {
                     (k, v)
                 };
@@ -914,10 +920,7 @@ impl Llama {
             }
             AttentionImpl::Math => {
                 let (k, v) = if groups > 1 {
-                    (
-                        k.repeat_interleave_self_int(groups, 1, None),
-                        v.repeat_interleave_self_int(groups, 1, None),
-                    )
+                    (repeat_kv(&k, groups), repeat_kv(&v, groups))
                 } else {
                     (k, v)
                 };

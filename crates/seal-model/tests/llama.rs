@@ -43,8 +43,8 @@ fn reference_nll(model: &Llama, rows: &[Vec<u32>], starts: &[usize]) -> Vec<f64>
                 .log_softmax(-1, Kind::Double);
             let mut total = 0.0;
             let mut n = 0;
-            for t in start.max(1)..row.len() {
-                total -= logp.double_value(&[0, t as i64 - 1, row[t] as i64]);
+            for (t, &tok) in row.iter().enumerate().skip(start.max(1)) {
+                total -= logp.double_value(&[0, t as i64 - 1, tok as i64]);
                 n += 1;
             }
             total / n as f64

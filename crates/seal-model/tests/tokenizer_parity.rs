@@ -145,3 +145,58 @@ fn imported_tokenizer_matches_transformers() {
         );
     }
 }
+
+/// Last-position logits of our import match transformers' float32 model
+/// loaded from the same GGUF (max abs diff ≤ 1e-3, same argmax), and greedy
+/// decoding answers the capital-of-France question with Paris.
+#[test]
+fn imported_model_matches_transformers_logits_and_generates() {
+    use seal_model::generate::{generate_chat, GenerationOptions};
+    use seal_model::{CausalLm, LoadOptions, Pretrained};
+    use tch::Tensor;
+
+    let Some(gguf) = fixtures::smollm2_gguf() else {
+        eprintln!("skipping: SmolLM2 GGUF not found (run `cargo xtask setup`)");
+        return;
+    };
+    if fixtures::venv_python().is_none() {
+        eprintln!("skipping: no Python environment at $SEAL_VENV (run `cargo xtask setup`)");
+        return;
+    }
+    let dir = fixtures::smollm2_dir()
+        .unwrap()
+        .expect("the GGUF exists, so the import does");
+    let reference = fixtures::gguf_reference(&gguf, &inputs())
+        .unwrap()
+        .expect("python is available");
+    let pre = Pretrained::load(&dir, &LoadOptions::default()).unwrap();
+    assert!(reference.chat.len() >= 3);
+    for r in &reference.chat {
+        let ids = Tensor::from_slice(&r.input_ids.iter().map(|&t| t as i64).collect::<Vec<_>>())
+            .view([1, -1]);
+        let ours = tch::no_grad(|| pre.model.last_logits(&ids, None, None))
+            .unwrap()
+            .get(0);
+        let theirs = Tensor::from_slice(&r.logits);
+        let diff = (&ours - &theirs).abs().max().double_value(&[]);
+        let argmax_ours = ours.argmax(0, false).int64_value(&[]);
+        let argmax_theirs = theirs.argmax(0, false).int64_value(&[]);
+        eprintln!(
+            "{:?}: max |Δlogit| = {diff:.2e}, argmax {argmax_ours}",
+            r.prompt
+        );
+        assert!(diff <= 1e-3, "{:?}: max abs logit diff {diff}", r.prompt);
+        assert_eq!(argmax_ours, argmax_theirs, "{:?}: argmax differs", r.prompt);
+    }
+    let opts = GenerationOptions::greedy(&pre.tokenizer, 24);
+    let conversations = vec![
+        vec![Message::user("What is the capital of France?")],
+        vec![Message::user("Name a primary colour.")],
+    ];
+    let answers = generate_chat(&pre.model, &pre.tokenizer, &conversations, &opts).unwrap();
+    eprintln!("answers: {answers:?}");
+    assert!(answers[0].contains("Paris"), "answer: {:?}", answers[0]);
+    // Batched generation equals unbatched generation (left padding is exact).
+    let single = generate_chat(&pre.model, &pre.tokenizer, &conversations[1..], &opts).unwrap();
+    assert_eq!(single[0], answers[1]);
+}

@@ -1,0 +1,282 @@
+//! `seal rank`: train SEAL's data ranker on a fine-tuning set against a safe
+//! set and write per-sample scores.
+
+use anyhow::{bail, Context, Result};
+use seal_bilevel::official::write_scores;
+use seal_bilevel::ranker::{Activation, RankerConfig, RankerOptimizerKind};
+use seal_bilevel::{
+    dataset_fingerprint, Implicit, ImplicitConfig, LambdaSchedule, LmProblem, Ranker, Schedule,
+    SealPenalty, SealPenaltyFull, Solver, TrainConfig, Trainer,
+};
+use seal_data::tokenize::{tokenize_samples, TokenizeConfig};
+use seal_model::optim::AdamWConfig;
+use seal_model::{AttentionImpl, Llama, LoadOptions, LoraConfig, Pretrained};
+use std::path::PathBuf;
+use tch::{Device, Kind};
+
+/// Arguments of `seal rank`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// HF model directory (weights, tokenizer with chat template).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Fine-tuning samples (JSONL written by `seal data benchmark`).
+    #[arg(long)]
+    pub finetune: PathBuf,
+    /// Safe (upper-level) samples, same format.
+    #[arg(long)]
+    pub safe: PathBuf,
+    /// Output directory: ranker.safetensors, ranker.json, scores.jsonl, checkpoints/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// seal (memory-efficient penalty), seal-full (penalty with an auxiliary
+    /// LoRA) or implicit (hypergradient with Hessian-vector products).
+    #[arg(long, default_value = "seal")]
+    pub solver: String,
+    /// Passes over the fine-tuning set.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Rows per micro-batch (each set).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Micro-batches accumulated per optimiser step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Maximum tokens per sample (longer prompts are cut from the left).
+    #[arg(long, default_value_t = 512)]
+    pub max_len: usize,
+    /// Stop after this many optimiser steps.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Write a checkpoint every N steps into OUT/checkpoints.
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Continue from the newest checkpoint in OUT/checkpoints.
+    #[arg(long)]
+    pub resume: bool,
+    /// Seed of the data order, LoRA initialisation and per-step randomness.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Model learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Model learning-rate schedule: constant or cosine (3% warmup).
+    #[arg(long, default_value = "constant")]
+    pub schedule: String,
+    /// Ranker learning rate.
+    #[arg(long, default_value_t = 5e-3)]
+    pub ranker_lr: f64,
+    /// Ranker optimiser: adam (official) or sgd.
+    #[arg(long, default_value = "adam")]
+    pub ranker_optim: String,
+    /// Weight activation: softmax (official default) or sigmoid.
+    #[arg(long, default_value = "softmax")]
+    pub activation: String,
+    /// Upper-level weight λ in the first epoch.
+    #[arg(long, default_value_t = 1.0)]
+    pub lambda: f64,
+    /// Decrease of λ per epoch.
+    #[arg(long, default_value_t = 0.03)]
+    pub lambda_decay: f64,
+    /// Gradient-norm clipping (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 16)]
+    pub lora_r: usize,
+    /// LoRA alpha.
+    #[arg(long, default_value_t = 32.0)]
+    pub lora_alpha: f64,
+    /// Train every weight instead of a LoRA adapter (not with seal-full).
+    #[arg(long)]
+    pub full_finetune: bool,
+    /// Inner lower-level steps per ranker step (implicit solver).
+    #[arg(long, default_value_t = 1)]
+    pub inner_steps: usize,
+    /// Conjugate-gradient iterations (implicit solver).
+    #[arg(long, default_value_t = 10)]
+    pub cg_iters: usize,
+    /// Hessian damping (implicit solver).
+    #[arg(long, default_value_t = 1e-3)]
+    pub damping: f64,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+fn make_solver(a: &Args) -> Result<Box<dyn Solver<LmProblem<Llama>>>> {
+    let aux = AdamWConfig {
+        lr: a.lr,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    Ok(match a.solver.as_str() {
+        "seal" => Box::new(SealPenalty),
+        "seal-full" => Box::new(SealPenaltyFull::new(aux, 1.0)),
+        "implicit" => Box::new(Implicit {
+            config: ImplicitConfig {
+                inner_steps: a.inner_steps,
+                inverse: seal_bilevel::InverseMethod::Cg {
+                    iters: a.cg_iters,
+                    tol: 1e-6,
+                },
+                damping: a.damping,
+            },
+        }),
+        other => bail!("--solver `{other}`: expected seal, seal-full or implicit"),
+    })
+}
+
+/// Runs `seal rank`.
+pub fn run(a: Args) -> Result<()> {
+    seal_model::runtime::tune_allocator();
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t);
+    }
+    let device = seal_model::runtime::parse_device(&a.device).with_context(|| {
+        format!(
+            "--device `{}`: expected cpu, cuda, cuda:N or auto",
+            a.device
+        )
+    })?;
+    let activation: Activation = a.activation.parse()?;
+    let ranker_optim: RankerOptimizerKind = a.ranker_optim.parse()?;
+    let schedule: Schedule = a.schedule.parse()?;
+    let solver = make_solver(&a)?;
+
+    let Pretrained {
+        mut model,
+        tokenizer,
+        ..
+    } = Pretrained::load(
+        &a.model,
+        &LoadOptions {
+            device,
+            kind: Kind::Float,
+        },
+    )
+    .with_context(|| format!("loading the model from {}", a.model.display()))?;
+    let finetune = seal_data::read_jsonl_samples(&a.finetune)?;
+    let safe = seal_data::read_jsonl_samples(&a.safe)?;
+    let tcfg = TokenizeConfig {
+        max_len: a.max_len,
+        ..Default::default()
+    };
+    let ft =
+        tokenize_samples(&tokenizer, &finetune, &tcfg).context("tokenising the fine-tuning set")?;
+    let sf = tokenize_samples(&tokenizer, &safe, &tcfg).context("tokenising the safe set")?;
+    for (name, d) in [("fine-tuning", &ft), ("safe", &sf)] {
+        let dropped = d.summary.total - d.summary.kept;
+        if dropped > 0 {
+            tracing::warn!(
+                "{name} set: {dropped} of {} samples dropped (longer than --max-len {})",
+                d.summary.total,
+                a.max_len
+            );
+        }
+    }
+    let labels: Vec<_> = ft.samples.iter().map(|s| s.label).collect();
+    let ids: Vec<String> = ft.samples.iter().map(|s| s.id.clone()).collect();
+    let fingerprint = dataset_fingerprint(&ft.samples);
+
+    if a.full_finetune {
+        model.set_full_finetune(true);
+    } else {
+        let lora = LoraConfig {
+            r: a.lora_r,
+            alpha: a.lora_alpha,
+            ..Default::default()
+        };
+        model.add_lora(&lora, a.seed as i64)?;
+    }
+    if a.solver == "implicit" {
+        model.set_attention_impl(AttentionImpl::Math);
+    }
+    let pad = tokenizer
+        .pad_token_id()
+        .or_else(|| tokenizer.eos_token_ids().first().copied())
+        .unwrap_or(0);
+    let problem = LmProblem::new(model, ft.samples, sf.samples, pad)?;
+    let ranker = Ranker::new(ids, fingerprint, activation, Kind::Float, Device::Cpu)?;
+    let ranker = {
+        let mut r = ranker;
+        r.to(Kind::Float, device);
+        r
+    };
+    let config = TrainConfig {
+        epochs: a.epochs,
+        max_steps: a.max_steps,
+        micro_batch: a.batch,
+        grad_accum: a.grad_accum,
+        seed: a.seed,
+        bucket_batches: Some(16),
+        model_optimizer: AdamWConfig {
+            lr: a.lr,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        model_schedule: schedule,
+        ranker: RankerConfig {
+            activation,
+            optimizer: ranker_optim,
+            lr: a.ranker_lr,
+            ..Default::default()
+        },
+        ranker_schedule: Schedule::Constant,
+        lambda: LambdaSchedule {
+            start: a.lambda,
+            decay_per_epoch: a.lambda_decay,
+        },
+        max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_dir: Some(a.out.join("checkpoints")),
+        progress: !a.no_progress,
+        log_every: 10,
+    };
+    let mut trainer = Trainer::new(problem, solver, ranker, config)?;
+    if a.resume {
+        if trainer.resume()? {
+            eprintln!("resumed at step {}", trainer.step());
+        } else {
+            eprintln!(
+                "no checkpoint in {}; starting fresh",
+                a.out.join("checkpoints").display()
+            );
+        }
+    }
+    let report = trainer.run()?;
+    let ranker = trainer.ranker();
+    ranker.save(&a.out)?;
+    write_scores(&a.out.join("scores.jsonl"), ranker, Some(&labels))?;
+    let harmful: Vec<bool> = labels
+        .iter()
+        .map(|l| *l == Some(seal_data::Label::Harmful))
+        .collect();
+    let mut line = format!(
+        "{} steps ({} total) in {:.1} s: {:.3} s/step, {:.0} tokens/s",
+        report.steps,
+        report.total_steps,
+        report.seconds,
+        report.seconds_per_step(),
+        report.tokens_per_second()
+    );
+    if harmful.iter().any(|&h| h) {
+        let keep: Vec<bool> = harmful.iter().map(|h| !h).collect();
+        if let Some(auc) = seal_bilevel::metrics::auroc(&ranker.logits_vec()?, &keep) {
+            line.push_str(&format!("; AUROC (benign above harmful) {auc:.4}"));
+        }
+    }
+    println!("{line}");
+    println!("written to {}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! The `seal` binary end to end: model commands on the shared SmolLM2 import,
+//! data commands on the real files in `../shared/data`, and clear errors.
+
+use seal_data::Message;
+use seal_model::{CausalLm, LoadOptions, Pretrained};
+use std::path::PathBuf;
+use std::process::Command;
+
+fn seal() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_seal"))
+}
+
+fn shared_data() -> PathBuf {
+    std::env::var_os("SEAL_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"))
+        })
+}
+
+#[test]
+fn generate_prints_paris_and_writes_top_logits() {
+    let Some(dir) = seal_model::fixtures::smollm2_dir().unwrap() else {
+        eprintln!("skipping: SmolLM2 GGUF not found (run `cargo xtask setup`)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let json_path = tmp.path().join("top.json");
+    let out = seal()
+        .args(["generate", "--model"])
+        .arg(&dir)
+        .args([
+            "--prompt",
+            "What is the capital of France?",
+            "--max-new-tokens",
+            "16",
+            "--logits-json",
+        ])
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Paris"), "stdout: {stdout}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let ids: Vec<u32> = json["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let top = json["top"].as_array().unwrap();
+    assert_eq!(top.len(), 20);
+    let values: Vec<f64> = top.iter().map(|p| p[1].as_f64().unwrap()).collect();
+    assert!(
+        values.windows(2).all(|w| w[0] >= w[1]),
+        "top logits sorted: {values:?}"
+    );
+
+    // Same ids and logits as the library computes for the templated prompt,
+    // whose default system prompt the template inserts.
+    let pre = Pretrained::load(&dir, &LoadOptions::default()).unwrap();
+    let want_ids = pre
+        .tokenizer
+        .encode_chat(&[Message::user("What is the capital of France?")], true)
+        .unwrap();
+    assert_eq!(ids, want_ids);
+    let rendered = pre.tokenizer.decode(&ids, false).unwrap();
+    assert!(
+        rendered.contains("You are a helpful AI assistant named SmolLM"),
+        "{rendered}"
+    );
+    let input =
+        tch::Tensor::from_slice(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()).view([1, -1]);
+    let logits = tch::no_grad(|| pre.model.last_logits(&input, None, None))
+        .unwrap()
+        .get(0);
+    let argmax = logits.argmax(0, false).int64_value(&[]);
+    assert_eq!(top[0][0].as_i64().unwrap(), argmax);
+    assert!((top[0][1].as_f64().unwrap() - logits.double_value(&[argmax])).abs() < 1e-4);
+}
+
+#[test]
+fn model_commands_fail_clearly_on_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope.gguf");
+    let out = seal()
+        .args(["import-gguf", "--gguf"])
+        .arg(&missing)
+        .arg("--out")
+        .arg(tmp.path().join("o"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nope.gguf"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A truncated copy of the real GGUF names the file and what is cut off.
+    if let Some(gguf) = seal_model::fixtures::smollm2_gguf() {
+        let bytes = std::fs::read(&gguf).unwrap();
+        let cut = tmp.path().join("cut.gguf");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let out = seal()
+            .args(["import-gguf", "--gguf"])
+            .arg(&cut)
+            .arg("--out")
+            .arg(tmp.path().join("o2"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("cut.gguf"), "{err}");
+        assert!(
+            !tmp.path().join("o2").exists(),
+            "no partial output directory is left"
+        );
+    }
+
+    // A model directory without config.json.
+    let out = seal()
+        .args(["generate", "--model"])
+        .arg(tmp.path())
+        .args(["--prompt", "hi"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("tokenizer.json") || err.contains("config.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn data_inspect_counts_real_files_and_names_bad_lines() {
+    let gsm8k = shared_data().join("gsm8k/test.jsonl");
+    if !gsm8k.exists() {
+        eprintln!("skipping: {} not found", gsm8k.display());
+        return;
+    }
+    let out = seal()
+        .args(["data", "inspect", "--format", "gsm8k"])
+        .arg(&gsm8k)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1319"), "{stdout}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"question\": \"q\", \"answer\": \"a #### 1\"}\n{\"question\": \"q2\"}\n",
+    )
+    .unwrap();
+    let out = seal()
+        .args(["data", "inspect", "--format", "gsm8k"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.jsonl") && err.contains(":2") && err.contains("answer"),
+        "{err}"
+    );
+}
