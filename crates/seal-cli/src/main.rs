@@ -24,6 +24,14 @@ enum Command {
     /// Dataset tools: inspect files, build the project's benchmark.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
+    /// Evaluate a model (safety, over-refusal, GSM8K, NLL) or ranker scores.
+    Eval(cmd::eval::Args),
+    /// Train SEAL's data ranker and write per-sample scores.
+    Rank(cmd::rank::Args),
+    /// Import an official SEAL selector (.pt) as a ranker.
+    ImportSelector(cmd::import_selector::Args),
+    /// Select the fine-tuning samples to keep (SEAL top-p or a baseline).
+    Select(cmd::select::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +47,9 @@ fn main() -> anyhow::Result<()> {
         Command::ImportGguf(args) => cmd::import_gguf::run(args),
         Command::Generate(args) => cmd::generate::run(args),
         Command::Data(cmd) => cmd::data::run(cmd),
+        Command::Eval(args) => cmd::eval::run(args),
+        Command::Rank(args) => cmd::rank::run(args),
+        Command::ImportSelector(args) => cmd::import_selector::run(args),
+        Command::Select(args) => cmd::select::run(args),
     }
 }

@@ -1,1 +1,44 @@
-//! seal-eval
+//! # seal-eval
+//!
+//! Evaluation for seal-rs, the Rust implementation of SEAL (Shen, Chen, Das,
+//! Chen, ICLR 2025, "SEAL: Safety-enhanced Aligned LLM Fine-tuning via
+//! Bilevel Data Selection"; reference code <https://github.com/hanshen95/SEAL>).
+//!
+//! * [`ranker`]: how well ranker scores separate harmful from benign
+//!   fine-tuning samples (AUROC, AUPRC, share of harmful samples removed
+//!   when keeping the top `p`).
+//! * [`refusal`], [`judge`], [`safety`]: refusal detection with the GCG
+//!   refusal list and AdvBench attack success rate (Zou et al. 2023,
+//!   "Universal and Transferable Adversarial Attacks on Aligned Language
+//!   Models"), over-refusal on benign prompts, and the [`judge::Judge`]
+//!   trait that model-based judges will implement.
+//! * [`utility`]: held-out task NLL and GSM8K exact-match accuracy (Cobbe et
+//!   al. 2021, "Training Verifiers to Solve Math Word Problems").
+//! * [`generation`]: batched greedy generation on evaluation prompts.
+//! * [`report`], [`plot`], [`summary`]: Markdown/JSON reports with SVG
+//!   histograms and line plots, written atomically.
+//! * [`error`]: the crate's error type.
+//!
+//! See `docs/evaluation.md` for definitions and conventions.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod generation;
+pub mod judge;
+pub mod plot;
+pub mod ranker;
+pub mod refusal;
+pub mod report;
+pub mod safety;
+pub mod summary;
+pub mod utility;
+
+pub use error::{EvalError, Result};
+pub use generation::{generate_responses, Generated};
+pub use judge::{HarmVerdict, Judge, KeywordJudge, Preference, Winner};
+pub use ranker::{read_scores, RankerMetrics, ScoreRecord};
+pub use refusal::{RefusalMatcher, GCG_REFUSAL_MARKERS};
+pub use report::{Report, Section, Table};
+pub use safety::{evaluate_over_refusal, evaluate_safety, OverRefusalEval, SafetyEval};
+pub use utility::{evaluate_gsm8k, task_nll, GsmEval, NllEval};

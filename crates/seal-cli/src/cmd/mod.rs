@@ -1,4 +1,8 @@
 //! One module per subcommand.
 pub mod data;
+pub mod eval;
 pub mod generate;
 pub mod import_gguf;
+pub mod import_selector;
+pub mod rank;
+pub mod select;

@@ -1,0 +1,117 @@
+//! Speed of one SEAL step against one plain LoRA SFT step on the same batch
+//! (SmolLM2-135M-Instruct, CPU). SEAL runs two forward/backward passes (safe
+//! batch and fine-tuning batch) plus a ranker update, so the target ratio is
+//! at most 2.05.
+//!
+//! `cargo bench -p seal-bilevel --bench seal_step` (env: `SEAL_BENCH_B`,
+//! `SEAL_BENCH_L`, `SEAL_BENCH_STEPS`). Skips when the model is unavailable.
+
+use seal_bilevel::solver::{StepBatch, StepContext};
+use seal_bilevel::*;
+use seal_data::tokenize::TokenizedSample;
+use seal_model::optim::{AdamW, AdamWConfig};
+use seal_model::{LoadOptions, LoraConfig, Pretrained};
+use std::time::Instant;
+use tch::{Device, Kind};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> Result<()> {
+    seal_model::runtime::tune_allocator();
+    let Some(dir) = seal_model::fixtures::smollm2_dir()? else {
+        eprintln!("skipping: SmolLM2 fixture not available");
+        return Ok(());
+    };
+    let (b, l, steps) = (
+        env("SEAL_BENCH_B", 4),
+        env("SEAL_BENCH_L", 128),
+        env("SEAL_BENCH_STEPS", 3),
+    );
+    let Pretrained { mut model, .. } = Pretrained::load(&dir, &LoadOptions::default())?;
+    model.add_lora(&LoraConfig::default(), 0)?;
+    // B rows of exactly L tokens (deterministic ids), loss on the second half.
+    let rows: Vec<TokenizedSample> = (0..b)
+        .map(|i| TokenizedSample {
+            id: format!("b{i}"),
+            index: i,
+            label: None,
+            input_ids: (0..l)
+                .map(|t| ((t * 31 + i * 7) % 40_000 + 100) as u32)
+                .collect(),
+            response_start: l / 2,
+        })
+        .collect();
+    let ids: Vec<String> = rows.iter().map(|s| s.id.clone()).collect();
+    let fp = dataset_fingerprint(&rows);
+    let problem = LmProblem::new(model, rows.clone(), rows, 0)?;
+    let all: Vec<usize> = (0..b).collect();
+    let batch = StepBatch {
+        finetune: vec![all.clone()],
+        safe: vec![all.clone()],
+    };
+    let opt_cfg = AdamWConfig {
+        lr: 1e-5,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+
+    // Plain LoRA SFT step.
+    let mut opt = AdamW::new(problem.parameters(), opt_cfg);
+    let sft = |opt: &mut AdamW| -> Result<()> {
+        opt.zero_grad();
+        let loss = problem.safe_losses(&all)?;
+        loss.mean(Kind::Float).f_backward()?;
+        opt.clip_grad_norm(1.0);
+        opt.step()?;
+        Ok(())
+    };
+    sft(&mut opt)?; // warm-up
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        sft(&mut opt)?;
+    }
+    let sft_s = t0.elapsed().as_secs_f64() / steps as f64;
+
+    // SEAL memory-efficient step (λ = 0.5: both passes need a backward).
+    let mut ranker = Ranker::new(ids, fp, Activation::Softmax, Kind::Float, Device::Cpu)?;
+    let mut ropt = RankerOptimizer::new(&ranker, RankerConfig::default());
+    let mut solver = SealPenalty;
+    let mut seal = |opt: &mut AdamW,
+                    ranker: &mut Ranker,
+                    ropt: &mut RankerOptimizer,
+                    step: usize|
+     -> Result<()> {
+        let mut ctx = StepContext {
+            optimizer: opt,
+            ranker,
+            ranker_optimizer: ropt,
+            lambda: 0.5,
+            max_grad_norm: Some(1.0),
+            step,
+        };
+        Solver::<LmProblem<seal_model::Llama>>::step(&mut solver, &problem, &mut ctx, &batch)?;
+        Ok(())
+    };
+    seal(&mut opt, &mut ranker, &mut ropt, 0)?; // warm-up
+    let t0 = Instant::now();
+    for s in 0..steps {
+        seal(&mut opt, &mut ranker, &mut ropt, s + 1)?;
+    }
+    let seal_s = t0.elapsed().as_secs_f64() / steps as f64;
+    let tokens = (b * l) as f64;
+    println!(
+        "SmolLM2-135M LoRA, B={b} L={l}, {} threads: SFT step {sft_s:.3} s ({:.0} tok/s), SEAL step {seal_s:.3} s ({:.0} tok/s), ratio {:.3}",
+        tch::get_num_threads(),
+        tokens / sft_s,
+        2.0 * tokens / seal_s,
+        seal_s / sft_s
+    );
+    Ok(())
+}

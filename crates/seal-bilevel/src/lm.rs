@@ -1,0 +1,168 @@
+//! The language-model lower level: SEAL's setting.
+//!
+//! Per-sample losses are the mean response-token NLL
+//! ([`seal_model::CausalLm::per_sample_nll`]), exactly the official trainer's
+//! `batch_GPTLMLoss(..., sequence_reduce="mean")` (Shen et al., ICLR 2025;
+//! <https://github.com/hanshen95/SEAL>, `seal/models/loss.py`). The model
+//! can carry a LoRA adapter (SEAL's default, q_proj and v_proj) or train
+//! every weight; the auxiliary copy of the full penalty method is a second
+//! LoRA over the same frozen base ([`seal_model::Llama::fork_with_lora`]).
+
+use crate::error::{BilevelError, Result};
+use crate::problem::LowerLevel;
+use seal_data::tokenize::TokenizedSample;
+use seal_model::{CausalLm, Llama, LmBatch};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tch::Tensor;
+
+/// A causal LM that can make the auxiliary lower-level copy.
+pub trait ForkableLm: CausalLm + Sized {
+    /// A second trainable copy over the same frozen weights.
+    fn fork_lm(&self, seed: i64) -> Result<Self>;
+}
+
+impl ForkableLm for Llama {
+    fn fork_lm(&self, seed: i64) -> Result<Self> {
+        let lora = self.lora().ok_or_else(|| {
+            BilevelError::invalid(
+                "solver",
+                "the full penalty method needs a LoRA adapter (the auxiliary copy is a second LoRA over the frozen base)",
+            )
+        })?;
+        let base_trainable = self.trainable_parameters().len() != self.lora_parameters().len();
+        if base_trainable {
+            return Err(BilevelError::invalid(
+                "solver",
+                "the full penalty method cannot fork a fully fine-tuned model (the base must stay frozen)",
+            ));
+        }
+        Ok(self.fork_with_lora(&lora.config.clone(), seed)?)
+    }
+}
+
+/// SHA-256 over the tokenised fine-tuning samples (ids, tokens, loss
+/// start): what a ranker's logits are about.
+pub fn dataset_fingerprint(samples: &[TokenizedSample]) -> String {
+    let mut h = Sha256::new();
+    for s in samples {
+        h.update(s.id.as_bytes());
+        h.update([0u8]);
+        h.update((s.response_start as u64).to_le_bytes());
+        for t in &s.input_ids {
+            h.update(t.to_le_bytes());
+        }
+        h.update([1u8]);
+    }
+    format!("tokens-sha256:{:x}", h.finalize())
+}
+
+/// A causal LM with tokenised fine-tuning and safe sets.
+pub struct LmProblem<M: ForkableLm> {
+    /// The model.
+    pub model: M,
+    finetune: Arc<Vec<TokenizedSample>>,
+    safe: Arc<Vec<TokenizedSample>>,
+    pad_id: u32,
+}
+
+impl<M: ForkableLm> LmProblem<M> {
+    /// Wraps a model and the two tokenised sets; `pad_id` fills padding.
+    pub fn new(
+        model: M,
+        finetune: Vec<TokenizedSample>,
+        safe: Vec<TokenizedSample>,
+        pad_id: u32,
+    ) -> Result<Self> {
+        if finetune.is_empty() || safe.is_empty() {
+            return Err(BilevelError::invalid(
+                "data",
+                "the fine-tuning and safe sets must both be non-empty",
+            ));
+        }
+        Ok(Self {
+            model,
+            finetune: Arc::new(finetune),
+            safe: Arc::new(safe),
+            pad_id,
+        })
+    }
+
+    /// The fine-tuning samples (ranker order).
+    pub fn finetune(&self) -> &[TokenizedSample] {
+        &self.finetune
+    }
+
+    /// The safe samples.
+    pub fn safe(&self) -> &[TokenizedSample] {
+        &self.safe
+    }
+
+    /// The padded batch of `rows` of `data`.
+    pub fn batch(&self, data: &[TokenizedSample], rows: &[usize]) -> Result<LmBatch> {
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut starts = Vec::with_capacity(rows.len());
+        for &r in rows {
+            let s = data.get(r).ok_or_else(|| {
+                BilevelError::invalid("batch", format!("row {r} of {} samples", data.len()))
+            })?;
+            seqs.push(s.input_ids.clone());
+            starts.push(s.response_start);
+        }
+        Ok(LmBatch::from_rows(&seqs, &starts, self.pad_id)?)
+    }
+
+    fn losses(&self, data: &[TokenizedSample], rows: &[usize]) -> Result<Tensor> {
+        let batch = self.batch(data, rows)?.to_device(self.model.device());
+        Ok(self.model.per_sample_nll(&batch)?)
+    }
+}
+
+impl<M: ForkableLm> LowerLevel for LmProblem<M> {
+    fn num_finetune(&self) -> usize {
+        self.finetune.len()
+    }
+
+    fn num_safe(&self) -> usize {
+        self.safe.len()
+    }
+
+    fn finetune_lengths(&self) -> Vec<usize> {
+        self.finetune.iter().map(TokenizedSample::len).collect()
+    }
+
+    fn safe_lengths(&self) -> Vec<usize> {
+        self.safe.iter().map(TokenizedSample::len).collect()
+    }
+
+    fn finetune_losses(&self, rows: &[usize]) -> Result<Tensor> {
+        self.losses(&self.finetune, rows)
+    }
+
+    fn safe_losses(&self, rows: &[usize]) -> Result<Tensor> {
+        self.losses(&self.safe, rows)
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.model.trainable_parameters()
+    }
+
+    fn fork(&self, seed: i64) -> Result<Self> {
+        Ok(Self {
+            model: self.model.fork_lm(seed)?,
+            finetune: Arc::clone(&self.finetune),
+            safe: Arc::clone(&self.safe),
+            pad_id: self.pad_id,
+        })
+    }
+
+    fn tokens(&self, finetune_rows: &[usize], safe_rows: &[usize]) -> usize {
+        let count = |data: &[TokenizedSample], rows: &[usize]| -> usize {
+            rows.iter()
+                .filter_map(|&r| data.get(r))
+                .map(TokenizedSample::len)
+                .sum()
+        };
+        count(&self.finetune, finetune_rows) + count(&self.safe, safe_rows)
+    }
+}

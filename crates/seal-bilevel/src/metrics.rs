@@ -1,0 +1,107 @@
+//! Ranking metrics and the official top-p selection.
+//!
+//! The official fine-tuning script (<https://github.com/hanshen95/SEAL>,
+//! `examples/train_sft_mix.py` with `--topp`) keeps the `k = int(p·N)`
+//! samples with the largest selector logits. [`top_fraction`] returns that
+//! kept set (ties broken towards the lower index) sorted ascending, and
+//! [`kept_set_sha256`] hashes it the way `shared/data/README.md` documents
+//! (indices joined by commas, SHA-256, lowercase hex).
+
+use sha2::{Digest, Sha256};
+
+/// Area under the ROC curve of `scores` for telling `positive` samples from
+/// the rest (probability that a random positive outscores a random negative,
+/// ties counting one half). `None` without both classes or on NaN scores.
+pub fn auroc(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    if scores.len() != positive.len() || scores.iter().any(|s| s.is_nan()) {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Mann-Whitney U with mid-ranks for ties.
+    let (mut rank_sum, mut i) = (0.0f64, 0usize);
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let mid = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += order[i..=j].iter().filter(|&&k| positive[k]).count() as f64 * mid;
+        i = j + 1;
+    }
+    let np = positive.iter().filter(|&&p| p).count() as f64;
+    let nn = positive.len() as f64 - np;
+    if np == 0.0 || nn == 0.0 {
+        return None;
+    }
+    Some((rank_sum - np * (np + 1.0) / 2.0) / (np * nn))
+}
+
+/// Indices of the `k = floor(p·N)` largest values, sorted ascending (ties
+/// towards the lower index). `p` is clamped to `[0, 1]`.
+pub fn top_fraction(values: &[f64], p: f64) -> Vec<usize> {
+    let k = ((p.clamp(0.0, 1.0) * values.len() as f64) as usize).min(values.len());
+    top_k(values, k)
+}
+
+/// Indices of the `k` largest values, sorted ascending (ties towards the
+/// lower index).
+pub fn top_k(values: &[f64], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    let mut kept: Vec<usize> = order.into_iter().take(k).collect();
+    kept.sort_unstable();
+    kept
+}
+
+/// SHA-256 (lowercase hex) of the indices joined by commas, no spaces.
+pub fn kept_set_sha256(indices: &[usize]) -> String {
+    let text = indices
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    format!("{:x}", Sha256::digest(text.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auroc_basics() {
+        assert_eq!(
+            auroc(&[0.1, 0.2, 0.9, 0.8], &[false, false, true, true]),
+            Some(1.0)
+        );
+        assert_eq!(
+            auroc(&[0.9, 0.8, 0.1, 0.2], &[false, false, true, true]),
+            Some(0.0)
+        );
+        assert_eq!(auroc(&[0.5, 0.5], &[false, true]), Some(0.5));
+        assert_eq!(
+            auroc(&[0.1, 0.4, 0.35, 0.8], &[false, true, false, true]),
+            Some(1.0)
+        );
+        assert_eq!(auroc(&[0.1, 0.2], &[true, true]), None);
+        // one swapped pair out of 4
+        assert_eq!(
+            auroc(&[0.1, 0.3, 0.2, 0.4], &[false, false, true, true]),
+            Some(0.75)
+        );
+    }
+
+    #[test]
+    fn top_fraction_and_hash() {
+        let v = [0.3, 0.9, 0.1, 0.9, 0.5];
+        assert_eq!(top_fraction(&v, 0.4), vec![1, 3]);
+        assert_eq!(top_fraction(&v, 0.6), vec![1, 3, 4]);
+        assert_eq!(top_k(&[1.0, 1.0, 1.0], 2), vec![0, 1]);
+        // sha256("0,10,13")
+        assert_eq!(kept_set_sha256(&[0, 10, 13]).len(), 64);
+        assert_eq!(
+            kept_set_sha256(&[]),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

@@ -1,0 +1,650 @@
+//! The training loop: batching, gradient accumulation, schedules, progress,
+//! NaN stops and exact checkpoint/resume.
+//!
+//! Like the official trainer (Shen et al., ICLR 2025;
+//! <https://github.com/hanshen95/SEAL>, `SFTSelectorTrainer.fit`), each step
+//! pairs a fine-tuning batch with a safe batch; an epoch is one pass over the
+//! fine-tuning set (the safe set cycles with its own per-epoch order), and λ
+//! drops at every epoch boundary. The batches of step `s` depend only on
+//! `(seed, s)`: fine-tuning epoch `e = s / steps_per_epoch` uses the
+//! sampler's order for `(seed, stream 0, e)` and the safe micro-batches
+//! continue a stream with orders `(seed, stream 1, epoch)`. LoRA dropout and
+//! any other libtorch randomness are reseeded from `(seed, step)` at every
+//! step. A checkpoint therefore only needs the parameters, optimiser moments
+//! and the step number, and resuming gives bitwise the same result on the
+//! CPU.
+//!
+//! Checkpoints are directories `step-<n>/` under the checkpoint root, each
+//! file written atomically; the `latest` file, also written atomically and
+//! only after the directory is complete, names the newest one.
+
+use crate::error::{BilevelError, Result};
+use crate::problem::LowerLevel;
+use crate::ranker::{Ranker, RankerConfig, RankerOptimizer};
+use crate::schedule::{LambdaSchedule, Schedule};
+use crate::solver::{Solver, StepBatch, StepContext, StepStats};
+use seal_data::batch::BatchSampler;
+use seal_model::optim::{AdamW, AdamWConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Tensor;
+
+/// Name of the pointer file in the checkpoint root.
+pub const LATEST: &str = "latest";
+/// Version of the checkpoint format.
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+
+/// Training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Passes over the fine-tuning set.
+    pub epochs: usize,
+    /// Stop after this many optimiser steps (across epochs).
+    pub max_steps: Option<usize>,
+    /// Rows per micro-batch (both sets).
+    pub micro_batch: usize,
+    /// Micro-batches accumulated per optimiser step.
+    pub grad_accum: usize,
+    /// Seed of the data order and of per-step libtorch randomness.
+    pub seed: u64,
+    /// Length-bucketing window in batches (`None`: plain shuffling).
+    pub bucket_batches: Option<usize>,
+    /// Model optimiser (official: AdamW, betas (0.9, 0.95), lr 1e-5 for
+    /// Llama-3 with LoRA).
+    #[serde(with = "AdamWConfigDef")]
+    pub model_optimizer: AdamWConfig,
+    /// Model learning-rate schedule.
+    pub model_schedule: Schedule,
+    /// Ranker settings.
+    pub ranker: RankerConfig,
+    /// Ranker learning-rate schedule (official: constant).
+    pub ranker_schedule: Schedule,
+    /// The upper-level weight per epoch.
+    pub lambda: LambdaSchedule,
+    /// Model gradient-norm clipping (official 1.0).
+    pub max_grad_norm: Option<f64>,
+    /// Checkpoint every this many steps (`None`: never).
+    pub checkpoint_every: Option<usize>,
+    /// Where checkpoints go.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    /// Log a tracing line every this many steps.
+    pub log_every: usize,
+}
+
+/// Serde mirror of [`AdamWConfig`] (seal-model's type has no serde derive).
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "AdamWConfig")]
+struct AdamWConfigDef {
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            max_steps: None,
+            micro_batch: 8,
+            grad_accum: 1,
+            seed: 42,
+            bucket_batches: Some(16),
+            model_optimizer: AdamWConfig {
+                lr: 1e-4,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+            model_schedule: Schedule::Constant,
+            ranker: RankerConfig::default(),
+            ranker_schedule: Schedule::Constant,
+            lambda: LambdaSchedule::default(),
+            max_grad_norm: Some(1.0),
+            checkpoint_every: None,
+            checkpoint_dir: None,
+            progress: false,
+            log_every: 10,
+        }
+    }
+}
+
+/// `trainer.json` of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// [`CHECKPOINT_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Completed optimiser steps.
+    pub step: usize,
+    /// Total steps of the run.
+    pub total_steps: usize,
+    /// Fine-tuning epoch of the next step.
+    pub epoch: usize,
+    /// The solver's name.
+    pub solver: String,
+    /// The ranker's data fingerprint.
+    pub fingerprint: String,
+    /// Model optimiser steps.
+    pub optimizer_step: i64,
+    /// Ranker optimiser steps.
+    pub ranker_optimizer_step: i64,
+    /// Solver state optimiser steps.
+    pub solver_step: i64,
+    /// The settings (resume refuses other data-order settings).
+    pub config: TrainConfig,
+}
+
+/// Summary of a finished run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// Steps taken by this call (after any resume).
+    pub steps: usize,
+    /// The step the run resumed from (0 for a fresh run).
+    pub resumed_from: usize,
+    /// Total completed steps.
+    pub total_steps: usize,
+    /// Wall time of this call's steps, seconds.
+    pub seconds: f64,
+    /// Tokens (both sets) processed by this call.
+    pub tokens: usize,
+    /// Statistics of the last step.
+    pub last: StepStats,
+}
+
+impl TrainReport {
+    /// Mean seconds per step.
+    pub fn seconds_per_step(&self) -> f64 {
+        self.seconds / self.steps.max(1) as f64
+    }
+
+    /// Tokens per second.
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Trains a ranker with a solver on a lower-level problem.
+pub struct Trainer<P: LowerLevel> {
+    problem: P,
+    solver: Box<dyn Solver<P>>,
+    optimizer: AdamW,
+    ranker: Ranker,
+    ranker_optimizer: RankerOptimizer,
+    config: TrainConfig,
+    ft_sampler: BatchSampler,
+    safe_sampler: BatchSampler,
+    ft_batches_per_epoch: usize,
+    safe_batches_per_epoch: usize,
+    step: usize,
+    resumed_from: usize,
+    last_checkpoint: Option<PathBuf>,
+    epoch_cache: HashMap<(u8, usize), Vec<Vec<usize>>>,
+}
+
+impl<P: LowerLevel> Trainer<P> {
+    /// Sets up training; the ranker must have one logit per fine-tuning sample.
+    pub fn new(
+        problem: P,
+        mut solver: Box<dyn Solver<P>>,
+        ranker: Ranker,
+        config: TrainConfig,
+    ) -> Result<Self> {
+        if ranker.len() != problem.num_finetune() {
+            return Err(BilevelError::invalid(
+                "ranker",
+                format!(
+                    "{} logits for {} fine-tuning samples",
+                    ranker.len(),
+                    problem.num_finetune()
+                ),
+            ));
+        }
+        if config.micro_batch == 0 || config.grad_accum == 0 || config.epochs == 0 {
+            return Err(BilevelError::invalid(
+                "training config",
+                "micro_batch, grad_accum and epochs must be positive",
+            ));
+        }
+        if config.checkpoint_every.is_some() && config.checkpoint_dir.is_none() {
+            return Err(BilevelError::invalid(
+                "training config",
+                "checkpoint_every needs checkpoint_dir",
+            ));
+        }
+        let ft_sampler = BatchSampler::new(
+            problem.finetune_lengths(),
+            config.micro_batch,
+            config.seed,
+            config.bucket_batches,
+        )?
+        .with_stream(0);
+        let safe_sampler = BatchSampler::new(
+            problem.safe_lengths(),
+            config.micro_batch,
+            config.seed,
+            config.bucket_batches,
+        )?
+        .with_stream(1);
+        let ft_batches_per_epoch = ft_sampler.epoch(0).len();
+        let safe_batches_per_epoch = safe_sampler.epoch(0).len();
+        if ft_batches_per_epoch == 0 || safe_batches_per_epoch == 0 {
+            return Err(BilevelError::invalid(
+                "data",
+                "empty fine-tuning or safe set",
+            ));
+        }
+        solver.prepare(&problem, config.seed as i64)?;
+        let optimizer = AdamW::new(problem.parameters(), config.model_optimizer);
+        let ranker_optimizer = RankerOptimizer::new(&ranker, config.ranker);
+        Ok(Self {
+            problem,
+            solver,
+            optimizer,
+            ranker,
+            ranker_optimizer,
+            config,
+            ft_sampler,
+            safe_sampler,
+            ft_batches_per_epoch,
+            safe_batches_per_epoch,
+            step: 0,
+            resumed_from: 0,
+            last_checkpoint: None,
+            epoch_cache: HashMap::new(),
+        })
+    }
+
+    /// Optimiser steps per fine-tuning epoch.
+    pub fn steps_per_epoch(&self) -> usize {
+        self.ft_batches_per_epoch.div_ceil(self.config.grad_accum)
+    }
+
+    /// Total steps of the run.
+    pub fn total_steps(&self) -> usize {
+        let all = self.config.epochs * self.steps_per_epoch();
+        self.config.max_steps.map_or(all, |m| m.min(all))
+    }
+
+    /// Completed steps.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// The ranker.
+    pub fn ranker(&self) -> &Ranker {
+        &self.ranker
+    }
+
+    /// The problem (model and data).
+    pub fn problem(&self) -> &P {
+        &self.problem
+    }
+
+    /// The last checkpoint written or loaded.
+    pub fn last_checkpoint(&self) -> Option<&Path> {
+        self.last_checkpoint.as_deref()
+    }
+
+    /// Takes the problem and ranker back.
+    pub fn into_parts(self) -> (P, Ranker) {
+        (self.problem, self.ranker)
+    }
+
+    fn epoch_batches(&mut self, stream: u8, epoch: usize) -> &Vec<Vec<usize>> {
+        let (ft, safe) = (&self.ft_sampler, &self.safe_sampler);
+        if self.epoch_cache.len() > 8 {
+            self.epoch_cache.clear();
+        }
+        self.epoch_cache.entry((stream, epoch)).or_insert_with(|| {
+            if stream == 0 {
+                ft.epoch(epoch as u64)
+            } else {
+                safe.epoch(epoch as u64)
+            }
+        })
+    }
+
+    /// The micro-batches of step `step` (a pure function of seed and step).
+    pub fn batch_for_step(&mut self, step: usize) -> StepBatch {
+        let spe = self.steps_per_epoch();
+        let (epoch, k) = (step / spe, step % spe);
+        let accum = self.config.grad_accum;
+        let nb = self.ft_batches_per_epoch;
+        let start = k * accum;
+        let end = ((k + 1) * accum).min(nb);
+        let finetune: Vec<Vec<usize>> = self.epoch_batches(0, epoch)[start..end].to_vec();
+        let mut safe = Vec::with_capacity(finetune.len());
+        for i in 0..finetune.len() {
+            let s = epoch * nb + start + i;
+            let (se, sp) = (
+                s / self.safe_batches_per_epoch,
+                s % self.safe_batches_per_epoch,
+            );
+            safe.push(self.epoch_batches(1, se)[sp].clone());
+        }
+        StepBatch { finetune, safe }
+    }
+
+    fn epoch_of(&self, step: usize) -> usize {
+        step / self.steps_per_epoch()
+    }
+
+    /// Runs until [`Trainer::total_steps`].
+    pub fn run(&mut self) -> Result<TrainReport> {
+        let total = self.total_steps();
+        let start_step = self.step;
+        let t0 = Instant::now();
+        let mut tokens = 0usize;
+        let mut last = StepStats::default();
+        let bar = if self.config.progress {
+            let b = indicatif::ProgressBar::new(total as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}",
+            ) {
+                b.set_style(style.progress_chars("=> "));
+            }
+            b.set_position(self.step as u64);
+            Some(b)
+        } else {
+            None
+        };
+        tracing::info!(
+            solver = self.solver.name(),
+            total_steps = total,
+            steps_per_epoch = self.steps_per_epoch(),
+            start = self.step,
+            "training the ranker"
+        );
+        while self.step < total {
+            let step = self.step;
+            let epoch = self.epoch_of(step);
+            let lambda = self.config.lambda.at(epoch);
+            self.optimizer.config.lr =
+                self.config.model_optimizer.lr * self.config.model_schedule.factor(step, total);
+            self.ranker_optimizer
+                .set_lr(self.config.ranker.lr * self.config.ranker_schedule.factor(step, total));
+            let batch = self.batch_for_step(step);
+            let step_tokens: usize = batch
+                .finetune
+                .iter()
+                .zip(&batch.safe)
+                .map(|(f, s)| self.problem.tokens(f, s))
+                .sum();
+            tch::manual_seed(
+                (self.config.seed as i64)
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add(step as i64),
+            );
+            let mut ctx = StepContext {
+                optimizer: &mut self.optimizer,
+                ranker: &mut self.ranker,
+                ranker_optimizer: &mut self.ranker_optimizer,
+                lambda,
+                max_grad_norm: self.config.max_grad_norm,
+                step,
+            };
+            let stats = match self.solver.step(&self.problem, &mut ctx, &batch) {
+                Ok(s) => s,
+                Err(BilevelError::NonFinite { what, step, .. }) => {
+                    if let Some(b) = &bar {
+                        b.abandon();
+                    }
+                    return Err(BilevelError::NonFinite {
+                        what,
+                        step,
+                        checkpoint: self.last_checkpoint.clone(),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            for (name, v) in [
+                ("upper-level loss", stats.upper_loss),
+                ("ranker loss", stats.ranker_loss),
+            ] {
+                if !v.is_finite() {
+                    return Err(BilevelError::NonFinite {
+                        what: name.into(),
+                        step,
+                        checkpoint: self.last_checkpoint.clone(),
+                    });
+                }
+            }
+            last = stats;
+            tokens += step_tokens;
+            self.step += 1;
+            let secs = t0.elapsed().as_secs_f64();
+            let tps = tokens as f64 / secs.max(1e-9);
+            if let Some(b) = &bar {
+                b.set_position(self.step as u64);
+                b.set_message(format!(
+                    "f {:.4} g {:.4} λ {:.2} {:.0} tok/s",
+                    stats.upper_loss, stats.lower_loss, lambda, tps
+                ));
+            }
+            if self.step % self.config.log_every.max(1) == 0 || self.step == total {
+                let done = self.step - start_step;
+                let eta = secs / done as f64 * (total - self.step) as f64;
+                tracing::info!(
+                    step = self.step,
+                    total,
+                    epoch,
+                    lambda,
+                    upper_loss = stats.upper_loss,
+                    lower_loss = stats.lower_loss,
+                    ranker_loss = stats.ranker_loss,
+                    grad_norm = stats.grad_norm,
+                    tokens_per_s = tps,
+                    eta_s = eta,
+                    "step"
+                );
+            }
+            if let Some(every) = self.config.checkpoint_every {
+                if every > 0 && self.step % every == 0 && self.step < total {
+                    self.save_checkpoint()?;
+                }
+            }
+        }
+        if let Some(b) = &bar {
+            b.finish();
+        }
+        Ok(TrainReport {
+            steps: self.step - start_step,
+            resumed_from: self.resumed_from,
+            total_steps: self.step,
+            seconds: t0.elapsed().as_secs_f64(),
+            tokens,
+            last,
+        })
+    }
+
+    fn checkpoint_root(&self) -> Result<&Path> {
+        self.config
+            .checkpoint_dir
+            .as_deref()
+            .ok_or_else(|| BilevelError::invalid("training config", "no checkpoint_dir"))
+    }
+
+    /// Writes a checkpoint of the current state (every file atomically, then
+    /// the `latest` pointer) and removes older ones. Returns its directory.
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        let root = self.checkpoint_root()?.to_path_buf();
+        let name = format!("step-{}", self.step);
+        let dir = root.join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| BilevelError::io(&dir, e))?;
+        let (opt_step, opt_state) = self.optimizer.state();
+        let mut model: Vec<(String, Tensor)> = self
+            .problem
+            .parameters()
+            .into_iter()
+            .map(|(n, t)| (format!("param.{n}"), t))
+            .collect();
+        model.extend(
+            opt_state
+                .into_iter()
+                .map(|(n, t)| (format!("optim.{n}"), t)),
+        );
+        seal_model::weights::save_safetensors(&dir.join("model.safetensors"), &model, None)?;
+        self.ranker.save(&dir)?;
+        let (r_step, r_state) = self.ranker_optimizer.state();
+        seal_model::weights::save_safetensors(
+            &dir.join("ranker_optim.safetensors"),
+            &r_state,
+            None,
+        )?;
+        let solver_state = self.solver.state();
+        seal_model::weights::save_safetensors(
+            &dir.join("solver.safetensors"),
+            &solver_state,
+            None,
+        )?;
+        let meta = CheckpointMeta {
+            format_version: CHECKPOINT_FORMAT_VERSION,
+            step: self.step,
+            total_steps: self.total_steps(),
+            epoch: self.epoch_of(self.step),
+            solver: self.solver.name().to_string(),
+            fingerprint: self.ranker.fingerprint().to_string(),
+            optimizer_step: opt_step,
+            ranker_optimizer_step: r_step,
+            solver_step: self.solver.state_step(),
+            config: self.config.clone(),
+        };
+        seal_model::weights::write_json_atomic(&dir.join("trainer.json"), &meta)?;
+        seal_model::weights::write_atomic(&root.join(LATEST), name.as_bytes())?;
+        // Older checkpoints are no longer needed.
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if n.starts_with("step-") && n != name {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        tracing::info!(step = self.step, dir = %dir.display(), "checkpoint written");
+        self.last_checkpoint = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// The newest complete checkpoint under `root`, if any.
+    pub fn latest_checkpoint(root: &Path) -> Result<Option<PathBuf>> {
+        let p = root.join(LATEST);
+        match std::fs::read_to_string(&p) {
+            Ok(name) => {
+                let name = name.trim();
+                if !name.starts_with("step-") || name.contains('/') {
+                    return Err(BilevelError::format(
+                        &p,
+                        format!("names `{name}`, not a step-<n> directory"),
+                    ));
+                }
+                Ok(Some(root.join(name)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BilevelError::io(&p, e)),
+        }
+    }
+
+    /// Resumes from the newest checkpoint in the configured checkpoint
+    /// directory; returns whether one was found.
+    pub fn resume(&mut self) -> Result<bool> {
+        let root = self.checkpoint_root()?.to_path_buf();
+        match Self::latest_checkpoint(&root)? {
+            Some(dir) => {
+                self.load_checkpoint(&dir)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Loads a checkpoint directory written by [`Trainer::save_checkpoint`].
+    pub fn load_checkpoint(&mut self, dir: &Path) -> Result<()> {
+        let meta_path = dir.join("trainer.json");
+        let text =
+            std::fs::read_to_string(&meta_path).map_err(|e| BilevelError::io(&meta_path, e))?;
+        let meta: CheckpointMeta = serde_json::from_str(&text)
+            .map_err(|e| BilevelError::format(&meta_path, e.to_string()))?;
+        let mismatch = |m: String| BilevelError::Mismatch {
+            path: meta_path.clone(),
+            message: m,
+        };
+        if meta.format_version != CHECKPOINT_FORMAT_VERSION {
+            return Err(mismatch(format!(
+                "field `format_version` is {}",
+                meta.format_version
+            )));
+        }
+        if meta.solver != self.solver.name() {
+            return Err(mismatch(format!(
+                "field `solver`: checkpoint `{}`, this run `{}`",
+                meta.solver,
+                self.solver.name()
+            )));
+        }
+        if meta.fingerprint != self.ranker.fingerprint() {
+            return Err(mismatch(
+                "field `fingerprint`: the checkpoint was trained on other data".into(),
+            ));
+        }
+        let c = &meta.config;
+        let k = &self.config;
+        if (c.seed, c.micro_batch, c.grad_accum, c.bucket_batches)
+            != (k.seed, k.micro_batch, k.grad_accum, k.bucket_batches)
+        {
+            return Err(mismatch(format!(
+                "field `config`: seed/micro_batch/grad_accum/bucket_batches {:?} differ from this run's {:?}",
+                (c.seed, c.micro_batch, c.grad_accum, c.bucket_batches),
+                (k.seed, k.micro_batch, k.grad_accum, k.bucket_batches)
+            )));
+        }
+        let ranker = Ranker::load(dir)?;
+        if ranker.ids() != self.ranker.ids() {
+            return Err(mismatch("ranker.json lists other sample ids".into()));
+        }
+        {
+            let _g = tch::no_grad_guard();
+            self.ranker
+                .logits()
+                .shallow_clone()
+                .f_copy_(ranker.logits())?;
+        }
+        self.ranker.step = ranker.step;
+        let model_path = dir.join("model.safetensors");
+        let files = seal_model::weights::WeightFiles::open_file(&model_path)?;
+        {
+            let _g = tch::no_grad_guard();
+            for (name, p) in self.problem.parameters() {
+                let t = files.load(&format!("param.{name}"), &p.size(), p.kind(), p.device())?;
+                p.shallow_clone().f_copy_(&t)?;
+            }
+        }
+        let load_all = |path: &Path, prefix: &str| -> Result<Vec<(String, Tensor)>> {
+            let f = seal_model::weights::WeightFiles::open_file(path)?;
+            let mut names: Vec<String> = f.names().map(str::to_string).collect();
+            names.sort();
+            names
+                .into_iter()
+                .filter_map(|n| n.strip_prefix(prefix).map(|s| (n.clone(), s.to_string())))
+                .map(|(full, short)| Ok((short, f.load_raw(&full)?)))
+                .collect()
+        };
+        let opt_state = load_all(&model_path, "optim.")?;
+        self.optimizer.load_state(meta.optimizer_step, &opt_state)?;
+        let r_state = load_all(&dir.join("ranker_optim.safetensors"), "")?;
+        self.ranker_optimizer
+            .load_state(meta.ranker_optimizer_step, &r_state)?;
+        let s_state = load_all(&dir.join("solver.safetensors"), "")?;
+        self.solver.load_state(meta.solver_step, &s_state)?;
+        self.step = meta.step;
+        self.resumed_from = meta.step;
+        self.last_checkpoint = Some(dir.to_path_buf());
+        tracing::info!(step = meta.step, dir = %dir.display(), "resumed from checkpoint");
+        Ok(())
+    }
+}

@@ -1,0 +1,244 @@
+//! `seal eval`: safety (attack success rate), over-refusal, GSM8K accuracy
+//! and held-out NLL of a model; `seal eval ranker`: ranker quality against
+//! labels. Definitions: `docs/evaluation.md`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use seal_data::tokenize::TokenizeConfig;
+use seal_data::Sample;
+use seal_eval::generation::generate_responses;
+use seal_eval::judge::KeywordJudge;
+use seal_eval::ranker::read_scores;
+use seal_eval::refusal::RefusalMatcher;
+use seal_eval::safety::{score_over_refusal, score_safety};
+use seal_eval::utility::score_gsm8k;
+use seal_eval::{summary, task_nll, Report};
+use seal_model::generate::GenerationOptions;
+use seal_model::{LoadOptions, Pretrained};
+use tch::Kind;
+
+/// Arguments of `seal eval`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Args {
+    /// `ranker`: evaluate ranker scores instead of a model.
+    #[command(subcommand)]
+    pub command: Option<EvalCommand>,
+    /// Model evaluation options.
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `seal eval` subcommands.
+#[derive(clap::Subcommand)]
+pub enum EvalCommand {
+    /// Ranker quality (AUROC, AUPRC, harmful removed at p) from scores.jsonl.
+    Ranker(RankerArgs),
+}
+
+/// Options of a model evaluation.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// HF model directory.
+    #[arg(long, required = true)]
+    pub model: Option<PathBuf>,
+    /// LoRA adapter (PEFT directory) to apply.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Harmful prompts (JSONL, e.g. eval_safety.jsonl): attack success rate.
+    #[arg(long)]
+    pub safety: Option<PathBuf>,
+    /// Benign prompts (JSONL, e.g. eval_benign.jsonl): over-refusal rate.
+    #[arg(long)]
+    pub benign: Option<PathBuf>,
+    /// GSM8K prompts with `reference` (JSONL, e.g. eval_utility.jsonl).
+    #[arg(long)]
+    pub utility: Option<PathBuf>,
+    /// Held-out samples with responses (JSONL): mean response NLL.
+    #[arg(long)]
+    pub nll: Option<PathBuf>,
+    /// Use only the first N samples of each file.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Maximum new tokens per response (greedy decoding).
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Prompts per generation batch (rows per NLL batch).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Maximum tokens per NLL sample (longer prompts are cut from the left).
+    #[arg(long, default_value_t = 1024)]
+    pub max_len: usize,
+    /// Map typographic apostrophes (’) to ' before refusal matching
+    /// (default: raw matching, as the GCG evaluation does).
+    #[arg(long)]
+    pub normalize_apostrophes: bool,
+    /// Example responses shown per section of report.md.
+    #[arg(long, default_value_t = 10)]
+    pub examples: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Output directory: report.md, report.json, *_responses.jsonl.
+    #[arg(long, required = true)]
+    pub out: Option<PathBuf>,
+}
+
+/// Arguments of `seal eval ranker`.
+#[derive(clap::Args)]
+pub struct RankerArgs {
+    /// scores.jsonl (id, label, score per line), as written by `seal rank`.
+    #[arg(long)]
+    pub scores: PathBuf,
+    /// Kept fraction for "harmful removed at p".
+    #[arg(long, default_value_t = 0.8)]
+    pub p: f64,
+    /// Histogram bins.
+    #[arg(long, default_value_t = 30)]
+    pub bins: usize,
+    /// Output directory: report.md, report.json, scores.svg.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Runs `seal eval`.
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        Some(EvalCommand::Ranker(a)) => run_ranker(a),
+        None => run_model(args.model),
+    }
+}
+
+fn run_ranker(a: RankerArgs) -> Result<()> {
+    let records = read_scores(&a.scores)?;
+    if records.is_empty() {
+        bail!("{}: no scores", a.scores.display());
+    }
+    let report = summary::ranker_report(&records, a.p, a.bins)?;
+    let (md, _) = report.write(&a.out, "report")?;
+    print_metrics(&report)?;
+    println!("written to {}", md.display());
+    Ok(())
+}
+
+fn print_metrics(report: &Report) -> Result<()> {
+    for (k, v) in report.metrics()? {
+        println!("{k:<40} {}", seal_eval::report::format_value(&v));
+    }
+    Ok(())
+}
+
+fn read(path: &Path, limit: Option<usize>) -> Result<Vec<Sample>> {
+    let mut s = seal_data::read_jsonl_samples(path)?;
+    if let Some(n) = limit {
+        s.truncate(n);
+    }
+    if s.is_empty() {
+        bail!("{}: no samples", path.display());
+    }
+    Ok(s)
+}
+
+fn write_jsonl<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&serde_json::to_string(r)?);
+        text.push('\n');
+    }
+    seal_model::weights::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+fn run_model(a: ModelArgs) -> Result<()> {
+    let (Some(model_dir), Some(out)) = (a.model.clone(), a.out.clone()) else {
+        bail!("--model and --out are required");
+    };
+    if a.safety.is_none() && a.benign.is_none() && a.utility.is_none() && a.nll.is_none() {
+        bail!("nothing to evaluate: give --safety, --benign, --utility and/or --nll");
+    }
+    // Read every input before the (slow) model load, so bad files fail fast.
+    let safety = a.safety.as_deref().map(|p| read(p, a.limit)).transpose()?;
+    let benign = a.benign.as_deref().map(|p| read(p, a.limit)).transpose()?;
+    let utility = a.utility.as_deref().map(|p| read(p, a.limit)).transpose()?;
+    let nll = a.nll.as_deref().map(|p| read(p, a.limit)).transpose()?;
+    if let Some(u) = &utility {
+        for s in u {
+            seal_eval::utility::gsm8k_reference(s).with_context(|| {
+                format!(
+                    "--utility {}",
+                    a.utility.as_deref().unwrap_or(Path::new("")).display()
+                )
+            })?;
+        }
+    }
+
+    seal_model::runtime::tune_allocator();
+    let device = seal_model::runtime::parse_device(&a.device)
+        .with_context(|| format!("--device: `{}` is not cpu, cuda, cuda:N or auto", a.device))?;
+    let mut pre = Pretrained::load(
+        &model_dir,
+        &LoadOptions {
+            device,
+            kind: Kind::Float,
+        },
+    )
+    .with_context(|| format!("loading {}", model_dir.display()))?;
+    if let Some(adapter) = &a.adapter {
+        pre.model
+            .load_lora(adapter)
+            .with_context(|| format!("loading adapter {}", adapter.display()))?;
+    }
+    let opts = GenerationOptions::greedy(&pre.tokenizer, a.max_new_tokens);
+    let matcher = RefusalMatcher::gcg().normalize_apostrophes(a.normalize_apostrophes);
+    let judge = KeywordJudge::new(matcher.clone());
+
+    let mut report = Report::new("SEAL model evaluation");
+    report
+        .section("Setup")
+        .metric("model", "Model", model_dir.display().to_string())
+        .metric(
+            "adapter",
+            "Adapter",
+            a.adapter.as_ref().map(|p| p.display().to_string()),
+        )
+        .metric("decoding", "Decoding", "greedy")
+        .metric("max_new_tokens", "Max new tokens", a.max_new_tokens)
+        .metric("limit", "Limit per file", a.limit);
+
+    if let Some(samples) = &safety {
+        eprintln!("safety: {} prompts", samples.len());
+        let g = generate_responses(&pre.model, &pre.tokenizer, samples, &opts, a.batch)?;
+        let e = score_safety(&g, &matcher, &judge)?;
+        write_jsonl(&out.join("safety_responses.jsonl"), &e.records)?;
+        summary::add_safety(&mut report, &e, a.examples)?;
+    }
+    if let Some(samples) = &benign {
+        eprintln!("over-refusal: {} prompts", samples.len());
+        let g = generate_responses(&pre.model, &pre.tokenizer, samples, &opts, a.batch)?;
+        let e = score_over_refusal(&g, &matcher)?;
+        write_jsonl(&out.join("benign_responses.jsonl"), &e.records)?;
+        summary::add_over_refusal(&mut report, &e, a.examples)?;
+    }
+    if let Some(samples) = &utility {
+        eprintln!("GSM8K: {} prompts", samples.len());
+        let g = generate_responses(&pre.model, &pre.tokenizer, samples, &opts, a.batch)?;
+        let e = score_gsm8k(samples, &g)?;
+        write_jsonl(&out.join("gsm8k_responses.jsonl"), &e.records)?;
+        summary::add_gsm8k(&mut report, &e, a.examples)?;
+    }
+    if let Some(samples) = &nll {
+        eprintln!("NLL: {} samples", samples.len());
+        let cfg = TokenizeConfig {
+            max_len: a.max_len,
+            ..Default::default()
+        };
+        let e = task_nll(&pre.model, &pre.tokenizer, samples, &cfg, a.batch)?;
+        write_jsonl(&out.join("nll.jsonl"), &e.records)?;
+        summary::add_nll(&mut report, &e);
+    }
+    let (md, _) = report.write(&out, "report")?;
+    print_metrics(&report)?;
+    println!("written to {}", md.display());
+    Ok(())
+}
