@@ -179,11 +179,14 @@ fn math_attention_matches_sdpa_and_supports_double_backward() {
 }
 
 fn randomize_lora(model: &Llama, seed: i64) {
-    tch::manual_seed(seed);
+    // Deterministic pseudo-random values (libtorch's generator is global and
+    // shared with the tests running in parallel).
     let _g = tch::no_grad_guard();
-    for (_, mut p) in model.lora_parameters() {
-        let r = p.randn_like() * 0.1;
-        p.copy_(&r);
+    for (i, (_, mut p)) in model.lora_parameters().into_iter().enumerate() {
+        let n = p.numel() as i64;
+        let phase = (seed as f64) * 0.37 + i as f64 * 1.618;
+        let v = (Tensor::arange(n, (p.kind(), p.device())) * 2.399 + phase).sin() * 0.1;
+        p.copy_(&v.view(p.size().as_slice()));
     }
 }
 
@@ -214,8 +217,10 @@ fn lora_gradients_match_finite_differences_f64() {
     let mut checked = 0;
     for ((name, p), g) in params.iter().zip(&grads) {
         let flat = p.view([-1]);
-        let n = flat.size()[0];
-        for k in [0, n / 3, n - 1] {
+        // The entries with the largest gradients: finite differences of
+        // near-zero gradients measure round-off, not correctness.
+        let (_, top) = g.view([-1]).abs().topk(3, 0, true, true);
+        for k in Vec::<i64>::try_from(top).unwrap() {
             let orig = flat.double_value(&[k]);
             let set = |v: f64| {
                 let _g = tch::no_grad_guard();
