@@ -181,10 +181,12 @@ fn implicit_ranks_corrupted_lowest() {
     };
     // The hypergradient is signed (helpful samples get negative entries), so
     // sigmoid weights, which need no softmax centring, suit it best.
-    let a = train_and_score_with(Box::new(s), config(200, 100), Activation::Sigmoid);
-    // Measured 0.987: a few clean samples with tiny influence stay mid-ranked.
-    // The target is 0.99 (open; see docs/bilevel.md).
-    assert!(a >= 0.98, "AUROC {a}");
+    // Full-batch hypergradients are small once θ settles, so the ranker
+    // takes larger steps than the penalty methods' (0.05 gives 0.987).
+    let mut cfg = config(200, 100);
+    cfg.ranker.lr = 0.2;
+    let a = train_and_score_with(Box::new(s), cfg, Activation::Sigmoid);
+    assert!(a >= 0.99, "AUROC {a}");
 }
 
 /// A problem whose safe loss turns NaN from a given call on.

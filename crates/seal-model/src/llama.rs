@@ -171,6 +171,21 @@ struct Block {
     mlp: Mlp,
 }
 
+impl Block {
+    /// The block's linear layers with their HF module group and name.
+    fn linears_mut(&mut self) -> [(&'static str, &'static str, &mut Linear); 7] {
+        [
+            ("self_attn", "q_proj", &mut self.self_attn.q_proj),
+            ("self_attn", "k_proj", &mut self.self_attn.k_proj),
+            ("self_attn", "v_proj", &mut self.self_attn.v_proj),
+            ("self_attn", "o_proj", &mut self.self_attn.o_proj),
+            ("mlp", "gate_proj", &mut self.mlp.gate_proj),
+            ("mlp", "up_proj", &mut self.mlp.up_proj),
+            ("mlp", "down_proj", &mut self.mlp.down_proj),
+        ]
+    }
+}
+
 /// How queries may attend to keys in one forward call.
 enum Mask {
     /// Plain causal attention over the new tokens (no cache, no left padding).
@@ -419,18 +434,10 @@ impl Llama {
             b.input_layernorm.weight = get(&format!("{p}.input_layernorm.weight"))?;
             b.post_attention_layernorm.weight =
                 get(&format!("{p}.post_attention_layernorm.weight"))?;
-            for (name, lin) in [
-                ("self_attn.q_proj", &mut b.self_attn.q_proj),
-                ("self_attn.k_proj", &mut b.self_attn.k_proj),
-                ("self_attn.v_proj", &mut b.self_attn.v_proj),
-                ("self_attn.o_proj", &mut b.self_attn.o_proj),
-                ("mlp.gate_proj", &mut b.mlp.gate_proj),
-                ("mlp.up_proj", &mut b.mlp.up_proj),
-                ("mlp.down_proj", &mut b.mlp.down_proj),
-            ] {
-                lin.weight = get(&format!("{p}.{name}.weight"))?;
+            for (group, name, lin) in b.linears_mut() {
+                lin.weight = get(&format!("{p}.{group}.{name}.weight"))?;
                 if lin.bias.is_some() {
-                    lin.bias = Some(get(&format!("{p}.{name}.bias"))?);
+                    lin.bias = Some(get(&format!("{p}.{group}.{name}.bias"))?);
                 }
             }
         }
@@ -481,15 +488,7 @@ impl Llama {
         let scale = config.scale();
         for (i, b) in self.layers.iter_mut().enumerate() {
             let p = &root / "base_model" / "model" / "model" / "layers" / i;
-            for (group, name, lin) in [
-                ("self_attn", "q_proj", &mut b.self_attn.q_proj),
-                ("self_attn", "k_proj", &mut b.self_attn.k_proj),
-                ("self_attn", "v_proj", &mut b.self_attn.v_proj),
-                ("self_attn", "o_proj", &mut b.self_attn.o_proj),
-                ("mlp", "gate_proj", &mut b.mlp.gate_proj),
-                ("mlp", "up_proj", &mut b.mlp.up_proj),
-                ("mlp", "down_proj", &mut b.mlp.down_proj),
-            ] {
+            for (group, name, lin) in b.linears_mut() {
                 if !config.targets(name) {
                     lin.lora = None;
                     continue;
@@ -538,15 +537,7 @@ impl Llama {
         };
         let vars = adapter.vs.variables();
         for (i, b) in self.layers.iter_mut().enumerate() {
-            for (group, name, lin) in [
-                ("self_attn", "q_proj", &mut b.self_attn.q_proj),
-                ("self_attn", "k_proj", &mut b.self_attn.k_proj),
-                ("self_attn", "v_proj", &mut b.self_attn.v_proj),
-                ("self_attn", "o_proj", &mut b.self_attn.o_proj),
-                ("mlp", "gate_proj", &mut b.mlp.gate_proj),
-                ("mlp", "up_proj", &mut b.mlp.up_proj),
-                ("mlp", "down_proj", &mut b.mlp.down_proj),
-            ] {
+            for (group, name, lin) in b.linears_mut() {
                 if let Some(l) = &mut lin.lora {
                     let key = format!("base_model.model.model.layers.{i}.{group}.{name}");
                     let fetch = |suffix: &str| {
@@ -686,15 +677,7 @@ impl Llama {
         }
         let _guard = tch::no_grad_guard();
         for b in &mut self.layers {
-            for lin in [
-                &mut b.self_attn.q_proj,
-                &mut b.self_attn.k_proj,
-                &mut b.self_attn.v_proj,
-                &mut b.self_attn.o_proj,
-                &mut b.mlp.gate_proj,
-                &mut b.mlp.up_proj,
-                &mut b.mlp.down_proj,
-            ] {
+            for (_, _, lin) in b.linears_mut() {
                 if let Some(l) = lin.lora.take() {
                     let delta = (l.b.matmul(&l.a) * l.scale).to_kind(lin.weight.kind());
                     let _ = lin.weight.f_add_(&delta)?;
