@@ -30,7 +30,7 @@ fn main() -> Result<()> {
     let (b, l, steps) = (
         env("SEAL_BENCH_B", 4),
         env("SEAL_BENCH_L", 128),
-        env("SEAL_BENCH_STEPS", 3),
+        env("SEAL_BENCH_STEPS", 5),
     );
     let Pretrained { mut model, .. } = Pretrained::load(&dir, &LoadOptions::default())?;
     model.add_lora(&LoraConfig::default(), 0)?;
@@ -72,14 +72,6 @@ fn main() -> Result<()> {
         opt.step()?;
         Ok(())
     };
-    sft(&mut opt)?; // warm-up
-    let t0 = Instant::now();
-    for _ in 0..steps {
-        sft(&mut opt)?;
-    }
-    let sft_s = t0.elapsed().as_secs_f64() / steps as f64;
-
-    // SEAL memory-efficient step (λ = 0.5: both passes need a backward).
     let mut ranker = Ranker::new(ids, fp, Activation::Softmax, Kind::Float, Device::Cpu)?;
     let mut ropt = RankerOptimizer::new(&ranker, RankerConfig::default());
     let mut solver = SealPenalty;
@@ -99,12 +91,46 @@ fn main() -> Result<()> {
         Solver::<LmProblem<seal_model::Llama>>::step(&mut solver, &problem, &mut ctx, &batch)?;
         Ok(())
     };
-    seal(&mut opt, &mut ranker, &mut ropt, 0)?; // warm-up
-    let t0 = Instant::now();
+    // Warm up both, then alternate them so that drifts in machine speed hit
+    // both alike; report medians.
+    sft(&mut opt)?;
+    seal(&mut opt, &mut ranker, &mut ropt, 0)?;
+    let two_pass = |opt: &mut AdamW| -> Result<()> {
+        opt.zero_grad();
+        problem.safe_losses(&all)?.mean(Kind::Float).f_backward()?;
+        problem
+            .finetune_losses(&all)?
+            .mean(Kind::Float)
+            .f_backward()?;
+        opt.clip_grad_norm(1.0);
+        opt.step()?;
+        Ok(())
+    };
+    let mut two_times = Vec::new();
+    let (mut sft_times, mut seal_times) = (Vec::new(), Vec::new());
     for s in 0..steps {
+        let t0 = Instant::now();
+        sft(&mut opt)?;
+        sft_times.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
         seal(&mut opt, &mut ranker, &mut ropt, s + 1)?;
+        seal_times.push(t0.elapsed().as_secs_f64());
+        if std::env::var_os("SEAL_BENCH_TWO_PASS").is_some() {
+            let t0 = Instant::now();
+            two_pass(&mut opt)?;
+            two_times.push(t0.elapsed().as_secs_f64());
+        }
     }
-    let seal_s = t0.elapsed().as_secs_f64() / steps as f64;
+    if !two_times.is_empty() {
+        two_times.sort_by(|a, b| a.total_cmp(b));
+        println!("two plain passes: {:.3} s", two_times[two_times.len() / 2]);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let sft_s = median(&mut sft_times);
+    let seal_s = median(&mut seal_times);
     let tokens = (b * l) as f64;
     println!(
         "SmolLM2-135M LoRA, B={b} L={l}, {} threads: SFT step {sft_s:.3} s ({:.0} tok/s), SEAL step {seal_s:.3} s ({:.0} tok/s), ratio {:.3}",

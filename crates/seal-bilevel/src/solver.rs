@@ -180,8 +180,16 @@ fn penalty_model_step<P: LowerLevel>(
     let (mut upper, mut lower, mut model) = (0.0, 0.0, 0.0);
     let mut losses = Vec::with_capacity(batch.finetune.len());
     for (ft, sf) in batch.finetune.iter().zip(&batch.safe) {
+        // The two terms are differentiated one after the other (gradients
+        // accumulate), so only one graph is alive at a time: half the peak
+        // activation memory of a joint backward, same gradient.
         let safe = problem.safe_losses(sf)?;
         check_finite(&safe, "upper-level (safe) loss", ctx.step)?;
+        let f = safe.mean(safe.kind());
+        if lambda > 0.0 {
+            (&f * (lambda / m)).f_backward()?;
+        }
+        let f = f.double_value(&[]);
         let w = weights.index_select(0, &index(ft, weights.device()));
         // With λ = 1 the fine-tuning term carries no model gradient: a
         // forward pass without a graph gives the ranker what it needs.
@@ -192,17 +200,14 @@ fn penalty_model_step<P: LowerLevel>(
             problem.finetune_losses(ft)?
         };
         check_finite(&ft_loss, "lower-level (fine-tuning) loss", ctx.step)?;
-        let f = safe.mean(safe.kind());
         let g = (&w.to_kind(ft_loss.kind()) * &ft_loss).mean(ft_loss.kind());
-        let loss = if lambda >= 1.0 {
-            f.shallow_clone()
-        } else {
-            &f * lambda + &g * (1.0 - lambda)
-        };
-        (&loss / m).f_backward()?;
-        upper += f.double_value(&[]) / m;
-        lower += g.double_value(&[]) / m;
-        model += loss.double_value(&[]) / m;
+        if lambda < 1.0 {
+            (&g * ((1.0 - lambda) / m)).f_backward()?;
+        }
+        let g = g.double_value(&[]);
+        upper += f / m;
+        lower += g / m;
+        model += (lambda * f + (1.0 - lambda) * g) / m;
         losses.push(ft_loss.detach());
     }
     let grad_norm = apply_step(ctx.optimizer, ctx.max_grad_norm, "model gradient", ctx.step)?;
