@@ -8,6 +8,7 @@
 
 use crate::error::{ModelError, Result};
 use crate::model::CausalLm;
+use seal_data::rng::SplitMix64;
 use seal_data::{Message, TextTokenizer};
 use serde::Deserialize;
 use std::path::Path;
@@ -39,7 +40,7 @@ pub struct GenerationOptions {
     pub eos_token_ids: Vec<u32>,
     /// Token used for left padding (never attended to).
     pub pad_token_id: u32,
-    /// Seed for sampling (libtorch's global generator).
+    /// Seed for sampling (seal-data's SplitMix64; from the clock when `None`).
     pub seed: Option<u64>,
 }
 
@@ -98,23 +99,52 @@ impl GenerationConfig {
     }
 }
 
-fn choose(logits: &Tensor, sampling: Sampling) -> Result<Tensor> {
+/// Picks the next token of every row. Sampling runs on the host with the
+/// project's own seeded generator, so a seed gives the same tokens whatever
+/// other threads do with libtorch's global generator.
+fn choose(logits: &Tensor, sampling: Sampling, rng: &mut SplitMix64) -> Result<Vec<i64>> {
     match sampling {
-        Sampling::Greedy => Ok(logits.argmax(-1, false)),
+        Sampling::Greedy => Ok(Vec::<i64>::try_from(
+            logits.argmax(-1, false).to_device(tch::Device::Cpu),
+        )?),
         Sampling::TopP { temperature, top_p } => {
             if temperature <= 0.0 || !(top_p > 0.0 && top_p <= 1.0) {
                 return Err(ModelError::InvalidInput(format!(
                     "sampling needs temperature > 0 and top_p in (0, 1], got {temperature}, {top_p}"
                 )));
             }
-            let probs = (logits / temperature).softmax(-1, Kind::Float);
-            let (sorted, idx) = probs.sort(-1, true);
-            let cum = sorted.cumsum(-1, Kind::Float);
-            // Drop a token when the mass before it already reaches top_p (keeps the top one).
-            let drop = (&cum - &sorted).gt(top_p);
-            let kept = sorted.masked_fill(&drop, 0.0);
-            let pick = kept.multinomial(1, false);
-            Ok(idx.gather(-1, &pick, false).squeeze_dim(-1))
+            let probs = (logits.to_kind(Kind::Double) / temperature)
+                .softmax(-1, Kind::Double)
+                .to_device(tch::Device::Cpu);
+            let rows = probs.size()[0];
+            let mut out = Vec::with_capacity(rows as usize);
+            for r in 0..rows {
+                let p = Vec::<f64>::try_from(probs.get(r))?;
+                let mut order: Vec<usize> = (0..p.len()).collect();
+                order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+                // The nucleus: the smallest prefix whose mass reaches top_p.
+                let mut mass = 0.0;
+                let mut end = 0;
+                while end < order.len() {
+                    mass += p[order[end]];
+                    end += 1;
+                    if mass >= top_p {
+                        break;
+                    }
+                }
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * mass;
+                let mut acc = 0.0;
+                let mut pick = order[end - 1];
+                for &i in &order[..end] {
+                    acc += p[i];
+                    if u < acc {
+                        pick = i;
+                        break;
+                    }
+                }
+                out.push(pick as i64);
+            }
+            Ok(out)
         }
     }
 }
@@ -134,9 +164,13 @@ pub fn generate(
     if prompts.is_empty() || opts.max_new_tokens == 0 {
         return Ok(vec![Vec::new(); prompts.len()]);
     }
-    if let Some(seed) = opts.seed {
-        tch::manual_seed(seed as i64);
-    }
+    let seed = opts.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    let mut rng = SplitMix64::new(seed);
     let _guard = tch::no_grad_guard();
     let device = model.device();
     let b = prompts.len();
@@ -158,8 +192,7 @@ pub fn generate(
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut active: Vec<usize> = (0..b).collect();
     for step in 0..opts.max_new_tokens {
-        let next: Vec<i64> =
-            Vec::<i64>::try_from(choose(&logits, opts.sampling)?.to_device(tch::Device::Cpu))?;
+        let next = choose(&logits, opts.sampling, &mut rng)?;
         let mut keep = Vec::with_capacity(active.len());
         let mut keep_tokens = Vec::with_capacity(active.len());
         for (row, (&orig, &tok)) in active.iter().zip(&next).enumerate() {
