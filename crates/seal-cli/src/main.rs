@@ -35,6 +35,14 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Die quietly on a closed stdout (`seal ... | head`), as Unix tools do,
+    // instead of panicking inside println!.
+    #[cfg(unix)]
+    // Safety: restoring the default disposition of SIGPIPE at start-up,
+    // before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
