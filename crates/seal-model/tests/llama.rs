@@ -548,3 +548,34 @@ fn out_of_vocabulary_ids_are_rejected() {
         .unwrap_err();
     assert!(err.to_string().contains("99"), "{err}");
 }
+
+#[test]
+fn bf16_weights_run_and_losses_stay_f32() {
+    // The CUDA bf16 path, exercised on the CPU: same weights rounded to bf16.
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(Kind::Float, 15);
+    model.save_pretrained(dir.path()).unwrap();
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        kind: Kind::BFloat16,
+    };
+    let mut half = Llama::load(dir.path(), &opts).unwrap();
+    assert_eq!(half.kind(), Kind::BFloat16);
+    let (rows, starts) = rows();
+    let batch = LmBatch::from_rows(&rows, &starts, 0).unwrap();
+    let full = model.per_sample_nll(&batch).unwrap();
+    let low = half.per_sample_nll(&batch).unwrap();
+    assert_eq!(low.kind(), Kind::Float, "losses are computed in f32");
+    let d = max_abs_diff(&full, &low);
+    assert!(d < 0.05, "bf16 vs f32 per-sample NLL differ by {d}");
+    // LoRA training works on a bf16 base (f32 adapter).
+    half.add_lora(&LoraConfig::default(), 0).unwrap();
+    let loss = half.per_sample_nll(&batch).unwrap().mean(Kind::Float);
+    loss.backward();
+    let grads: f64 = half
+        .trainable_parameters()
+        .iter()
+        .map(|(_, p)| p.grad().abs().sum(Kind::Float).double_value(&[]))
+        .sum();
+    assert!(grads > 0.0);
+}
