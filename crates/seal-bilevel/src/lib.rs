@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod finetune;
 pub mod lm;
 pub mod metrics;
 pub mod official;
@@ -36,6 +37,7 @@ pub mod torch_pt;
 pub mod train;
 
 pub use error::{BilevelError, Result};
+pub use finetune::{finetune, keep_by_id, SftData, SftOutcome, SftStep, WeightedSft};
 pub use lm::{dataset_fingerprint, ForkableLm, LmProblem};
 pub use problem::LowerLevel;
 pub use ranker::{Activation, Ranker, RankerConfig, RankerOptimizer, RankerOptimizerKind};

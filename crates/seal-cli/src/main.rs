@@ -32,6 +32,9 @@ enum Command {
     ImportSelector(cmd::import_selector::Args),
     /// Select the fine-tuning samples to keep (SEAL top-p or a baseline).
     Select(cmd::select::Args),
+    /// LoRA fine-tuning on a selection (kept ids or soft weights) or the
+    /// mixed objective; writes a PEFT adapter.
+    Finetune(cmd::finetune::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,5 +62,6 @@ fn main() -> anyhow::Result<()> {
         Command::Rank(args) => cmd::rank::run(args),
         Command::ImportSelector(args) => cmd::import_selector::run(args),
         Command::Select(args) => cmd::select::run(args),
+        Command::Finetune(args) => cmd::finetune::run(args),
     }
 }

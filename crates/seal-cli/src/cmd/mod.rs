@@ -1,6 +1,7 @@
 //! One module per subcommand.
 pub mod data;
 pub mod eval;
+pub mod finetune;
 pub mod generate;
 pub mod import_gguf;
 pub mod import_selector;

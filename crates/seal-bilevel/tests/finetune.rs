@@ -1,0 +1,213 @@
+//! Fine-tuning on a selection (weighted SFT, mixed objective) on a tiny
+//! random Llama with LoRA.
+
+use seal_bilevel::*;
+use seal_data::tokenize::{tokenize_samples, TokenizeConfig, TokenizedSample};
+use seal_model::optim::AdamWConfig;
+use seal_model::{Llama, LlamaConfig, LoraConfig};
+use tch::{Device, Kind};
+
+fn data() -> (Vec<TokenizedSample>, Vec<TokenizedSample>, u32, usize) {
+    let tok = seal_data::testing::chatml_tokenizer(None).unwrap();
+    let bench = seal_data::embedded::embedded_default().unwrap();
+    let cfg = TokenizeConfig {
+        max_len: 160,
+        ..Default::default()
+    };
+    let ft = tokenize_samples(&tok, &bench.finetune[..12], &cfg)
+        .unwrap()
+        .samples;
+    let safe = tokenize_samples(&tok, &bench.safe[..6], &cfg)
+        .unwrap()
+        .samples;
+    assert!(ft.len() >= 10 && safe.len() >= 4);
+    (ft, safe, tok.pad_token_id().unwrap(), tok.vocab_size())
+}
+
+fn model(vocab: usize) -> Llama {
+    let mut m = Llama::random(&LlamaConfig::tiny(vocab), Device::Cpu, Kind::Float, 1).unwrap();
+    m.add_lora(
+        &LoraConfig {
+            r: 4,
+            ..Default::default()
+        },
+        2,
+    )
+    .unwrap();
+    m
+}
+
+fn cfg(steps: usize) -> TrainConfig {
+    TrainConfig {
+        epochs: 20,
+        max_steps: Some(steps),
+        micro_batch: 2,
+        grad_accum: 1,
+        model_optimizer: AdamWConfig {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        ..Default::default()
+    }
+}
+
+fn params(m: &Llama) -> Vec<Vec<f32>> {
+    m.lora_parameters()
+        .iter()
+        .map(|(_, t)| Vec::<f32>::try_from(t.flatten(0, -1)).unwrap())
+        .collect()
+}
+
+fn mean_loss(m: Llama, data: &[TokenizedSample], pad: u32) -> (f64, Llama) {
+    let p = LmProblem::new(m, data.to_vec(), data.to_vec(), pad).unwrap();
+    let rows: Vec<usize> = (0..data.len()).collect();
+    let l = {
+        let _g = tch::no_grad_guard();
+        p.finetune_losses(&rows)
+            .unwrap()
+            .mean(Kind::Double)
+            .double_value(&[])
+    };
+    (l, p.model)
+}
+
+fn ids(data: &[TokenizedSample], pick: &[usize]) -> Vec<String> {
+    pick.iter().map(|&i| data[i].id.clone()).collect()
+}
+
+#[test]
+fn sft_lowers_the_loss_on_the_kept_samples() {
+    let (ft, _, pad, vocab) = data();
+    let kept_ids = ids(&ft, &[1, 3, 4, 7]);
+    let kept = keep_by_id(ft, |s| s.id.as_str(), &kept_ids).unwrap();
+    assert_eq!(kept.len(), 4);
+    let (before, m) = mean_loss(model(vocab), &kept, pad);
+    let data = SftData {
+        finetune: kept.clone(),
+        ..Default::default()
+    };
+    let out = finetune(m, data, pad, 0.0, cfg(12)).unwrap();
+    assert_eq!(out.report.total_steps, 12);
+    assert_eq!(out.log.len(), 12);
+    assert_eq!(out.log[0].step, 1);
+    assert!(out
+        .log
+        .iter()
+        .all(|s| s.safe_loss == 0.0 && s.lambda == 0.0));
+    let (after, _) = mean_loss(out.model, &kept, pad);
+    assert!(
+        after < before - 0.1,
+        "loss on the kept samples {before} -> {after}"
+    );
+}
+
+#[test]
+fn samples_not_kept_do_not_matter_and_unit_weights_are_plain_sft() {
+    let (ft, _, pad, vocab) = data();
+    let kept_ids = ids(&ft, &[0, 2, 5, 6]);
+    let mut changed = ft.clone();
+    changed[1].input_ids = ft[8].input_ids.clone();
+    changed[1].response_start = ft[8].response_start;
+    let run = |all: Vec<TokenizedSample>, weights: Option<Vec<f64>>| {
+        let kept = keep_by_id(all, |s| s.id.as_str(), &kept_ids).unwrap();
+        let data = SftData {
+            finetune: kept,
+            safe: None,
+            weights,
+        };
+        params(
+            &finetune(model(vocab), data, pad, 0.0, cfg(3))
+                .unwrap()
+                .model,
+        )
+    };
+    let a = run(ft.clone(), None);
+    let b = run(changed, None);
+    assert!(a == b, "a sample that is not kept changed the adapter");
+    let c = run(ft.clone(), Some(vec![1.0; 4]));
+    assert!(a == c, "unit weights differ from plain SFT");
+    let d = run(ft, Some(vec![1.0, 0.2, 3.0, 0.5]));
+    assert!(a != d, "soft weights had no effect");
+}
+
+#[test]
+fn lambda_one_ignores_the_task_data() {
+    let (ft, safe, pad, vocab) = data();
+    let run = |task: &[TokenizedSample]| {
+        let data = SftData {
+            finetune: task.to_vec(),
+            safe: Some(safe.clone()),
+            weights: None,
+        };
+        let out = finetune(model(vocab), data, pad, 1.0, cfg(3)).unwrap();
+        assert!(out
+            .log
+            .iter()
+            .all(|s| s.task_loss == 0.0 && s.safe_loss > 0.0));
+        params(&out.model)
+    };
+    let a = run(&ft[..8]);
+    let b = run(&ft[2..10]);
+    assert!(a == b, "λ = 1 depends on the task data");
+    // The mixed objective (0 < λ < 1) does depend on it.
+    let mixed = |task: &[TokenizedSample]| {
+        let data = SftData {
+            finetune: task.to_vec(),
+            safe: Some(safe.clone()),
+            weights: None,
+        };
+        params(
+            &finetune(model(vocab), data, pad, 0.5, cfg(2))
+                .unwrap()
+                .model,
+        )
+    };
+    assert!(mixed(&ft[..8]) != mixed(&ft[2..10]));
+}
+
+#[test]
+fn errors() {
+    let (ft, _, pad, vocab) = data();
+    let e = keep_by_id(ft.clone(), |s| s.id.as_str(), &["no-such-id".to_string()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no-such-id"), "{e}");
+    let e = keep_by_id(ft.clone(), |s| s.id.as_str(), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("empty selection"), "{e}");
+    let data = |w: Option<Vec<f64>>| SftData {
+        finetune: ft[..4].to_vec(),
+        safe: None,
+        weights: w,
+    };
+    let e = finetune(model(vocab), data(None), pad, 1.5, cfg(1))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("[0, 1]"), "{e}");
+    let e = finetune(model(vocab), data(None), pad, 0.3, cfg(1))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("needs a safe set"), "{e}");
+    let e = finetune(model(vocab), data(Some(vec![1.0; 3])), pad, 0.0, cfg(1))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("3 weights for 4"), "{e}");
+    let e = finetune(
+        model(vocab),
+        data(Some(vec![1.0, -1.0, 1.0, 1.0])),
+        pad,
+        0.0,
+        cfg(1),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains(">= 0"), "{e}");
+}

@@ -1,0 +1,269 @@
+//! `seal finetune`: LoRA SFT on a selection (kept ids or soft weights), or
+//! the mixed objective `λ·mean(safe loss) + (1−λ)·mean(task loss)`; writes
+//! a PEFT adapter and `train_log.jsonl`.
+
+use anyhow::{bail, Context, Result};
+use seal_bilevel::{finetune, keep_by_id, Schedule, SftData, TrainConfig};
+use seal_data::tokenize::{tokenize_samples, TokenizeConfig};
+use seal_model::optim::AdamWConfig;
+use seal_model::{LoadOptions, LoraConfig, Pretrained};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::Kind;
+
+/// Arguments of `seal finetune`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// HF model directory (weights, tokenizer with chat template).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Fine-tuning samples (JSONL written by `seal data benchmark`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Kept ids, one per line (`seal select` output): train on those only.
+    #[arg(long)]
+    pub kept: Option<PathBuf>,
+    /// Soft weights: a scores.jsonl with `id` and `weight` per sample.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Safe samples of the mixed objective (needed when --lambda > 0).
+    #[arg(long)]
+    pub safe: Option<PathBuf>,
+    /// Weight λ of the safe loss in λ·mean(safe) + (1−λ)·mean(task).
+    #[arg(long, default_value_t = 0.0)]
+    pub lambda: f64,
+    /// Output directory: adapter_config.json, adapter_model.safetensors,
+    /// train_log.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Passes over the (kept) fine-tuning set.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Rows per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Micro-batches accumulated per optimiser step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Maximum tokens per sample (longer prompts are cut from the left).
+    #[arg(long, default_value_t = 512)]
+    pub max_len: usize,
+    /// Stop after this many optimiser steps.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// Learning-rate schedule: constant or cosine (3% warmup).
+    #[arg(long, default_value = "constant")]
+    pub schedule: String,
+    /// Gradient-norm clipping (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 16)]
+    pub lora_r: usize,
+    /// LoRA alpha.
+    #[arg(long, default_value_t = 32.0)]
+    pub lora_alpha: f64,
+    /// Seed of the data order, LoRA initialisation and per-step randomness.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct WeightLine {
+    id: String,
+    weight: f64,
+}
+
+/// Reads `id` → `weight` from a scores.jsonl (other fields ignored).
+fn read_weights(path: &Path) -> Result<HashMap<String, f64>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = HashMap::new();
+    for (no, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let w: WeightLine = serde_json::from_str(line).with_context(|| {
+            format!("{}:{}: expected `id` and `weight`", path.display(), no + 1)
+        })?;
+        if !w.weight.is_finite() || w.weight < 0.0 {
+            bail!(
+                "{}:{}: weight {} of `{}` must be a finite number >= 0",
+                path.display(),
+                no + 1,
+                w.weight,
+                w.id
+            );
+        }
+        if out.insert(w.id.clone(), w.weight).is_some() {
+            bail!("{}:{}: duplicate id `{}`", path.display(), no + 1, w.id);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `seal finetune`.
+pub fn run(a: Args) -> Result<()> {
+    if !(0.0..=1.0).contains(&a.lambda) {
+        bail!("--lambda {}: expected a value in [0, 1]", a.lambda);
+    }
+    if a.lambda > 0.0 && a.safe.is_none() {
+        bail!(
+            "--lambda {} > 0 needs --safe (the mixed objective's safe set)",
+            a.lambda
+        );
+    }
+    seal_model::runtime::tune_allocator();
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t);
+    }
+    let device = seal_model::runtime::parse_device(&a.device).with_context(|| {
+        format!(
+            "--device `{}`: expected cpu, cuda, cuda:N or auto",
+            a.device
+        )
+    })?;
+    let schedule: Schedule = a.schedule.parse()?;
+
+    let mut samples = seal_data::read_jsonl_samples(&a.data)?;
+    if let Some(path) = &a.kept {
+        let kept = seal_select::output::read_kept_ids(path)?;
+        samples = keep_by_id(samples, |s| s.id.as_str(), &kept)
+            .with_context(|| format!("--kept {}", path.display()))?;
+    }
+    if samples.is_empty() {
+        bail!("empty selection: no fine-tuning samples");
+    }
+    let safe = a
+        .safe
+        .as_ref()
+        .filter(|_| a.lambda > 0.0)
+        .map(seal_data::read_jsonl_samples)
+        .transpose()?;
+
+    let Pretrained {
+        mut model,
+        tokenizer,
+        ..
+    } = Pretrained::load(
+        &a.model,
+        &LoadOptions {
+            device,
+            kind: Kind::Float,
+        },
+    )
+    .with_context(|| format!("loading the model from {}", a.model.display()))?;
+    let tcfg = TokenizeConfig {
+        max_len: a.max_len,
+        ..Default::default()
+    };
+    let ft =
+        tokenize_samples(&tokenizer, &samples, &tcfg).context("tokenising the fine-tuning set")?;
+    let sf = safe
+        .as_ref()
+        .map(|s| tokenize_samples(&tokenizer, s, &tcfg).context("tokenising the safe set"))
+        .transpose()?;
+    for (name, d) in [("fine-tuning", Some(&ft)), ("safe", sf.as_ref())] {
+        let Some(d) = d else { continue };
+        let dropped = d.summary.total - d.summary.kept;
+        if dropped > 0 {
+            tracing::warn!(
+                "{name} set: {dropped} of {} samples dropped (longer than --max-len {})",
+                d.summary.total,
+                a.max_len
+            );
+        }
+    }
+    if ft.samples.is_empty() {
+        bail!("empty selection: every kept sample is longer than --max-len");
+    }
+    let weights = match &a.weights {
+        Some(path) => {
+            let map = read_weights(path)?;
+            let w = ft
+                .samples
+                .iter()
+                .map(|s| {
+                    map.get(&s.id).copied().with_context(|| {
+                        format!(
+                            "--weights {}: no weight for sample `{}`",
+                            path.display(),
+                            s.id
+                        )
+                    })
+                })
+                .collect::<Result<Vec<f64>>>()?;
+            Some(w)
+        }
+        None => None,
+    };
+    let n = ft.samples.len();
+
+    let lora = LoraConfig {
+        r: a.lora_r,
+        alpha: a.lora_alpha,
+        ..Default::default()
+    };
+    model.add_lora(&lora, a.seed as i64)?;
+    let pad = tokenizer
+        .pad_token_id()
+        .or_else(|| tokenizer.eos_token_ids().first().copied())
+        .unwrap_or(0);
+    let config = TrainConfig {
+        epochs: a.epochs,
+        max_steps: a.max_steps,
+        micro_batch: a.batch,
+        grad_accum: a.grad_accum,
+        seed: a.seed,
+        bucket_batches: Some(16),
+        model_optimizer: AdamWConfig {
+            lr: a.lr,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        model_schedule: schedule,
+        max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
+        progress: !a.no_progress,
+        log_every: 10,
+        ..Default::default()
+    };
+    tracing::info!(samples = n, lambda = a.lambda, "fine-tuning");
+    let data = SftData {
+        finetune: ft.samples,
+        safe: sf.map(|s| s.samples),
+        weights,
+    };
+    let out = finetune(model, data, pad, a.lambda, config)?;
+    let base = a.model.to_string_lossy();
+    out.model.save_lora(&a.out, Some(&base))?;
+    let mut log = String::new();
+    for s in &out.log {
+        log.push_str(&serde_json::to_string(s)?);
+        log.push('\n');
+    }
+    seal_model::weights::write_atomic(&a.out.join("train_log.jsonl"), log.as_bytes())?;
+    let r = &out.report;
+    println!(
+        "{} steps on {n} samples in {:.1} s ({:.3} s/step); last loss {:.4}",
+        r.steps,
+        r.seconds,
+        r.seconds_per_step(),
+        r.last.model_loss
+    );
+    println!("adapter written to {}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! `seal finetune` on a tiny random model directory: a PEFT adapter that
+//! loads back, the training log, the mixed objective and its errors.
+
+use seal_model::{Llama, LlamaConfig, LoadOptions, Pretrained};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tch::{Device, Kind};
+
+fn tiny_model_dir(dir: &Path) {
+    let tok = seal_data::testing::byte_level_tokenizer().unwrap();
+    let cfg = LlamaConfig::tiny(tok.get_vocab_size(true));
+    let model = Llama::random(&cfg, Device::Cpu, Kind::Float, 3).unwrap();
+    model.save_pretrained(dir).unwrap();
+    tok.save(dir.join("tokenizer.json"), false).unwrap();
+    let tc = serde_json::json!({
+        "chat_template": seal_data::testing::CHATML_TEMPLATE,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    model: PathBuf,
+    data: PathBuf,
+    safe: PathBuf,
+    ids: Vec<String>,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let model = root.join("model");
+    tiny_model_dir(&model);
+    let b = seal_data::embedded::embedded_default().unwrap();
+    let data = root.join("finetune.jsonl");
+    let safe = root.join("safe.jsonl");
+    seal_data::write_jsonl_samples(&data, &b.finetune).unwrap();
+    seal_data::write_jsonl_samples(&safe, &b.safe).unwrap();
+    let ids = b.finetune.iter().map(|s| s.id.clone()).collect();
+    Setup {
+        _tmp: tmp,
+        root,
+        model,
+        data,
+        safe,
+        ids,
+    }
+}
+
+fn finetune(s: &Setup, out: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seal"))
+        .args(["finetune", "--model"])
+        .arg(&s.model)
+        .arg("--data")
+        .arg(&s.data)
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--batch",
+            "2",
+            "--max-len",
+            "256",
+            "--max-steps",
+            "2",
+            "--lr",
+            "1e-2",
+            "--lora-r",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--threads",
+            "1",
+            "--no-progress",
+        ])
+        .args(extra)
+        .env("OMP_NUM_THREADS", "1")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "seal finetune failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn err(o: &Output) -> String {
+    assert!(!o.status.success(), "seal finetune should have failed");
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn finetune_on_kept_ids_writes_a_peft_adapter() {
+    let s = setup();
+    let kept = s.root.join("kept.txt");
+    std::fs::write(&kept, format!("{}\n{}\n{}\n", s.ids[0], s.ids[5], s.ids[9])).unwrap();
+    let out = s.root.join("adapter");
+    ok(&finetune(&s, &out, &["--kept", kept.to_str().unwrap()]));
+    assert!(out.join("adapter_config.json").is_file());
+    assert!(out.join("adapter_model.safetensors").is_file());
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["step"], 2);
+    assert!(lines[0]["loss"].as_f64().unwrap() > 0.0);
+    let mut m = Pretrained::load(
+        &s.model,
+        &LoadOptions {
+            device: Device::Cpu,
+            kind: Kind::Float,
+        },
+    )
+    .unwrap()
+    .model;
+    m.load_lora(&out).unwrap();
+    assert_eq!(m.lora().unwrap().config.r, 4);
+    // LoRA's B starts at zero; two steps must have moved it.
+    let moved = m
+        .lora_parameters()
+        .iter()
+        .any(|(_, t)| t.abs().sum(Kind::Double).double_value(&[]) > 0.0);
+    assert!(moved);
+
+    // Unknown kept id: an error naming it.
+    std::fs::write(&kept, format!("{}\nno-such-sample-17\n", s.ids[0])).unwrap();
+    let e = err(&finetune(
+        &s,
+        &s.root.join("bad"),
+        &["--kept", kept.to_str().unwrap()],
+    ));
+    assert!(e.contains("no-such-sample-17"), "{e}");
+    // Empty selection.
+    std::fs::write(&kept, "\n").unwrap();
+    let e = err(&finetune(
+        &s,
+        &s.root.join("bad"),
+        &["--kept", kept.to_str().unwrap()],
+    ));
+    assert!(e.contains("empty selection"), "{e}");
+}
+
+#[test]
+fn mixed_objective_with_soft_weights_and_its_errors() {
+    let s = setup();
+    let weights = s.root.join("scores.jsonl");
+    let text: String = s
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| format!("{{\"id\":\"{id}\",\"score\":0.0,\"weight\":{}}}\n", i % 3))
+        .collect();
+    std::fs::write(&weights, text).unwrap();
+    let out = s.root.join("mixed");
+    ok(&finetune(
+        &s,
+        &out,
+        &[
+            "--weights",
+            weights.to_str().unwrap(),
+            "--safe",
+            s.safe.to_str().unwrap(),
+            "--lambda",
+            "0.5",
+        ],
+    ));
+    assert!(out.join("adapter_model.safetensors").is_file());
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(first["lambda"], 0.5);
+    assert!(first["safe_loss"].as_f64().unwrap() > 0.0);
+
+    let e = err(&finetune(&s, &s.root.join("bad"), &["--lambda", "0.5"]));
+    assert!(e.contains("--safe"), "{e}");
+    let e = err(&finetune(
+        &s,
+        &s.root.join("bad"),
+        &["--lambda", "1.5", "--safe", s.safe.to_str().unwrap()],
+    ));
+    assert!(e.contains("[0, 1]"), "{e}");
+}
