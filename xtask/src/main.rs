@@ -176,7 +176,8 @@ fn setup(root: &Path) -> Result<()> {
         step(&format!("linked {} -> {}", link.display(), rel.display()));
     }
     match std::env::var_os("LIBTORCH") {
-        Some(user) if Path::new(&user) != link => {
+        // The config's own default resolves to the same folder as the link.
+        Some(user) if std::fs::canonicalize(&user).ok() != std::fs::canonicalize(&link).ok() => {
             let lib = Path::new(&user).join("lib");
             if !lib.join("libtorch_cpu.so").exists() {
                 bail!(
