@@ -57,6 +57,11 @@ pub struct Args {
     /// Seed of the data order, LoRA initialisation and per-step randomness.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Length bucketing: batches are formed from windows of this many
+    /// batches of similar length (less padding); 0 shuffles without bucketing
+    /// (a sample's position in the epoch then does not depend on its length).
+    #[arg(long, default_value_t = 16)]
+    pub bucket: usize,
     /// Model learning rate.
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
@@ -217,7 +222,7 @@ pub fn run(a: Args) -> Result<()> {
         micro_batch: a.batch,
         grad_accum: a.grad_accum,
         seed: a.seed,
-        bucket_batches: Some(16),
+        bucket_batches: (a.bucket > 0).then_some(a.bucket),
         model_optimizer: AdamWConfig {
             lr: a.lr,
             beta1: 0.9,
