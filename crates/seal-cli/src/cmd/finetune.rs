@@ -2,14 +2,12 @@
 //! the mixed objective `λ·mean(safe loss) + (1−λ)·mean(task loss)`; writes
 //! a PEFT adapter and `train_log.jsonl`.
 
+use super::common;
 use anyhow::{bail, Context, Result};
 use seal_bilevel::{finetune, keep_by_id, Schedule, SftData, TrainConfig};
-use seal_data::tokenize::{tokenize_samples, TokenizeConfig};
-use seal_model::optim::AdamWConfig;
-use seal_model::{LoadOptions, LoraConfig, Pretrained};
+use seal_model::{LoraConfig, Pretrained};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use tch::Kind;
 
 /// Arguments of `seal finetune`.
 #[derive(clap::Args)]
@@ -125,16 +123,7 @@ pub fn run(a: Args) -> Result<()> {
             a.lambda
         );
     }
-    seal_model::runtime::tune_allocator();
-    if let Some(t) = a.threads {
-        tch::set_num_threads(t);
-    }
-    let device = seal_model::runtime::parse_device(&a.device).with_context(|| {
-        format!(
-            "--device `{}`: expected cpu, cuda, cuda:N or auto",
-            a.device
-        )
-    })?;
+    let device = common::runtime(a.threads, &a.device)?;
     let schedule: Schedule = a.schedule.parse()?;
 
     let mut samples = seal_data::read_jsonl_samples(&a.data)?;
@@ -157,35 +146,12 @@ pub fn run(a: Args) -> Result<()> {
         mut model,
         tokenizer,
         ..
-    } = Pretrained::load(
-        &a.model,
-        &LoadOptions {
-            device,
-            kind: Kind::Float,
-        },
-    )
-    .with_context(|| format!("loading the model from {}", a.model.display()))?;
-    let tcfg = TokenizeConfig {
-        max_len: a.max_len,
-        ..Default::default()
-    };
-    let ft =
-        tokenize_samples(&tokenizer, &samples, &tcfg).context("tokenising the fine-tuning set")?;
+    } = common::load_model(&a.model, device)?;
+    let ft = common::tokenize_set(&tokenizer, "fine-tuning", &samples, a.max_len)?;
     let sf = safe
         .as_ref()
-        .map(|s| tokenize_samples(&tokenizer, s, &tcfg).context("tokenising the safe set"))
+        .map(|s| common::tokenize_set(&tokenizer, "safe", s, a.max_len))
         .transpose()?;
-    for (name, d) in [("fine-tuning", Some(&ft)), ("safe", sf.as_ref())] {
-        let Some(d) = d else { continue };
-        let dropped = d.summary.total - d.summary.kept;
-        if dropped > 0 {
-            tracing::warn!(
-                "{name} set: {dropped} of {} samples dropped (longer than --max-len {})",
-                d.summary.total,
-                a.max_len
-            );
-        }
-    }
     if ft.samples.is_empty() {
         bail!("empty selection: every kept sample is longer than --max-len");
     }
@@ -217,10 +183,7 @@ pub fn run(a: Args) -> Result<()> {
         ..Default::default()
     };
     model.add_lora(&lora, a.seed as i64)?;
-    let pad = tokenizer
-        .pad_token_id()
-        .or_else(|| tokenizer.eos_token_ids().first().copied())
-        .unwrap_or(0);
+    let pad = common::pad_id(&tokenizer);
     let config = TrainConfig {
         epochs: a.epochs,
         max_steps: a.max_steps,
@@ -228,13 +191,7 @@ pub fn run(a: Args) -> Result<()> {
         grad_accum: a.grad_accum,
         seed: a.seed,
         bucket_batches: Some(16),
-        model_optimizer: AdamWConfig {
-            lr: a.lr,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
+        model_optimizer: common::model_optimizer(a.lr),
         model_schedule: schedule,
         max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
         progress: !a.no_progress,

@@ -1,16 +1,15 @@
 //! `seal rank`: train SEAL's data ranker on a fine-tuning set against a safe
 //! set and write per-sample scores.
 
-use anyhow::{bail, Context, Result};
+use super::common;
+use anyhow::{bail, Result};
 use seal_bilevel::official::write_scores;
 use seal_bilevel::ranker::{Activation, RankerConfig, RankerOptimizerKind};
 use seal_bilevel::{
     dataset_fingerprint, Implicit, ImplicitConfig, LambdaSchedule, LmProblem, Ranker, Schedule,
     SealPenalty, SealPenaltyFull, Solver, TrainConfig, Trainer,
 };
-use seal_data::tokenize::{tokenize_samples, TokenizeConfig};
-use seal_model::optim::AdamWConfig;
-use seal_model::{AttentionImpl, Llama, LoadOptions, LoraConfig, Pretrained};
+use seal_model::{AttentionImpl, Llama, LoraConfig, Pretrained};
 use std::path::PathBuf;
 use tch::{Device, Kind};
 
@@ -116,13 +115,8 @@ pub struct Args {
 }
 
 fn make_solver(a: &Args) -> Result<Box<dyn Solver<LmProblem<Llama>>>> {
-    let aux = AdamWConfig {
-        lr: a.lr,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    };
+    // θ̂ uses the model's optimiser settings.
+    let aux = common::model_optimizer(a.lr);
     Ok(match a.solver.as_str() {
         "seal" => Box::new(SealPenalty),
         "seal-full" => Box::new(SealPenaltyFull::new(aux, 1.0)),
@@ -142,16 +136,7 @@ fn make_solver(a: &Args) -> Result<Box<dyn Solver<LmProblem<Llama>>>> {
 
 /// Runs `seal rank`.
 pub fn run(a: Args) -> Result<()> {
-    seal_model::runtime::tune_allocator();
-    if let Some(t) = a.threads {
-        tch::set_num_threads(t);
-    }
-    let device = seal_model::runtime::parse_device(&a.device).with_context(|| {
-        format!(
-            "--device `{}`: expected cpu, cuda, cuda:N or auto",
-            a.device
-        )
-    })?;
+    let device = common::runtime(a.threads, &a.device)?;
     let activation: Activation = a.activation.parse()?;
     let ranker_optim: RankerOptimizerKind = a.ranker_optim.parse()?;
     let schedule: Schedule = a.schedule.parse()?;
@@ -161,33 +146,11 @@ pub fn run(a: Args) -> Result<()> {
         mut model,
         tokenizer,
         ..
-    } = Pretrained::load(
-        &a.model,
-        &LoadOptions {
-            device,
-            kind: Kind::Float,
-        },
-    )
-    .with_context(|| format!("loading the model from {}", a.model.display()))?;
+    } = common::load_model(&a.model, device)?;
     let finetune = seal_data::read_jsonl_samples(&a.finetune)?;
     let safe = seal_data::read_jsonl_samples(&a.safe)?;
-    let tcfg = TokenizeConfig {
-        max_len: a.max_len,
-        ..Default::default()
-    };
-    let ft =
-        tokenize_samples(&tokenizer, &finetune, &tcfg).context("tokenising the fine-tuning set")?;
-    let sf = tokenize_samples(&tokenizer, &safe, &tcfg).context("tokenising the safe set")?;
-    for (name, d) in [("fine-tuning", &ft), ("safe", &sf)] {
-        let dropped = d.summary.total - d.summary.kept;
-        if dropped > 0 {
-            tracing::warn!(
-                "{name} set: {dropped} of {} samples dropped (longer than --max-len {})",
-                d.summary.total,
-                a.max_len
-            );
-        }
-    }
+    let ft = common::tokenize_set(&tokenizer, "fine-tuning", &finetune, a.max_len)?;
+    let sf = common::tokenize_set(&tokenizer, "safe", &safe, a.max_len)?;
     let labels: Vec<_> = ft.samples.iter().map(|s| s.label).collect();
     let ids: Vec<String> = ft.samples.iter().map(|s| s.id.clone()).collect();
     let fingerprint = dataset_fingerprint(&ft.samples);
@@ -205,10 +168,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.solver == "implicit" {
         model.set_attention_impl(AttentionImpl::Math);
     }
-    let pad = tokenizer
-        .pad_token_id()
-        .or_else(|| tokenizer.eos_token_ids().first().copied())
-        .unwrap_or(0);
+    let pad = common::pad_id(&tokenizer);
     let problem = LmProblem::new(model, ft.samples, sf.samples, pad)?;
     let ranker = Ranker::new(ids, fingerprint, activation, Kind::Float, Device::Cpu)?;
     let ranker = {
@@ -223,13 +183,7 @@ pub fn run(a: Args) -> Result<()> {
         grad_accum: a.grad_accum,
         seed: a.seed,
         bucket_batches: (a.bucket > 0).then_some(a.bucket),
-        model_optimizer: AdamWConfig {
-            lr: a.lr,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
+        model_optimizer: common::model_optimizer(a.lr),
         model_schedule: schedule,
         ranker: RankerConfig {
             activation,
