@@ -11,30 +11,21 @@ use sha2::{Digest, Sha256};
 
 /// Area under the ROC curve of `scores` for telling `positive` samples from
 /// the rest (probability that a random positive outscores a random negative,
-/// ties counting one half). `None` without both classes or on NaN scores.
+/// ties counting one half), computed by [`seal_eval::ranker::auroc`]. `None`
+/// without both classes, on mismatched lengths or on non-finite scores.
 pub fn auroc(scores: &[f64], positive: &[bool]) -> Option<f64> {
-    if scores.len() != positive.len() || scores.iter().any(|s| s.is_nan()) {
+    if scores.len() != positive.len() {
         return None;
     }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    // Mann-Whitney U with mid-ranks for ties.
-    let (mut rank_sum, mut i) = (0.0f64, 0usize);
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
+    let (mut pos, mut neg) = (Vec::new(), Vec::new());
+    for (&s, &p) in scores.iter().zip(positive) {
+        if p {
+            pos.push(s)
+        } else {
+            neg.push(s)
         }
-        let mid = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum += order[i..=j].iter().filter(|&&k| positive[k]).count() as f64 * mid;
-        i = j + 1;
     }
-    let np = positive.iter().filter(|&&p| p).count() as f64;
-    let nn = positive.len() as f64 - np;
-    if np == 0.0 || nn == 0.0 {
-        return None;
-    }
-    Some((rank_sum - np * (np + 1.0) / 2.0) / (np * nn))
+    seal_eval::ranker::auroc(&pos, &neg).ok().flatten()
 }
 
 /// Indices of the `k = floor(p·N)` largest values, sorted ascending (ties
@@ -46,13 +37,7 @@ pub fn top_fraction(values: &[f64], p: f64) -> Vec<usize> {
 
 /// Indices of the `k` largest values, sorted ascending (ties towards the
 /// lower index).
-pub fn top_k(values: &[f64], k: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
-    let mut kept: Vec<usize> = order.into_iter().take(k).collect();
-    kept.sort_unstable();
-    kept
-}
+pub use seal_eval::ranker::top_k;
 
 /// SHA-256 (lowercase hex) of the indices joined by commas, no spaces.
 pub fn kept_set_sha256(indices: &[usize]) -> String {
