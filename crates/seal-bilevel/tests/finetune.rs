@@ -5,7 +5,16 @@ use seal_bilevel::*;
 use seal_data::tokenize::{tokenize_samples, TokenizeConfig, TokenizedSample};
 use seal_model::optim::AdamWConfig;
 use seal_model::{Llama, LlamaConfig, LoraConfig};
+use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Kind};
+
+/// These tests compare trained adapters bit for bit. libtorch's CPU kernels
+/// (MKL, OpenMP) are deterministic for one caller, but not when several test
+/// threads drive them at once, so the tests of this file run one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn data() -> (Vec<TokenizedSample>, Vec<TokenizedSample>, u32, usize) {
     let tok = seal_data::testing::chatml_tokenizer(None).unwrap();
@@ -80,6 +89,7 @@ fn ids(data: &[TokenizedSample], pick: &[usize]) -> Vec<String> {
 
 #[test]
 fn sft_lowers_the_loss_on_the_kept_samples() {
+    let _serial = serial();
     let (ft, _, pad, vocab) = data();
     let kept_ids = ids(&ft, &[1, 3, 4, 7]);
     let kept = keep_by_id(ft, |s| s.id.as_str(), &kept_ids).unwrap();
@@ -106,6 +116,7 @@ fn sft_lowers_the_loss_on_the_kept_samples() {
 
 #[test]
 fn samples_not_kept_do_not_matter_and_unit_weights_are_plain_sft() {
+    let _serial = serial();
     let (ft, _, pad, vocab) = data();
     let kept_ids = ids(&ft, &[0, 2, 5, 6]);
     let mut changed = ft.clone();
@@ -135,6 +146,7 @@ fn samples_not_kept_do_not_matter_and_unit_weights_are_plain_sft() {
 
 #[test]
 fn lambda_one_ignores_the_task_data() {
+    let _serial = serial();
     let (ft, safe, pad, vocab) = data();
     let run = |task: &[TokenizedSample]| {
         let data = SftData {
@@ -170,6 +182,7 @@ fn lambda_one_ignores_the_task_data() {
 
 #[test]
 fn errors() {
+    let _serial = serial();
     let (ft, _, pad, vocab) = data();
     let e = keep_by_id(ft.clone(), |s| s.id.as_str(), &["no-such-id".to_string()])
         .unwrap_err()
