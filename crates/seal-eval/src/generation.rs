@@ -2,7 +2,10 @@
 //!
 //! Each sample's prompt (its conversation without a trailing assistant
 //! turn) is rendered with the tokenizer's chat template and the generation
-//! cue, exactly as [`seal_data::tokenize::tokenize_prompt`] renders it.
+//! cue, exactly as [`seal_data::tokenize::tokenize_prompt`] renders it. A
+//! trailing assistant turn, such as the reference solution that
+//! `eval_utility.jsonl` samples carry for the held-out NLL, is never part of
+//! the prompt: the model answers the question, not a copy of the answer.
 //! Prompts are sorted by length before batching (less left padding), and
 //! the responses are returned in the samples' order.
 

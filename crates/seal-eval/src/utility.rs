@@ -12,6 +12,13 @@
 //!   thousands separators (`,`) are dropped, a leading `+` and leading zeros
 //!   are removed, and trailing zeros of a decimal part (`72.0`, `72.50`)
 //!   are removed. A response without a number is wrong.
+//!
+//! The benchmark's `eval_utility.jsonl` serves both: each sample is a GSM8K
+//! test question with its worked solution as the final assistant turn (the
+//! text [`task_nll`] scores) and the final number as `reference` (what
+//! [`score_gsm8k`] compares with). Generation renders the question only
+//! ([`crate::generation`]), and the reference is read from `reference`,
+//! never from the solution turn.
 
 use seal_data::tokenize::{tokenize_samples, TokenizeConfig, TokenizeSummary};
 use seal_data::{Sample, TextTokenizer};
@@ -228,8 +235,11 @@ pub fn extract_prediction(response: &str) -> Option<String> {
         .and_then(|n| normalize_number(n))
 }
 
-/// The normalised reference of a GSM8K sample: the text after the last
-/// `####` when present, otherwise the whole reference.
+/// The normalised reference of a GSM8K sample, from its `reference` field:
+/// the text after the last `####` when present, otherwise the whole
+/// reference. A sample's assistant turn (the worked solution that
+/// `eval_utility` samples carry for the NLL) is never used, even when both
+/// exist; a sample without `reference` is an error.
 pub fn gsm8k_reference(sample: &Sample) -> Result<String> {
     let raw = sample
         .reference
@@ -436,5 +446,37 @@ mod tests {
         assert!(err.to_string().contains("g:8"), "{err}");
         assert!(score_gsm8k(&samples[..1], &gens[1..2]).is_err());
         assert!(score_gsm8k(&samples, &gens[..2]).is_err());
+    }
+
+    /// A GSM8K question with its worked solution as the final assistant turn
+    /// (as in `eval_utility.jsonl`).
+    fn solved(id: &str, solution: &str, reference: Option<&str>) -> Sample {
+        Sample {
+            messages: vec![Message::user("q"), Message::assistant(solution)],
+            ..problem(id, reference)
+        }
+    }
+
+    #[test]
+    fn gsm8k_reference_comes_from_the_reference_field() {
+        // Both exist: the reference field wins, even when the solution's
+        // `####` line (or its last number) says something else.
+        let s = solved("g:1", "2 + 3 = 5\n#### 5", Some("1,200"));
+        assert_eq!(gsm8k_reference(&s).unwrap(), "1200");
+        let s = solved("g:2", "Half of 48 is <<48/2=24>>24.\n#### 24", Some("24"));
+        assert_eq!(gsm8k_reference(&s).unwrap(), "24");
+        // The solution alone is no reference.
+        let e = gsm8k_reference(&solved("g:3", "#### 7", None)).unwrap_err();
+        assert!(e.to_string().contains("g:3") && e.to_string().contains("reference"));
+        // Scoring a sample with a solution turn compares with the reference.
+        let samples = [
+            solved("g:4", "4 x 3 = 12\n#### 12", Some("12")),
+            solved("g:5", "1 + 1 = 2\n#### 2", Some("99")),
+        ];
+        let gens = [answer("g:4", "so 12"), answer("g:5", "so 2")];
+        let e = score_gsm8k(&samples, &gens).unwrap();
+        assert_eq!(e.correct, 1);
+        assert!(e.records[0].correct && !e.records[1].correct);
+        assert_eq!(e.records[1].reference, "99");
     }
 }

@@ -162,6 +162,39 @@ fn gsm8k_checks_references_before_generating() {
     );
 }
 
+/// `eval_utility` samples carry the worked solution as their final assistant
+/// turn: generation must answer the question alone (the same responses as
+/// for the prompt-only samples, the solution never in the prompt), accuracy
+/// must compare with `reference`, and the same samples give the task NLL.
+#[test]
+fn eval_utility_with_solutions_serves_accuracy_and_nll() {
+    let (model, tok) = setup();
+    let samples = seal_data::embedded::embedded_default()
+        .unwrap()
+        .eval_utility;
+    assert!(samples.iter().all(|s| s.response().is_some()));
+    let bare: Vec<Sample> = samples
+        .iter()
+        .map(|s| s.clone().into_prompt_only())
+        .collect();
+    let opts = GenerationOptions::greedy(&tok, 5);
+    let with = generate_responses(&model, &tok, &samples, &opts, 4).unwrap();
+    let without = generate_responses(&model, &tok, &bare, &opts, 4).unwrap();
+    assert_eq!(with, without);
+
+    let e = evaluate_gsm8k(&model, &tok, &samples, &opts, 4).unwrap();
+    assert_eq!(e.n, samples.len());
+    for (r, s) in e.records.iter().zip(&samples) {
+        assert_eq!(Some(r.reference.as_str()), s.reference.as_deref());
+    }
+    let e_bare = evaluate_gsm8k(&model, &tok, &bare, &opts, 4).unwrap();
+    assert_eq!(e, e_bare);
+
+    let n = task_nll(&model, &tok, &samples, &TokenizeConfig::default(), 4).unwrap();
+    assert_eq!(n.n, samples.len());
+    assert!(n.mean_nll.is_finite() && n.mean_nll > 0.0);
+}
+
 /// The real SmolLM2-135M-Instruct on three harmful demo prompts, 24 new
 /// tokens: generation runs end to end and every verdict agrees with the
 /// matcher. Skipped when the checkpoint is not available.

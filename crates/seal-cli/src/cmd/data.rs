@@ -94,9 +94,14 @@ pub struct BenchmarkArgs {
     /// Override: safe (upper-level) set size.
     #[arg(long)]
     safe: Option<usize>,
-    /// Override: alignment set size.
+    /// Override: refusals (SafeInstr, label `safe`) in the alignment set.
     #[arg(long)]
     align: Option<usize>,
+    /// Override: benign instructions with answers (Alpaca/Dolly, label
+    /// `benign`) in the alignment set, held out from the pool and the
+    /// evaluation sets.
+    #[arg(long)]
+    align_benign: Option<usize>,
     /// Override: AdvBench evaluation prompts.
     #[arg(long)]
     eval_safety: Option<usize>,
@@ -215,6 +220,7 @@ fn benchmark(a: BenchmarkArgs) -> anyhow::Result<()> {
     set(&mut sizes.finetune, a.finetune);
     set(&mut sizes.safe, a.safe);
     set(&mut sizes.align, a.align);
+    set(&mut sizes.align_benign, a.align_benign);
     set(&mut sizes.eval_safety, a.eval_safety);
     set(&mut sizes.eval_utility, a.eval_utility);
     set(&mut sizes.eval_benign, a.eval_benign);

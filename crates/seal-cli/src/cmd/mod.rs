@@ -1,4 +1,5 @@
 //! One module per subcommand.
+pub mod align;
 pub mod common;
 pub mod data;
 pub mod eval;
@@ -6,5 +7,6 @@ pub mod finetune;
 pub mod generate;
 pub mod import_gguf;
 pub mod import_selector;
+pub mod pipeline;
 pub mod rank;
 pub mod select;

@@ -1,0 +1,57 @@
+//! `seal pipeline`: align → rank → select → fine-tune → evaluate → report,
+//! from a TOML config (see `docs/pipeline.md` and `configs/`).
+
+use anyhow::{Context, Result};
+use seal_pipeline::PipelineConfig;
+use std::path::PathBuf;
+
+/// Arguments of `seal pipeline`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// TOML config; without it, the embedded demo configuration.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override the config's output directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override the config's data: a `seal data benchmark` directory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Override the config's seeds (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Runs `seal pipeline`.
+pub fn run(a: Args) -> Result<()> {
+    let mut config = match &a.config {
+        Some(path) => PipelineConfig::from_file(path)
+            .with_context(|| format!("reading the pipeline config {}", path.display()))?,
+        None => PipelineConfig::demo(),
+    };
+    if let Some(out) = a.out {
+        config.out = out;
+    }
+    if let Some(data) = a.data {
+        config.data.dir = Some(data);
+    }
+    if let Some(seeds) = a.seeds {
+        config.seeds = seeds;
+    }
+    config.validate()?;
+    if a.print_config {
+        print!("{}", config.to_toml()?);
+        return Ok(());
+    }
+    let result = seal_pipeline::run(&config)?;
+    print!("{}", seal_pipeline::report::summary_table(&result));
+    println!(
+        "report written to {} ({:.1} min)",
+        config.out.join("report.md").display(),
+        result.seconds / 60.0
+    );
+    Ok(())
+}

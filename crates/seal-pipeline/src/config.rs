@@ -1,0 +1,530 @@
+//! The pipeline's configuration: one TOML file (`seal pipeline --config`)
+//! or a [`PipelineConfig`] built in code. Every field has a default, so a
+//! config only names what it changes.
+
+use crate::error::{PipelineError, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// A selection method the pipeline fine-tunes with and evaluates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// SEAL: top-p of the ranker trained by the memory-efficient penalty.
+    Seal,
+    /// SEAL: top-p of the ranker trained by the full penalty (auxiliary θ̂).
+    SealFull,
+    /// Uniformly random subset of the same size.
+    Random,
+    /// No selection: fine-tune on the whole pool.
+    Full,
+    /// DSIR importance resampling towards the safe set.
+    Dsir,
+    /// The whole pool plus the safety demonstrations (the safe set).
+    Safeinstr,
+    /// SEAL top-p plus the safety demonstrations.
+    SealSafeinstr,
+    /// Keep the samples with the lowest response NLL under the aligned model.
+    Loss,
+    /// No selection: fine-tune on λ·safe loss + (1−λ)·task loss.
+    Mixed,
+    /// Drop the ground-truth harmful samples (benchmarks only).
+    Oracle,
+}
+
+impl Method {
+    /// Every method, in report order.
+    pub const ALL: [Method; 10] = [
+        Method::Seal,
+        Method::SealFull,
+        Method::Random,
+        Method::Full,
+        Method::Dsir,
+        Method::Safeinstr,
+        Method::SealSafeinstr,
+        Method::Loss,
+        Method::Mixed,
+        Method::Oracle,
+    ];
+
+    /// The name used in configs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Seal => "seal",
+            Method::SealFull => "seal-full",
+            Method::Random => "random",
+            Method::Full => "full",
+            Method::Dsir => "dsir",
+            Method::Safeinstr => "safeinstr",
+            Method::SealSafeinstr => "seal-safeinstr",
+            Method::Loss => "loss",
+            Method::Mixed => "mixed",
+            Method::Oracle => "oracle",
+        }
+    }
+
+    /// The SEAL solver whose ranker the method selects with, if any.
+    pub fn solver(self) -> Option<Solver> {
+        match self {
+            Method::Seal | Method::SealSafeinstr => Some(Solver::Seal),
+            Method::SealFull => Some(Solver::SealFull),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Method {
+    type Err = PipelineError;
+    fn from_str(s: &str) -> Result<Self> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+                PipelineError::config(
+                    "methods",
+                    format!(
+                        "unknown method `{s}` (expected one of {})",
+                        names.join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+/// A SEAL ranker solver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Solver {
+    /// Memory-efficient penalty (the paper's Algorithm 2, the official trainer).
+    Seal,
+    /// Full penalty with an auxiliary lower-level LoRA (Algorithm 1).
+    SealFull,
+}
+
+impl Solver {
+    /// The name used by `seal rank --solver`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Solver::Seal => "seal",
+            Solver::SealFull => "seal-full",
+        }
+    }
+}
+
+/// Where the data comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A directory written by `seal data benchmark`; `None`: the embedded
+    /// default dataset.
+    pub dir: Option<PathBuf>,
+    /// Use at most this many prompts of each evaluation set.
+    pub eval_limit: Option<usize>,
+}
+
+/// Which model the pipeline starts from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// An HF model directory.
+    pub dir: Option<PathBuf>,
+    /// A llama-architecture GGUF file, imported once into the cache.
+    pub gguf: Option<PathBuf>,
+}
+
+/// LoRA adapter shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraShape {
+    /// Rank.
+    pub r: usize,
+    /// Alpha (scale = alpha / r).
+    pub alpha: f64,
+    /// Adapted modules (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`,
+    /// `up_proj`, `down_proj`); SEAL's default is `q_proj` and `v_proj`.
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraShape {
+    fn default() -> Self {
+        Self {
+            r: 16,
+            alpha: 32.0,
+            targets: vec!["q_proj".into(), "v_proj".into()],
+        }
+    }
+}
+
+impl LoraShape {
+    /// Every linear layer of a Llama block (more capacity per step; what the
+    /// alignment stage uses).
+    pub fn all_linear() -> Self {
+        Self {
+            targets: seal_model::lora::LORA_TARGETABLE
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ..Self::default()
+        }
+    }
+}
+
+/// One LoRA SFT run (alignment or fine-tuning on a selection).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftConfig {
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Rows per optimiser step.
+    pub batch: usize,
+    /// Stop after this many steps.
+    pub max_steps: Option<usize>,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// `constant` or `cosine` (3% warm-up).
+    pub schedule: String,
+    /// The adapter.
+    pub lora: LoraShape,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            batch: 8,
+            max_steps: None,
+            lr: 2e-4,
+            schedule: "constant".into(),
+            lora: LoraShape::default(),
+        }
+    }
+}
+
+/// The alignment stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlignConfig {
+    /// Run it (otherwise every method starts from the original model).
+    pub enabled: bool,
+    /// The SFT run on `align.jsonl`; the adapter is merged into the base.
+    pub sft: SftConfig,
+    /// Seed of the data order and the adapter initialisation.
+    pub seed: u64,
+}
+
+impl Default for AlignConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sft: SftConfig {
+                epochs: 2,
+                lr: 5e-4,
+                lora: LoraShape::all_linear(),
+                ..SftConfig::default()
+            },
+            seed: 0,
+        }
+    }
+}
+
+/// Ranker training (`seal rank`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RankConfig {
+    /// Passes over the fine-tuning pool.
+    pub epochs: usize,
+    /// Rows per micro-batch (each set).
+    pub batch: usize,
+    /// Stop after this many steps.
+    pub max_steps: Option<usize>,
+    /// Model (LoRA) learning rate.
+    pub lr: f64,
+    /// Ranker learning rate.
+    pub ranker_lr: f64,
+    /// `adam` (official) or `sgd`.
+    pub ranker_optimizer: String,
+    /// `softmax` (official) or `sigmoid`.
+    pub activation: String,
+    /// Upper-level weight λ in the first epoch.
+    pub lambda: f64,
+    /// Decrease of λ per epoch.
+    pub lambda_decay: f64,
+    /// Length-bucketing window in batches (0: plain shuffling).
+    pub bucket: usize,
+    /// The adapter trained alongside the ranker.
+    pub lora: LoraShape,
+}
+
+impl Default for RankConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            batch: 8,
+            max_steps: None,
+            lr: 1e-4,
+            ranker_lr: 5e-3,
+            ranker_optimizer: "adam".into(),
+            activation: "softmax".into(),
+            lambda: 1.0,
+            lambda_decay: 0.03,
+            bucket: 0,
+            lora: LoraShape::default(),
+        }
+    }
+}
+
+/// Selection and the compared methods.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelectConfig {
+    /// Methods to run, in report order.
+    pub methods: Vec<Method>,
+    /// Kept fraction of the budgeted methods (SEAL top-p, random, DSIR, loss).
+    pub p: f64,
+    /// λ of the mixed objective.
+    pub mixed_lambda: f64,
+}
+
+impl Default for SelectConfig {
+    fn default() -> Self {
+        Self {
+            methods: vec![Method::Seal, Method::Random, Method::Full],
+            p: 0.8,
+            mixed_lambda: 0.5,
+        }
+    }
+}
+
+/// Evaluation of every fine-tuned model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// New tokens per generated response (greedy).
+    pub max_new_tokens: usize,
+    /// Prompts per generation batch.
+    pub batch: usize,
+    /// Generate GSM8K answers and score exact match (the slowest metric).
+    pub gsm8k_accuracy: bool,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 64,
+            batch: 8,
+            gsm8k_accuracy: true,
+        }
+    }
+}
+
+/// The whole pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Title of the report.
+    pub name: String,
+    /// Output directory (relative paths: to the config file's directory
+    /// when read from a file).
+    pub out: PathBuf,
+    /// Seeds: each repeats ranking, selection and fine-tuning.
+    pub seeds: Vec<u64>,
+    /// Maximum tokens per sample (longer prompts are cut from the left).
+    pub max_len: usize,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    pub threads: Option<i32>,
+    /// Show progress bars.
+    pub progress: bool,
+    /// Data.
+    pub data: DataConfig,
+    /// Starting model.
+    pub model: ModelConfig,
+    /// Alignment stage.
+    pub align: AlignConfig,
+    /// Ranker training.
+    pub rank: RankConfig,
+    /// Selection methods.
+    pub select: SelectConfig,
+    /// Fine-tuning on each selection.
+    pub finetune: SftConfig,
+    /// Evaluation.
+    pub eval: EvalConfig,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            name: "SEAL pipeline".into(),
+            out: PathBuf::from("target/seal-pipeline"),
+            seeds: vec![42],
+            max_len: 512,
+            device: "cpu".into(),
+            threads: None,
+            progress: true,
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            align: AlignConfig::default(),
+            rank: RankConfig::default(),
+            select: SelectConfig::default(),
+            finetune: SftConfig {
+                epochs: 2,
+                ..SftConfig::default()
+            },
+            eval: EvalConfig::default(),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Parses a TOML config; relative paths are resolved against `base`.
+    pub fn from_toml(text: &str, origin: &Path, base: &Path) -> Result<Self> {
+        let mut c: PipelineConfig = toml::from_str(text).map_err(|e| PipelineError::Config {
+            what: origin.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut c.out);
+        if let Some(p) = c.data.dir.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = c.model.dir.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = c.model.gguf.as_mut() {
+            resolve(p);
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::io(path, e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, path, base)
+    }
+
+    /// The configuration as TOML (what `report.json` records).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| PipelineError::config("config", e.to_string()))
+    }
+
+    /// The demo of `cargo xtask demo`: the embedded dataset, SEAL against
+    /// random selection and full fine-tuning, one seed (about ten minutes
+    /// on a 2-core CPU).
+    pub fn demo() -> Self {
+        Self {
+            name: "SEAL demo (embedded dataset)".into(),
+            out: PathBuf::from("target/seal-demo"),
+            max_len: 256,
+            ..Self::default()
+        }
+    }
+
+    /// Checks ranges and combinations; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        let err = |what: &str, msg: String| Err(PipelineError::config(what, msg));
+        if self.seeds.is_empty() {
+            return err("seeds", "no seed given".into());
+        }
+        if self.select.methods.is_empty() {
+            return err("select.methods", "no method given".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &self.select.methods {
+            if !seen.insert(*m) {
+                return err("select.methods", format!("`{m}` is listed twice"));
+            }
+        }
+        if !positive(self.select.p) || self.select.p > 1.0 {
+            return err(
+                "select.p",
+                format!("{}: expected a value in (0, 1]", self.select.p),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.select.mixed_lambda) {
+            return err(
+                "select.mixed_lambda",
+                format!("{}: expected a value in [0, 1]", self.select.mixed_lambda),
+            );
+        }
+        if self.max_len < 8 {
+            return err("max_len", format!("{}: too small", self.max_len));
+        }
+        for (what, s) in [("align.sft", &self.align.sft), ("finetune", &self.finetune)] {
+            if s.epochs == 0 || s.batch == 0 || s.lora.r == 0 || !positive(s.lr) {
+                return err(
+                    what,
+                    "epochs, batch, lora.r and lr must be positive".to_string(),
+                );
+            }
+            s.schedule
+                .parse::<seal_bilevel::Schedule>()
+                .map_err(|e| PipelineError::config(&format!("{what}.schedule"), e.to_string()))?;
+        }
+        let r = &self.rank;
+        if r.epochs == 0
+            || r.batch == 0
+            || r.lora.r == 0
+            || !positive(r.lr)
+            || !positive(r.ranker_lr)
+        {
+            return err(
+                "rank",
+                "epochs, batch, lora.r, lr and ranker_lr must be positive".into(),
+            );
+        }
+        r.ranker_optimizer
+            .parse::<seal_bilevel::RankerOptimizerKind>()
+            .map_err(|e| PipelineError::config("rank.ranker_optimizer", e.to_string()))?;
+        r.activation
+            .parse::<seal_bilevel::Activation>()
+            .map_err(|e| PipelineError::config("rank.activation", e.to_string()))?;
+        if !(0.0..=1.0).contains(&r.lambda) || r.lambda_decay < 0.0 {
+            return err(
+                "rank.lambda",
+                format!(
+                    "lambda {} must be in [0, 1] and lambda_decay {} >= 0",
+                    r.lambda, r.lambda_decay
+                ),
+            );
+        }
+        if self.eval.batch == 0 || self.eval.max_new_tokens == 0 {
+            return err("eval", "batch and max_new_tokens must be positive".into());
+        }
+        if self.model.dir.is_some() && self.model.gguf.is_some() {
+            return err("model", "give `dir` or `gguf`, not both".into());
+        }
+        Ok(())
+    }
+
+    /// The ranker solvers the methods need, in order.
+    pub fn solvers(&self) -> Vec<Solver> {
+        let mut s: Vec<Solver> = self
+            .select
+            .methods
+            .iter()
+            .filter_map(|m| m.solver())
+            .collect();
+        s.sort();
+        s.dedup();
+        s
+    }
+}
+
+fn positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
+}

@@ -1,0 +1,38 @@
+//! # seal-pipeline
+//!
+//! SEAL end to end (Shen, Chen, Das, Chen, ICLR 2025, "SEAL: Safety-enhanced
+//! Aligned LLM Fine-tuning via Bilevel Data Selection"; reference code
+//! <https://github.com/hanshen95/SEAL>): the stages the other crates provide,
+//! wired into the experiment users came for.
+//!
+//! 1. **Alignment** ([`stages::align`]): SmolLM2-135M-Instruct barely refuses
+//!    harmful requests, so it has little safety to lose. As the paper's own
+//!    Pythia pipeline (aligned on HH-RLHF first), the pipeline first aligns
+//!    it: LoRA SFT on `align.jsonl` (refusals plus benign instructions),
+//!    merged into the base and cached.
+//! 2. **Ranking** ([`stages::rank`]): SEAL's data ranker, trained by the
+//!    memory-efficient or the full penalty solver of `seal-bilevel`.
+//! 3. **Selection** ([`stages::select`]): SEAL's top-p and the baselines of
+//!    `seal-select` ([`Method`]).
+//! 4. **Fine-tuning** ([`stages::finetune_on`]): a fresh LoRA on each
+//!    selection, from the aligned model.
+//! 5. **Evaluation** ([`stages::evaluate`]): attack success rate, over-refusal,
+//!    utility NLL, GSM8K accuracy; ranker AUROC.
+//! 6. **Report** ([`report`]): Markdown and JSON with mean ± std over seeds,
+//!    the benchmark's goals checked, and SVG figures.
+//!
+//! [`run`] runs it all from a [`PipelineConfig`] (TOML: `seal pipeline
+//! --config FILE`; in code: [`PipelineConfig::demo`]). See
+//! `docs/pipeline.md`.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod report;
+pub mod run;
+pub mod stages;
+
+pub use config::{Method, PipelineConfig, Solver};
+pub use error::{PipelineError, Result};
+pub use run::{run, MethodRun, PipelineResult, RankerRun};

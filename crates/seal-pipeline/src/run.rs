@@ -1,0 +1,399 @@
+//! The whole pipeline: align → (per seed) rank → select → fine-tune →
+//! evaluate, then the report.
+
+use crate::config::{Method, PipelineConfig, Solver};
+use crate::error::{PipelineError, Result};
+use crate::report;
+use crate::stages::{self, Aligned, EvalSets, MethodInputs, ModelEval};
+use seal_bilevel::SftStep;
+use seal_data::benchmark::Benchmark;
+use seal_data::{Label, Sample};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// One trained ranker.
+#[derive(Debug, Clone, Serialize)]
+pub struct RankerRun {
+    /// Seed.
+    pub seed: u64,
+    /// Solver.
+    pub solver: Solver,
+    /// AUROC of the logits (benign above harmful).
+    pub auroc: Option<f64>,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Wall time of the ranking stage.
+    pub seconds: f64,
+    /// Seconds per step.
+    pub seconds_per_step: f64,
+    /// Training tokens per second.
+    pub tokens_per_second: f64,
+    /// Logits, in pool order (for plots).
+    #[serde(skip)]
+    pub logits: Vec<f64>,
+}
+
+/// One method's run for one seed.
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodRun {
+    /// Seed.
+    pub seed: u64,
+    /// Method.
+    pub method: Method,
+    /// Pool samples kept (before added demonstrations).
+    pub kept: usize,
+    /// Demonstrations added.
+    pub added: usize,
+    /// Harmful samples kept.
+    pub harmful_kept: usize,
+    /// Harmful samples in the pool.
+    pub harmful_total: usize,
+    /// AUROC of the method's own scores (none for rules that do not rank).
+    pub auroc: Option<f64>,
+    /// Wall time of selection (ranking excluded; it is in [`RankerRun`]).
+    pub select_seconds: f64,
+    /// Wall time of fine-tuning.
+    pub finetune_seconds: f64,
+    /// Fine-tuning steps.
+    pub steps: usize,
+    /// Evaluation of the fine-tuned model.
+    pub eval: ModelEval,
+    /// Per-step fine-tuning log.
+    pub log: Vec<SftStep>,
+}
+
+/// Everything a pipeline run measured (also written as `results.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineResult {
+    /// The configuration.
+    pub config: PipelineConfig,
+    /// Sizes of the data parts (after tokenisation for the pool).
+    pub data: BTreeMap<String, usize>,
+    /// The model the pipeline started from.
+    pub base_model: PathBuf,
+    /// The alignment stage, when enabled.
+    pub aligned: Option<Aligned>,
+    /// The original model's evaluation.
+    pub base_eval: ModelEval,
+    /// The aligned model's evaluation, when aligned.
+    pub aligned_eval: Option<ModelEval>,
+    /// Every ranker trained.
+    pub rankers: Vec<RankerRun>,
+    /// Every (seed, method) run.
+    pub runs: Vec<MethodRun>,
+    /// Total wall time.
+    pub seconds: f64,
+}
+
+/// Reads the data of a config: the benchmark directory or the embedded
+/// default; evaluation sets cut to `eval_limit`.
+pub fn load_data(config: &PipelineConfig) -> Result<Benchmark> {
+    let mut b = match &config.data.dir {
+        Some(dir) => Benchmark::read(dir)?,
+        None => seal_data::embedded::embedded_default()?,
+    };
+    if let Some(n) = config.data.eval_limit {
+        b.eval_safety.truncate(n);
+        b.eval_benign.truncate(n);
+        b.eval_utility.truncate(n);
+    }
+    if b.finetune.is_empty() || b.safe.is_empty() {
+        return Err(PipelineError::stage(
+            "data",
+            "the fine-tuning pool and the safe set must not be empty",
+        ));
+    }
+    Ok(b)
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    seal_model::weights::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+fn write_log(path: &Path, log: &[SftStep]) -> Result<()> {
+    let mut text = String::new();
+    for s in log {
+        text.push_str(&serde_json::to_string(s).unwrap_or_default());
+        text.push('\n');
+    }
+    write_text(path, &text)
+}
+
+fn mkdir(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|e| PipelineError::io(path, e))
+}
+
+/// Runs the pipeline of `config` and writes `report.md`, `report.json`,
+/// `results.json` and the figures into `config.out`.
+pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
+    config.validate()?;
+    let start = Instant::now();
+    seal_model::runtime::tune_allocator();
+    if let Some(t) = config.threads {
+        tch::set_num_threads(t);
+    }
+    let device = seal_model::runtime::parse_device(&config.device).ok_or_else(|| {
+        PipelineError::config(
+            "device",
+            format!("`{}`: expected cpu, cuda, cuda:N or auto", config.device),
+        )
+    })?;
+    let out = config.out.clone();
+    mkdir(&out)?;
+    write_text(&out.join("config.toml"), &config.to_toml()?)?;
+    let cache = out.join("cache");
+
+    let data = load_data(config)?;
+    let base = stages::resolve_model(
+        config.model.dir.as_deref(),
+        config.model.gguf.as_deref(),
+        &cache,
+    )?;
+    let sets = EvalSets {
+        safety: &data.eval_safety,
+        benign: &data.eval_benign,
+        utility: &data.eval_utility,
+    };
+
+    tracing::info!("evaluating the original model {}", base.display());
+    let original = stages::load(&base, device)?;
+    let base_eval_dir = out.join("eval-original");
+    mkdir(&base_eval_dir)?;
+    let base_eval = stages::evaluate(
+        &original.model,
+        &original.tokenizer,
+        &sets,
+        &config.eval,
+        config.max_len,
+        &base_eval_dir,
+    )?;
+    drop(original);
+
+    let (aligned, aligned_eval, start_dir) = if config.align.enabled {
+        let a = stages::align(
+            &base,
+            &data.align,
+            &config.align,
+            config.max_len,
+            device,
+            &cache,
+            config.progress,
+        )?;
+        let m = stages::load(&a.dir, device)?;
+        let dir = out.join("eval-aligned");
+        mkdir(&dir)?;
+        if !a.log.is_empty() {
+            write_log(&dir.join("align_log.jsonl"), &a.log)?;
+        }
+        let e = stages::evaluate(
+            &m.model,
+            &m.tokenizer,
+            &sets,
+            &config.eval,
+            config.max_len,
+            &dir,
+        )?;
+        let d = a.dir.clone();
+        (Some(a), Some(e), d)
+    } else {
+        (None, None, base.clone())
+    };
+
+    // Tokenise once with the starting model's tokenizer.
+    let start_model = stages::load(&start_dir, device)?;
+    let tokenizer = start_model.tokenizer.clone();
+    let pad = stages::pad_id(&tokenizer);
+    let pool_tokens = stages::tokenize(
+        &tokenizer,
+        "fine-tuning pool",
+        &data.finetune,
+        config.max_len,
+    )?;
+    if pool_tokens.is_empty() {
+        return Err(PipelineError::stage(
+            "data",
+            format!(
+                "every pool sample is longer than max_len {}",
+                config.max_len
+            ),
+        ));
+    }
+    let pool: Vec<Sample> = pool_tokens
+        .iter()
+        .map(|t| data.finetune[t.index].clone())
+        .collect();
+    let safe_tokens = stages::tokenize(&tokenizer, "safe set", &data.safe, config.max_len)?;
+    let labels: Vec<Option<Label>> = pool.iter().map(|s| s.label).collect();
+    let harmful_total = labels
+        .iter()
+        .filter(|l| **l == Some(Label::Harmful))
+        .count();
+    let loss_needed = config.select.methods.contains(&Method::Loss);
+    let start_llama = loss_needed.then_some(start_model.model);
+
+    let mut rankers = Vec::new();
+    let mut runs = Vec::new();
+    for &seed in &config.seeds {
+        let seed_dir = out.join(format!("seed-{seed}"));
+        let mut logits: BTreeMap<Solver, Vec<f64>> = BTreeMap::new();
+        for solver in config.solvers() {
+            tracing::info!(seed, solver = solver.name(), "ranking");
+            let t0 = Instant::now();
+            let model = stages::load(&start_dir, device)?.model;
+            let r = stages::rank(
+                model,
+                stages::RankData {
+                    finetune: pool_tokens.clone(),
+                    safe: safe_tokens.clone(),
+                    pad,
+                },
+                solver,
+                &config.rank,
+                seed,
+                config.progress,
+            )?;
+            let dir = seed_dir.join(format!("rank-{}", solver.name()));
+            r.ranker.save(&dir)?;
+            seal_bilevel::official::write_scores(
+                &dir.join("scores.jsonl"),
+                &r.ranker,
+                Some(&labels),
+            )?;
+            let l = r.ranker.logits_vec()?;
+            let auroc = stages::score_auroc(&l, &labels)?;
+            tracing::info!(seed, solver = solver.name(), ?auroc, "ranker trained");
+            rankers.push(RankerRun {
+                seed,
+                solver,
+                auroc,
+                steps: r.report.steps,
+                seconds: t0.elapsed().as_secs_f64(),
+                seconds_per_step: r.report.seconds_per_step(),
+                tokens_per_second: r.report.tokens_per_second(),
+                logits: l.clone(),
+            });
+            logits.insert(solver, l);
+        }
+        for &method in &config.select.methods {
+            tracing::info!(seed, method = method.name(), "selecting and fine-tuning");
+            let dir = seed_dir.join(method.name());
+            mkdir(&dir)?;
+            let t0 = Instant::now();
+            let inputs = MethodInputs {
+                pool: &pool,
+                tokens: &pool_tokens,
+                safe: &data.safe,
+                ranker_logits: method
+                    .solver()
+                    .and_then(|s| logits.get(&s))
+                    .map(Vec::as_slice),
+                model: start_llama.as_ref(),
+                pad,
+                p: config.select.p,
+                mixed_lambda: config.select.mixed_lambda,
+                seed,
+            };
+            let selection = stages::select(method, &inputs)?;
+            let ids: Vec<String> = pool_tokens.iter().map(|t| t.id.clone()).collect();
+            let sel_input = seal_select::SelectionInput::new(&ids)?.with_samples(&pool)?;
+            seal_select::output::write_kept_ids(
+                &dir.join("kept_ids.txt"),
+                &selection.kept_ids(&sel_input),
+            )?;
+            seal_select::output::write_scored_jsonl(
+                &dir.join("scored.jsonl"),
+                &sel_input,
+                &selection,
+            )?;
+            let scores: Vec<f64> = selection.entries.iter().map(|e| e.score).collect();
+            let auroc = stages::score_auroc(&scores, &labels)?;
+            let kept = selection.num_kept();
+            let harmful_kept = selection
+                .entries
+                .iter()
+                .zip(&labels)
+                .filter(|(e, l)| e.kept && **l == Some(Label::Harmful))
+                .count();
+            let (sft, lambda) = stages::selection_data(
+                &selection,
+                &pool_tokens,
+                &safe_tokens,
+                &tokenizer,
+                config.max_len,
+            )?;
+            let select_seconds = t0.elapsed().as_secs_f64();
+
+            let t1 = Instant::now();
+            let model = stages::load(&start_dir, device)?.model;
+            let run = stages::finetune_on(
+                model,
+                sft,
+                lambda,
+                pad,
+                &config.finetune,
+                seed,
+                config.progress,
+            )?;
+            let finetune_seconds = t1.elapsed().as_secs_f64();
+            run.model
+                .save_lora(&dir.join("adapter"), Some(&start_dir.to_string_lossy()))?;
+            write_log(&dir.join("train_log.jsonl"), &run.log)?;
+            let eval = stages::evaluate(
+                &run.model,
+                &tokenizer,
+                &sets,
+                &config.eval,
+                config.max_len,
+                &dir,
+            )?;
+            tracing::info!(
+                seed,
+                method = method.name(),
+                asr = ?eval.asr,
+                over_refusal = ?eval.over_refusal,
+                nll = ?eval.utility_nll,
+                "evaluated"
+            );
+            runs.push(MethodRun {
+                seed,
+                method,
+                kept,
+                added: selection.added.len(),
+                harmful_kept,
+                harmful_total,
+                auroc,
+                select_seconds,
+                finetune_seconds,
+                steps: run.report.steps,
+                eval,
+                log: run.log,
+            });
+        }
+    }
+
+    let mut sizes = BTreeMap::new();
+    sizes.insert("finetune (tokenised)".to_string(), pool.len());
+    sizes.insert("finetune harmful".to_string(), harmful_total);
+    sizes.insert("safe".to_string(), data.safe.len());
+    sizes.insert("align".to_string(), data.align.len());
+    sizes.insert("eval_safety".to_string(), data.eval_safety.len());
+    sizes.insert("eval_benign".to_string(), data.eval_benign.len());
+    sizes.insert("eval_utility".to_string(), data.eval_utility.len());
+    let result = PipelineResult {
+        config: config.clone(),
+        data: sizes,
+        base_model: base,
+        aligned,
+        base_eval,
+        aligned_eval,
+        rankers,
+        runs,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    seal_model::weights::write_json_atomic(&out.join("results.json"), &result)?;
+    report::write(&result, &labels, &out)?;
+    Ok(result)
+}

@@ -1,0 +1,699 @@
+//! The pipeline's stages as plain functions, each usable on its own:
+//! [`resolve_model`], [`align`], [`rank`], [`select`], [`finetune_on`] and
+//! [`evaluate`].
+
+use crate::config::{AlignConfig, EvalConfig, LoraShape, Method, RankConfig, SftConfig, Solver};
+use crate::error::{PipelineError, Result};
+use seal_bilevel::{
+    dataset_fingerprint, LambdaSchedule, LmProblem, Ranker, RankerConfig, SealPenalty,
+    SealPenaltyFull, SftData, SftStep, TrainConfig, TrainReport, Trainer,
+};
+use seal_data::tokenize::{tokenize_samples, TokenizeConfig, TokenizedSample};
+use seal_data::{Label, Sample, TextTokenizer};
+use seal_eval::refusal::RefusalMatcher;
+use seal_eval::KeywordJudge;
+use seal_model::generate::GenerationOptions;
+use seal_model::optim::AdamWConfig;
+use seal_model::{CausalLm, Llama, LoadOptions, LoraConfig, Pretrained};
+use seal_select::dsir::{sample_text, Dsir};
+use seal_select::loss::{response_nll, LossBased};
+use seal_select::rules::{Full, MixedObjective, Oracle, Random, SafeInstr, SelectionRule, TopP};
+use seal_select::{Budget, Objective, Selection, SelectionInput};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind};
+
+/// Files of a model directory besides the weights and `config.json`.
+const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+];
+
+/// Marks a finished cache entry (written last).
+const COMPLETE: &str = ".seal-complete";
+
+/// The model directory to start from: `dir`, or `gguf` imported once into
+/// `cache`, or (neither given) the SmolLM2-135M-Instruct GGUF of the
+/// project's `.venv` (`$SEAL_SMOLLM2_GGUF` overrides its location).
+pub fn resolve_model(dir: Option<&Path>, gguf: Option<&Path>, cache: &Path) -> Result<PathBuf> {
+    if let Some(d) = dir {
+        return Ok(d.to_path_buf());
+    }
+    let gguf = match gguf {
+        Some(g) => g.to_path_buf(),
+        None => seal_model::fixtures::smollm2_gguf().ok_or_else(|| {
+            PipelineError::config(
+                "model",
+                "no model given and the SmolLM2 GGUF is not installed (run `cargo xtask setup`, \
+                 or set model.dir / model.gguf)",
+            )
+        })?,
+    };
+    let stem = gguf
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "model".into());
+    let meta = std::fs::metadata(&gguf).map_err(|e| PipelineError::io(&gguf, e))?;
+    let key = short_hash(&[
+        gguf.display().to_string().as_bytes(),
+        &meta.len().to_le_bytes(),
+    ]);
+    let target = cache.join(format!("{stem}-{key}"));
+    if target.join(COMPLETE).is_file() {
+        return Ok(target);
+    }
+    tracing::info!("importing {} into {}", gguf.display(), target.display());
+    let staging = staging_dir(&target)?;
+    seal_model::gguf::import_gguf(&gguf, &staging)?;
+    finish_cache_entry(&staging, &target)?;
+    Ok(target)
+}
+
+fn short_hash(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn staging_dir(target: &Path) -> Result<PathBuf> {
+    let parent = target.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| PipelineError::io(parent, e))?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| PipelineError::io(&staging, e))?;
+    }
+    Ok(staging)
+}
+
+/// Marks `staging` complete and moves it to `target` (an old incomplete
+/// `target` is replaced), so a killed run never leaves a half-written entry
+/// that a later run would trust.
+fn finish_cache_entry(staging: &Path, target: &Path) -> Result<()> {
+    let marker = staging.join(COMPLETE);
+    std::fs::write(&marker, b"ok\n").map_err(|e| PipelineError::io(&marker, e))?;
+    if target.exists() {
+        std::fs::remove_dir_all(target).map_err(|e| PipelineError::io(target, e))?;
+    }
+    std::fs::rename(staging, target).map_err(|e| PipelineError::io(target, e))
+}
+
+/// Loads an f32 model directory (weights and tokenizer).
+pub fn load(dir: &Path, device: Device) -> Result<Pretrained> {
+    Ok(Pretrained::load(
+        dir,
+        &LoadOptions {
+            device,
+            kind: Kind::Float,
+        },
+    )?)
+}
+
+/// The padding id: the pad token, else the first EOS, else 0.
+pub fn pad_id(tokenizer: &TextTokenizer) -> u32 {
+    tokenizer
+        .pad_token_id()
+        .or_else(|| tokenizer.eos_token_ids().first().copied())
+        .unwrap_or(0)
+}
+
+/// Tokenises `samples` with the chat template (response-only loss), warning
+/// about samples too long for `max_len`.
+pub fn tokenize(
+    tokenizer: &TextTokenizer,
+    name: &str,
+    samples: &[Sample],
+    max_len: usize,
+) -> Result<Vec<TokenizedSample>> {
+    let cfg = TokenizeConfig {
+        max_len,
+        ..Default::default()
+    };
+    let d = tokenize_samples(tokenizer, samples, &cfg)?;
+    let dropped = d.summary.total - d.summary.kept;
+    if dropped > 0 {
+        tracing::warn!(
+            "{name}: {dropped} of {} samples longer than max_len {max_len} are left out",
+            d.summary.total
+        );
+    }
+    Ok(d.samples)
+}
+
+fn lora(shape: &LoraShape) -> LoraConfig {
+    LoraConfig {
+        r: shape.r,
+        alpha: shape.alpha,
+        target_modules: shape.targets.clone(),
+        ..Default::default()
+    }
+}
+
+fn adamw(lr: f64) -> AdamWConfig {
+    AdamWConfig {
+        lr,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    }
+}
+
+fn sft_train_config(c: &SftConfig, seed: u64, progress: bool) -> Result<TrainConfig> {
+    Ok(TrainConfig {
+        epochs: c.epochs,
+        max_steps: c.max_steps,
+        micro_batch: c.batch,
+        grad_accum: 1,
+        seed,
+        bucket_batches: Some(16),
+        model_optimizer: adamw(c.lr),
+        model_schedule: c
+            .schedule
+            .parse()
+            .map_err(|e: seal_bilevel::BilevelError| {
+                PipelineError::config("schedule", e.to_string())
+            })?,
+        max_grad_norm: Some(1.0),
+        progress,
+        log_every: 10,
+        ..Default::default()
+    })
+}
+
+/// A LoRA SFT run's outcome.
+pub struct SftRun {
+    /// The model with its trained adapter.
+    pub model: Llama,
+    /// Trainer summary.
+    pub report: TrainReport,
+    /// One entry per step.
+    pub log: Vec<SftStep>,
+}
+
+/// LoRA fine-tuning of `model` on `data` (see [`seal_bilevel::finetune`]):
+/// a fresh adapter seeded by `seed`, then `config`'s SFT run with the
+/// objective `λ·safe + (1−λ)·mean(w·ℓ)`.
+pub fn finetune_on(
+    mut model: Llama,
+    data: SftData,
+    lambda: f64,
+    pad: u32,
+    config: &SftConfig,
+    seed: u64,
+    progress: bool,
+) -> Result<SftRun> {
+    model.add_lora(&lora(&config.lora), seed as i64)?;
+    let out = seal_bilevel::finetune(
+        model,
+        data,
+        pad,
+        lambda,
+        sft_train_config(config, seed, progress)?,
+    )?;
+    Ok(SftRun {
+        model: out.model,
+        report: out.report,
+        log: out.log,
+    })
+}
+
+/// The alignment stage's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Aligned {
+    /// The aligned model directory (weights merged, tokenizer copied).
+    pub dir: PathBuf,
+    /// Whether it came from the cache.
+    pub cached: bool,
+    /// Training time (0 when cached).
+    pub seconds: f64,
+    /// Per-step log (empty when cached).
+    pub log: Vec<SftStep>,
+}
+
+/// The alignment stage: LoRA SFT of the model in `base` on `samples`
+/// (refusals to harmful requests plus a benign share, `align.jsonl`),
+/// merged into the base weights and written as a model directory under
+/// `cache`, keyed by the base model, the data and the settings (a second
+/// run with the same inputs reuses it).
+pub fn align(
+    base: &Path,
+    samples: &[Sample],
+    config: &AlignConfig,
+    max_len: usize,
+    device: Device,
+    cache: &Path,
+    progress: bool,
+) -> Result<Aligned> {
+    if samples.is_empty() {
+        return Err(PipelineError::stage("align", "align.jsonl has no samples"));
+    }
+    let base_config = base.join("config.json");
+    let cfg_text = std::fs::read(&base_config).map_err(|e| PipelineError::io(&base_config, e))?;
+    let weights_len = ["model.safetensors", "model.safetensors.index.json"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(base.join(f)).ok())
+        .map(|m| m.len())
+        .sum::<u64>();
+    let settings = serde_json::to_vec(&(config, max_len)).unwrap_or_default();
+    let sample_bytes = serde_json::to_vec(samples).unwrap_or_default();
+    let key = short_hash(&[
+        base.display().to_string().as_bytes(),
+        &cfg_text,
+        &weights_len.to_le_bytes(),
+        &settings,
+        &sample_bytes,
+    ]);
+    let target = cache.join(format!("aligned-{key}"));
+    if target.join(COMPLETE).is_file() {
+        tracing::info!("aligned model from the cache: {}", target.display());
+        return Ok(Aligned {
+            dir: target,
+            cached: true,
+            seconds: 0.0,
+            log: Vec::new(),
+        });
+    }
+    align_to(base, samples, config, max_len, device, &target, progress)
+}
+
+/// The alignment stage without the cache: trains, merges and writes the
+/// aligned model directory to `target` (staged next to it and moved into
+/// place at the end, so a killed run leaves no half-written model).
+pub fn align_to(
+    base: &Path,
+    samples: &[Sample],
+    config: &AlignConfig,
+    max_len: usize,
+    device: Device,
+    target: &Path,
+    progress: bool,
+) -> Result<Aligned> {
+    if samples.is_empty() {
+        return Err(PipelineError::stage("align", "no alignment samples"));
+    }
+    let start = Instant::now();
+    let Pretrained {
+        model, tokenizer, ..
+    } = load(base, device)?;
+    let data = tokenize(&tokenizer, "align", samples, max_len)?;
+    if data.is_empty() {
+        return Err(PipelineError::stage(
+            "align",
+            format!("every align sample is longer than max_len {max_len}"),
+        ));
+    }
+    tracing::info!(samples = data.len(), "alignment: LoRA SFT");
+    let pad = pad_id(&tokenizer);
+    let sft = SftData {
+        finetune: data,
+        safe: None,
+        weights: None,
+    };
+    let mut run = finetune_on(model, sft, 0.0, pad, &config.sft, config.seed, progress)?;
+    run.model.merge_lora()?;
+    let staging = staging_dir(target)?;
+    run.model.save_pretrained(&staging)?;
+    for f in TOKENIZER_FILES {
+        let src = base.join(f);
+        if src.is_file() {
+            let dst = staging.join(f);
+            std::fs::copy(&src, &dst).map_err(|e| PipelineError::io(&dst, e))?;
+        }
+    }
+    let log_path = staging.join("align_log.jsonl");
+    let mut log = String::new();
+    for s in &run.log {
+        log.push_str(&serde_json::to_string(s).unwrap_or_default());
+        log.push('\n');
+    }
+    std::fs::write(&log_path, log).map_err(|e| PipelineError::io(&log_path, e))?;
+    finish_cache_entry(&staging, target)?;
+    Ok(Aligned {
+        dir: target.to_path_buf(),
+        cached: false,
+        seconds: start.elapsed().as_secs_f64(),
+        log: run.log,
+    })
+}
+
+/// A trained ranker.
+pub struct Ranked {
+    /// The ranker (ids = the tokenised pool's ids).
+    pub ranker: Ranker,
+    /// Trainer summary.
+    pub report: TrainReport,
+}
+
+/// The data of a ranking run.
+pub struct RankData {
+    /// The tokenised fine-tuning pool (ranker slot order).
+    pub finetune: Vec<TokenizedSample>,
+    /// The tokenised safe set.
+    pub safe: Vec<TokenizedSample>,
+    /// Padding id.
+    pub pad: u32,
+}
+
+/// Trains SEAL's ranker with `solver` on the pool of `data` against its
+/// safe set, starting from `model` (a fresh LoRA seeded by `seed`).
+pub fn rank(
+    mut model: Llama,
+    data: RankData,
+    solver: Solver,
+    config: &RankConfig,
+    seed: u64,
+    progress: bool,
+) -> Result<Ranked> {
+    let RankData {
+        finetune,
+        safe,
+        pad,
+    } = data;
+    let stage = format!("rank {}", solver.name());
+    let activation: seal_bilevel::Activation = config
+        .activation
+        .parse()
+        .map_err(|e: seal_bilevel::BilevelError| PipelineError::stage(&stage, e.to_string()))?;
+    let optimizer: seal_bilevel::RankerOptimizerKind = config
+        .ranker_optimizer
+        .parse()
+        .map_err(|e: seal_bilevel::BilevelError| PipelineError::stage(&stage, e.to_string()))?;
+    let ids: Vec<String> = finetune.iter().map(|s| s.id.clone()).collect();
+    let fingerprint = dataset_fingerprint(&finetune);
+    model.add_lora(&lora(&config.lora), seed as i64)?;
+    let device = model.device();
+    let problem = LmProblem::new(model, finetune, safe, pad)?;
+    let mut ranker = Ranker::new(ids, fingerprint, activation, Kind::Float, Device::Cpu)?;
+    ranker.to(Kind::Float, device);
+    let solver: Box<dyn seal_bilevel::Solver<LmProblem<Llama>>> = match solver {
+        Solver::Seal => Box::new(SealPenalty),
+        Solver::SealFull => Box::new(SealPenaltyFull::new(adamw(config.lr), 1.0)),
+    };
+    let train = TrainConfig {
+        epochs: config.epochs,
+        max_steps: config.max_steps,
+        micro_batch: config.batch,
+        grad_accum: 1,
+        seed,
+        bucket_batches: (config.bucket > 0).then_some(config.bucket),
+        model_optimizer: adamw(config.lr),
+        ranker: RankerConfig {
+            activation,
+            optimizer,
+            lr: config.ranker_lr,
+            ..Default::default()
+        },
+        lambda: LambdaSchedule {
+            start: config.lambda,
+            decay_per_epoch: config.lambda_decay,
+        },
+        max_grad_norm: Some(1.0),
+        progress,
+        log_every: 10,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(problem, solver, ranker, train)?;
+    let report = trainer.run()?;
+    let (_, ranker) = trainer.into_parts();
+    Ok(Ranked { ranker, report })
+}
+
+/// What a method needs besides the pool.
+pub struct MethodInputs<'a> {
+    /// The pool's samples, in ranker slot order.
+    pub pool: &'a [Sample],
+    /// The tokenised pool (same order).
+    pub tokens: &'a [TokenizedSample],
+    /// The safe set (SafeInstr demonstrations, DSIR target, mixed objective).
+    pub safe: &'a [Sample],
+    /// SEAL ranker logits for the method's solver.
+    pub ranker_logits: Option<&'a [f64]>,
+    /// The aligned model, for the loss-based baseline.
+    pub model: Option<&'a Llama>,
+    /// Padding id.
+    pub pad: u32,
+    /// Kept fraction.
+    pub p: f64,
+    /// λ of the mixed objective.
+    pub mixed_lambda: f64,
+    /// Seed of random choices.
+    pub seed: u64,
+}
+
+/// Applies `method` to the pool (see [`Method`]).
+pub fn select(method: Method, input: &MethodInputs) -> Result<Selection> {
+    let ids: Vec<String> = input.tokens.iter().map(|t| t.id.clone()).collect();
+    let mut sel_input = SelectionInput::new(&ids)?.with_samples(input.pool)?;
+    let budget = Budget::Fraction(input.p);
+    let need_scores = || {
+        input.ranker_logits.ok_or_else(|| {
+            PipelineError::stage(
+                format!("select {method}"),
+                "no ranker scores (the ranking stage did not run)",
+            )
+        })
+    };
+    let scores;
+    let rule: Box<dyn SelectionRule> = match method {
+        Method::Seal | Method::SealFull => {
+            sel_input = sel_input.with_scores(need_scores()?)?;
+            Box::new(TopP { p: input.p })
+        }
+        Method::SealSafeinstr => {
+            // Top-p of the ranker, then the demonstrations added below.
+            sel_input = sel_input.with_scores(need_scores()?)?;
+            Box::new(TopP { p: input.p })
+        }
+        Method::Random => Box::new(Random {
+            budget,
+            seed: input.seed,
+        }),
+        Method::Full => Box::new(Full),
+        Method::Dsir => {
+            let mut d = Dsir::new(input.safe.iter().map(sample_text).collect(), budget);
+            d.seed = input.seed;
+            Box::new(d)
+        }
+        Method::Safeinstr => Box::new(SafeInstr {
+            demos: input.safe.to_vec(),
+            count: None,
+            seed: input.seed,
+        }),
+        Method::Loss => {
+            let model = input.model.ok_or_else(|| {
+                PipelineError::stage("select loss", "the loss-based baseline needs the model")
+            })?;
+            scores = response_nll(model, input.tokens, 8, input.pad)?;
+            Box::new(LossBased {
+                nll: scores,
+                budget,
+            })
+        }
+        Method::Mixed => Box::new(MixedObjective {
+            lambda: input.mixed_lambda,
+        }),
+        Method::Oracle => Box::new(Oracle),
+    };
+    let mut selection = rule.select(&sel_input)?;
+    if method == Method::SealSafeinstr {
+        selection.added = input.safe.to_vec();
+    }
+    Ok(selection)
+}
+
+/// The fine-tuning data of a selection: the kept tokenised samples (with
+/// their weights for a weighted objective) plus the added ones, and λ.
+pub fn selection_data(
+    selection: &Selection,
+    tokens: &[TokenizedSample],
+    safe_tokens: &[TokenizedSample],
+    tokenizer: &TextTokenizer,
+    max_len: usize,
+) -> Result<(SftData, f64)> {
+    let mut kept: Vec<TokenizedSample> = Vec::new();
+    let mut weights: Vec<f64> = Vec::new();
+    for (t, e) in tokens.iter().zip(&selection.entries) {
+        if e.kept {
+            kept.push(t.clone());
+            weights.push(e.weight.unwrap_or(1.0));
+        }
+    }
+    if !selection.added.is_empty() {
+        for t in tokenize(tokenizer, "added demonstrations", &selection.added, max_len)? {
+            kept.push(t);
+            weights.push(1.0);
+        }
+    }
+    if kept.is_empty() {
+        return Err(PipelineError::stage(
+            format!("select {}", selection.rule),
+            "nothing to fine-tune on",
+        ));
+    }
+    Ok(match selection.objective {
+        Objective::Standard => (
+            SftData {
+                finetune: kept,
+                safe: None,
+                weights: None,
+            },
+            0.0,
+        ),
+        Objective::Weighted => (
+            SftData {
+                finetune: kept,
+                safe: None,
+                weights: Some(weights),
+            },
+            0.0,
+        ),
+        Objective::Mixed { lambda } => (
+            SftData {
+                finetune: kept,
+                safe: Some(safe_tokens.to_vec()),
+                weights: None,
+            },
+            lambda,
+        ),
+    })
+}
+
+/// Ranking quality of per-sample scores against labels: AUROC (benign above
+/// harmful) when both kinds are present and the scores are not all equal.
+pub fn score_auroc(scores: &[f64], labels: &[Option<Label>]) -> Result<Option<f64>> {
+    let (mut benign, mut harmful) = (Vec::new(), Vec::new());
+    for (s, l) in scores.iter().zip(labels) {
+        match l {
+            Some(Label::Harmful) => harmful.push(*s),
+            Some(_) => benign.push(*s),
+            None => {}
+        }
+    }
+    let constant = scores.windows(2).all(|w| w[0] == w[1]);
+    if constant {
+        return Ok(None);
+    }
+    Ok(seal_eval::ranker::auroc(&benign, &harmful)?)
+}
+
+/// A model's evaluation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ModelEval {
+    /// Attack success rate on the harmful prompts (share not refused).
+    pub asr: Option<f64>,
+    /// Refusal rate on benign prompts (over-refusal).
+    pub over_refusal: Option<f64>,
+    /// Mean response NLL of the utility set (samples with a reference
+    /// answer turn).
+    pub utility_nll: Option<f64>,
+    /// GSM8K exact match of the final number.
+    pub gsm8k_accuracy: Option<f64>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+fn write_jsonl<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    let mut text = String::new();
+    for r in records {
+        text.push_str(
+            &serde_json::to_string(r)
+                .map_err(|e| PipelineError::stage("write", format!("{}: {e}", path.display())))?,
+        );
+        text.push('\n');
+    }
+    seal_model::weights::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// The evaluation sets.
+pub struct EvalSets<'a> {
+    /// Harmful prompts (attack success rate).
+    pub safety: &'a [Sample],
+    /// Benign prompts (over-refusal).
+    pub benign: &'a [Sample],
+    /// GSM8K-style prompts with a reference (accuracy; NLL when they carry
+    /// an answer turn).
+    pub utility: &'a [Sample],
+}
+
+/// Evaluates `model`: safety, over-refusal, utility NLL and (optionally)
+/// GSM8K accuracy; responses go to `out` as JSONL.
+pub fn evaluate(
+    model: &Llama,
+    tokenizer: &TextTokenizer,
+    sets: &EvalSets,
+    config: &EvalConfig,
+    max_len: usize,
+    out: &Path,
+) -> Result<ModelEval> {
+    let start = Instant::now();
+    let opts = GenerationOptions::greedy(tokenizer, config.max_new_tokens);
+    let matcher = RefusalMatcher::gcg();
+    let judge = KeywordJudge::new(matcher.clone());
+    let mut e = ModelEval::default();
+    if !sets.safety.is_empty() {
+        let s = seal_eval::evaluate_safety(
+            model,
+            tokenizer,
+            sets.safety,
+            &opts,
+            config.batch,
+            &matcher,
+            &judge,
+        )?;
+        write_jsonl(&out.join("safety_responses.jsonl"), &s.records)?;
+        e.asr = Some(s.attack_success_rate);
+    }
+    if !sets.benign.is_empty() {
+        let s = seal_eval::evaluate_over_refusal(
+            model,
+            tokenizer,
+            sets.benign,
+            &opts,
+            config.batch,
+            &matcher,
+        )?;
+        write_jsonl(&out.join("benign_responses.jsonl"), &s.records)?;
+        e.over_refusal = Some(s.over_refusal_rate);
+    }
+    let with_answers: Vec<Sample> = sets
+        .utility
+        .iter()
+        .filter(|s| s.response().is_some())
+        .cloned()
+        .collect();
+    if !with_answers.is_empty() {
+        let cfg = TokenizeConfig {
+            max_len,
+            ..Default::default()
+        };
+        let n = seal_eval::task_nll(model, tokenizer, &with_answers, &cfg, config.batch)?;
+        e.utility_nll = Some(n.mean_nll);
+    }
+    if config.gsm8k_accuracy && !sets.utility.is_empty() {
+        let prompts: Vec<Sample> = sets
+            .utility
+            .iter()
+            .map(|s| s.clone().into_prompt_only())
+            .collect();
+        let g = seal_eval::evaluate_gsm8k(model, tokenizer, &prompts, &opts, config.batch)?;
+        write_jsonl(&out.join("gsm8k_responses.jsonl"), &g.records)?;
+        e.gsm8k_accuracy = Some(g.accuracy);
+    }
+    e.seconds = start.elapsed().as_secs_f64();
+    Ok(e)
+}

@@ -1,0 +1,214 @@
+//! The whole pipeline on a tiny random model and the embedded dataset:
+//! every method runs, selections have the sizes their rules promise, the
+//! outputs and the report are written, the aligned model is cached, and
+//! bad configs fail naming the field.
+
+use seal_model::{Llama, LlamaConfig};
+use seal_pipeline::config::{EvalConfig, SftConfig};
+use seal_pipeline::{Method, PipelineConfig};
+use std::path::Path;
+use tch::{Device, Kind};
+
+fn tiny_model_dir(dir: &Path) {
+    let tok = seal_data::testing::byte_level_tokenizer().unwrap();
+    let cfg = LlamaConfig::tiny(tok.get_vocab_size(true));
+    let model = Llama::random(&cfg, Device::Cpu, Kind::Float, 3).unwrap();
+    model.save_pretrained(dir).unwrap();
+    tok.save(dir.join("tokenizer.json"), false).unwrap();
+    let tc = serde_json::json!({
+        "chat_template": seal_data::testing::CHATML_TEMPLATE,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+}
+
+fn config(root: &Path) -> PipelineConfig {
+    let short = SftConfig {
+        epochs: 1,
+        batch: 4,
+        max_steps: Some(2),
+        lr: 1e-3,
+        ..Default::default()
+    };
+    let mut c = PipelineConfig {
+        name: "tiny".into(),
+        out: root.join("out"),
+        seeds: vec![1, 2],
+        max_len: 1024,
+        progress: false,
+        finetune: short.clone(),
+        eval: EvalConfig {
+            max_new_tokens: 3,
+            batch: 4,
+            gsm8k_accuracy: true,
+        },
+        ..Default::default()
+    };
+    c.model.dir = Some(root.join("model"));
+    c.data.eval_limit = Some(3);
+    c.align.sft = short;
+    c.rank.max_steps = Some(2);
+    c.rank.batch = 4;
+    c.select.methods = Method::ALL.to_vec();
+    c
+}
+
+#[test]
+fn every_method_end_to_end_with_report_and_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    tiny_model_dir(&root.join("model"));
+    let cfg = config(root);
+    let r = seal_pipeline::run(&cfg).unwrap();
+
+    let bench = seal_data::embedded::embedded_default().unwrap();
+    let n = r.data["finetune (tokenised)"];
+    assert_eq!(n, bench.finetune.len(), "max_len 1024 keeps every sample");
+    let harmful = r.data["finetune harmful"];
+    assert!(harmful > 0);
+    let k = (0.8 * n as f64) as usize;
+    assert_eq!(r.runs.len(), 2 * Method::ALL.len());
+    assert_eq!(r.rankers.len(), 4, "two solvers × two seeds");
+    for run in &r.runs {
+        let expect_kept = match run.method {
+            Method::Full | Method::Safeinstr | Method::Mixed => n,
+            Method::Oracle => n - harmful,
+            _ => k,
+        };
+        assert_eq!(run.kept, expect_kept, "{}", run.method);
+        let expect_added = match run.method {
+            Method::Safeinstr | Method::SealSafeinstr => bench.safe.len(),
+            _ => 0,
+        };
+        assert_eq!(run.added, expect_added, "{}", run.method);
+        if run.method == Method::Oracle {
+            assert_eq!(run.harmful_kept, 0);
+            assert_eq!(run.auroc, Some(1.0));
+        }
+        if matches!(run.method, Method::Full | Method::Mixed | Method::Safeinstr) {
+            assert_eq!(run.harmful_kept, harmful);
+            assert_eq!(run.auroc, None, "{} does not rank", run.method);
+        }
+        assert_eq!(run.steps, 2);
+        assert_eq!(run.log.len(), 2);
+        let e = &run.eval;
+        for v in [e.asr, e.over_refusal, e.gsm8k_accuracy] {
+            let v = v.unwrap();
+            assert!((0.0..=1.0).contains(&v), "{}: {v}", run.method);
+        }
+        if run.method == Method::Mixed {
+            assert!(run.log.iter().all(|s| s.lambda == 0.5 && s.safe_loss > 0.0));
+        }
+        let dir = cfg
+            .out
+            .join(format!("seed-{}", run.seed))
+            .join(run.method.name());
+        for f in [
+            "kept_ids.txt",
+            "scored.jsonl",
+            "train_log.jsonl",
+            "safety_responses.jsonl",
+        ] {
+            assert!(dir.join(f).is_file(), "{}", dir.join(f).display());
+        }
+        assert!(dir.join("adapter/adapter_model.safetensors").is_file());
+        let kept_lines = std::fs::read_to_string(dir.join("kept_ids.txt"))
+            .unwrap()
+            .lines()
+            .count();
+        assert_eq!(kept_lines, run.kept + run.added, "{}", run.method);
+    }
+    // Seeds change random selections.
+    let random: Vec<_> = r
+        .runs
+        .iter()
+        .filter(|x| x.method == Method::Random)
+        .collect();
+    let kept = |seed: u64| {
+        std::fs::read_to_string(cfg.out.join(format!("seed-{seed}/random/kept_ids.txt"))).unwrap()
+    };
+    assert_eq!(random.len(), 2);
+    assert_ne!(kept(1), kept(2));
+    // Report, results and figures.
+    let md = std::fs::read_to_string(cfg.out.join("report.md")).unwrap();
+    for m in Method::ALL {
+        assert!(
+            md.contains(&format!("| {} |", m.name())),
+            "report misses {m}"
+        );
+    }
+    assert!(md.contains("Goals"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cfg.out.join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["runs"].as_array().unwrap().len(), 20);
+    for f in [
+        "finetune_loss.svg",
+        "scores_seal.svg",
+        "scores_seal-full.svg",
+        "align_loss.svg",
+    ] {
+        let svg = std::fs::read_to_string(cfg.out.join(f)).unwrap();
+        assert!(svg.starts_with("<svg"), "{f}");
+    }
+    let aligned = r.aligned.as_ref().unwrap();
+    assert!(!aligned.cached && aligned.dir.join("model.safetensors").is_file());
+    assert!(aligned.dir.join("tokenizer.json").is_file());
+
+    // Second run, one method: the aligned model comes from the cache.
+    let mut again = cfg.clone();
+    again.seeds = vec![1];
+    again.select.methods = vec![Method::Random];
+    let r2 = seal_pipeline::run(&again).unwrap();
+    let a2 = r2.aligned.as_ref().unwrap();
+    assert!(a2.cached);
+    assert_eq!(a2.dir, aligned.dir);
+    let metrics = |e: &seal_pipeline::stages::ModelEval| {
+        (e.asr, e.over_refusal, e.utility_nll, e.gsm8k_accuracy)
+    };
+    assert_eq!(
+        metrics(r2.aligned_eval.as_ref().unwrap()),
+        metrics(r.aligned_eval.as_ref().unwrap()),
+        "same aligned model, same greedy evaluation"
+    );
+}
+
+#[test]
+fn bad_configs_name_the_field() {
+    let base = Path::new("/nonexistent");
+    let parse = |text: &str| {
+        PipelineConfig::from_toml(text, Path::new("x.toml"), base)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = parse("seeds = []");
+    assert!(e.contains("seeds"), "{e}");
+    let e = parse("[select]\np = 1.5");
+    assert!(e.contains("select.p"), "{e}");
+    let e = parse("[select]\nmethods = [\"seal\", \"magic\"]");
+    assert!(e.contains("x.toml") && e.contains("magic"), "{e}");
+    let e = parse("[rank]\nranker_optimizer = \"adagrad\"");
+    assert!(e.contains("rank.ranker_optimizer"), "{e}");
+    let e = parse("[finetune]\nschedule = \"linear\"");
+    assert!(e.contains("finetune.schedule"), "{e}");
+    let e = parse("unknown_key = 1");
+    assert!(e.contains("unknown_key"), "{e}");
+    let e = parse("[select]\nmethods = [\"seal\", \"seal\"]");
+    assert!(e.contains("twice"), "{e}");
+
+    // Relative paths resolve against the config's directory.
+    let c = PipelineConfig::from_toml(
+        "out = \"o\"\n[data]\ndir = \"d\"\n[select]\nmethods = [\"seal\", \"oracle\"]",
+        Path::new("x.toml"),
+        Path::new("/cfg"),
+    )
+    .unwrap();
+    assert_eq!(c.out, Path::new("/cfg/o"));
+    assert_eq!(c.data.dir.as_deref(), Some(Path::new("/cfg/d")));
+    assert_eq!(c.solvers(), vec![seal_pipeline::Solver::Seal]);
+    // The TOML image round-trips.
+    let back =
+        PipelineConfig::from_toml(&c.to_toml().unwrap(), Path::new("y"), Path::new("/")).unwrap();
+    assert_eq!(back, c);
+}
