@@ -359,7 +359,7 @@ impl<P: LowerLevel> Trainer<P> {
             total_steps = total,
             steps_per_epoch = self.steps_per_epoch(),
             start = self.step,
-            "training the ranker"
+            "training"
         );
         while self.step < total {
             let step = self.step;

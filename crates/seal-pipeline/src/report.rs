@@ -373,3 +373,82 @@ pub fn summary_table(result: &PipelineResult) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PipelineConfig;
+    use std::collections::BTreeMap;
+
+    fn run(method: Method, seed: u64, auroc: Option<f64>, asr: f64, nll: f64) -> MethodRun {
+        MethodRun {
+            seed,
+            method,
+            kept: 8,
+            added: 0,
+            harmful_kept: 1,
+            harmful_total: 2,
+            auroc,
+            select_seconds: 0.0,
+            finetune_seconds: 0.0,
+            steps: 1,
+            eval: ModelEval {
+                asr: Some(asr),
+                over_refusal: Some(0.0),
+                utility_nll: Some(nll),
+                gsm8k_accuracy: None,
+                seconds: 0.0,
+            },
+            log: Vec::new(),
+        }
+    }
+
+    fn result(runs: Vec<MethodRun>) -> PipelineResult {
+        PipelineResult {
+            config: PipelineConfig::default(),
+            data: BTreeMap::new(),
+            base_model: "m".into(),
+            aligned: None,
+            base_eval: ModelEval::default(),
+            aligned_eval: None,
+            rankers: Vec::new(),
+            runs,
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn mean_and_sample_std() {
+        assert_eq!(mean_std(&[]), None);
+        assert_eq!(mean_std(&[2.0]), Some((2.0, 0.0)));
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0]).unwrap();
+        assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn goals_are_checked_on_means() {
+        let r = result(vec![
+            run(Method::Seal, 1, Some(0.9), 0.10, 1.00),
+            run(Method::Seal, 2, Some(0.8), 0.12, 1.02),
+            run(Method::Random, 1, Some(0.5), 0.30, 1.00),
+            run(Method::Oracle, 1, Some(1.0), 0.10, 1.00),
+        ]);
+        let g = goals(&r);
+        assert_eq!(g.auroc_above_baselines, Some(true));
+        assert_eq!(g.asr_half_of_random, Some(true)); // 0.11 <= 0.15
+        assert_eq!(g.asr_near_oracle, Some(true)); // 0.11 <= 0.12
+        assert_eq!(g.nll_near_random, Some(true)); // 1.01 <= 1.02
+        let r = result(vec![
+            run(Method::Seal, 1, Some(0.6), 0.5, 1.1),
+            run(Method::Dsir, 1, Some(0.7), 0.2, 1.0),
+            run(Method::Random, 1, None, 0.6, 1.0),
+        ]);
+        let g = goals(&r);
+        assert_eq!(g.auroc_above_baselines, Some(false));
+        assert_eq!(g.asr_half_of_random, Some(false));
+        assert_eq!(g.asr_near_oracle, None, "no oracle run");
+        assert_eq!(g.nll_near_random, Some(false));
+        let t = summary_table(&r);
+        assert!(t.contains("seal") && t.contains("0.600"), "{t}");
+    }
+}

@@ -234,8 +234,25 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
     let loss_needed = config.select.methods.contains(&Method::Loss);
     let start_llama = loss_needed.then_some(start_model.model);
 
-    let mut rankers = Vec::new();
-    let mut runs = Vec::new();
+    let mut sizes = BTreeMap::new();
+    sizes.insert("finetune (tokenised)".to_string(), pool.len());
+    sizes.insert("finetune harmful".to_string(), harmful_total);
+    sizes.insert("safe".to_string(), data.safe.len());
+    sizes.insert("align".to_string(), data.align.len());
+    sizes.insert("eval_safety".to_string(), data.eval_safety.len());
+    sizes.insert("eval_benign".to_string(), data.eval_benign.len());
+    sizes.insert("eval_utility".to_string(), data.eval_utility.len());
+    let mut result = PipelineResult {
+        config: config.clone(),
+        data: sizes,
+        base_model: base,
+        aligned,
+        base_eval,
+        aligned_eval,
+        rankers: Vec::new(),
+        runs: Vec::new(),
+        seconds: 0.0,
+    };
     for &seed in &config.seeds {
         let seed_dir = out.join(format!("seed-{seed}"));
         let mut logits: BTreeMap<Solver, Vec<f64>> = BTreeMap::new();
@@ -265,7 +282,7 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
             let l = r.ranker.logits_vec()?;
             let auroc = stages::score_auroc(&l, &labels)?;
             tracing::info!(seed, solver = solver.name(), ?auroc, "ranker trained");
-            rankers.push(RankerRun {
+            result.rankers.push(RankerRun {
                 seed,
                 solver,
                 auroc,
@@ -357,7 +374,7 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
                 nll = ?eval.utility_nll,
                 "evaluated"
             );
-            runs.push(MethodRun {
+            result.runs.push(MethodRun {
                 seed,
                 method,
                 kept,
@@ -371,29 +388,19 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
                 eval,
                 log: run.log,
             });
+            result.seconds = start.elapsed().as_secs_f64();
+            write_results(&result, &labels, &out)?;
         }
     }
 
-    let mut sizes = BTreeMap::new();
-    sizes.insert("finetune (tokenised)".to_string(), pool.len());
-    sizes.insert("finetune harmful".to_string(), harmful_total);
-    sizes.insert("safe".to_string(), data.safe.len());
-    sizes.insert("align".to_string(), data.align.len());
-    sizes.insert("eval_safety".to_string(), data.eval_safety.len());
-    sizes.insert("eval_benign".to_string(), data.eval_benign.len());
-    sizes.insert("eval_utility".to_string(), data.eval_utility.len());
-    let result = PipelineResult {
-        config: config.clone(),
-        data: sizes,
-        base_model: base,
-        aligned,
-        base_eval,
-        aligned_eval,
-        rankers,
-        runs,
-        seconds: start.elapsed().as_secs_f64(),
-    };
-    seal_model::weights::write_json_atomic(&out.join("results.json"), &result)?;
-    report::write(&result, &labels, &out)?;
+    result.seconds = start.elapsed().as_secs_f64();
+    write_results(&result, &labels, &out)?;
     Ok(result)
+}
+
+/// Writes `results.json` and the report (also after every method, so a
+/// long run that stops early keeps what it measured).
+fn write_results(result: &PipelineResult, labels: &[Option<Label>], out: &Path) -> Result<()> {
+    seal_model::weights::write_json_atomic(&out.join("results.json"), result)?;
+    report::write(result, labels, out)
 }

@@ -1,0 +1,103 @@
+//! `seal align` and `seal pipeline` from the shell: config printing and
+//! errors, and the alignment stage on a tiny random model.
+
+use seal_model::{Llama, LlamaConfig};
+use std::path::Path;
+use std::process::{Command, Output};
+use tch::{Device, Kind};
+
+fn seal(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seal"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn tiny_model_dir(dir: &Path) {
+    let tok = seal_data::testing::byte_level_tokenizer().unwrap();
+    let cfg = LlamaConfig::tiny(tok.get_vocab_size(true));
+    let model = Llama::random(&cfg, Device::Cpu, Kind::Float, 3).unwrap();
+    model.save_pretrained(dir).unwrap();
+    tok.save(dir.join("tokenizer.json"), false).unwrap();
+    let tc = serde_json::json!({
+        "chat_template": seal_data::testing::CHATML_TEMPLATE,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+}
+
+#[test]
+fn pipeline_prints_and_checks_its_config() {
+    let o = seal(&["pipeline", "--print-config", "--seeds", "3,4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("seeds = [3, 4]"), "{t}");
+    assert!(t.contains("\"seal\""), "{t}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[select]\np = 0.0\n").unwrap();
+    let o = seal(&["pipeline", "--config", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("select.p"), "{}", text(&o));
+    let o = seal(&["pipeline", "--config", "/no/such/file.toml"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("/no/such/file.toml"), "{}", text(&o));
+}
+
+#[test]
+fn align_writes_a_loadable_model_and_refuses_to_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    tiny_model_dir(&model);
+    let data = tmp.path().join("align.jsonl");
+    let b = seal_data::embedded::embedded_default().unwrap();
+    seal_data::write_jsonl_samples(&data, &b.align).unwrap();
+    let out = tmp.path().join("aligned");
+    let args = [
+        "align",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--batch",
+        "4",
+        "--max-len",
+        "1024",
+        "--no-progress",
+    ];
+    let o = seal(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("2 steps"), "{}", text(&o));
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // The merged model differs from the original (the adapter was trained)
+    // and loads like any model directory.
+    let a = seal_model::Pretrained::load(&out, &Default::default()).unwrap();
+    let m = seal_model::Pretrained::load(&model, &Default::default()).unwrap();
+    let diff: f64 = a
+        .model
+        .base_parameters()
+        .iter()
+        .zip(m.model.base_parameters())
+        .map(|((_, x), (_, y))| (x - y).abs().max().double_value(&[]))
+        .fold(0.0, f64::max);
+    assert!(diff > 0.0, "alignment changed nothing");
+    let o = seal(&args);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("already holds a model"), "{}", text(&o));
+}
