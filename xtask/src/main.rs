@@ -55,7 +55,7 @@ fn main() -> Result<()> {
             eprintln!("  demo   setup, build and run the main job on the embedded default");
             eprintln!("  test   setup, fmt --check, clippy -D warnings, all tests");
             eprintln!(
-                "  replicate [--size small|medium|full] [--seeds 1,2,3] [--config FILE] [--shared DIR]"
+                "  replicate [--size small|medium|full] [--seeds 1,2,3] [--eval-limit N] [--config FILE] [--shared DIR]"
             );
             eprintln!(
                 "         the replication benchmark (about 2 h on a 2-core CPU at small size);"
@@ -255,6 +255,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
 fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     let mut size = "small".to_string();
     let mut seeds: Option<String> = None;
+    let mut eval_limit: Option<String> = None;
     let mut config = root.join("configs/replication.toml");
     let mut shared = root.join("../shared/data");
     let mut it = extra.iter();
@@ -267,6 +268,7 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
         match a.as_str() {
             "--size" => size = value()?,
             "--seeds" => seeds = Some(value()?),
+            "--eval-limit" => eval_limit = Some(value()?),
             "--config" => config = PathBuf::from(value()?),
             "--shared" => shared = PathBuf::from(value()?),
             other => bail!("replicate: unknown argument `{other}`"),
@@ -301,6 +303,9 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     if let Some(s) = &seeds {
         cmd.args(["--seeds", s]);
     }
+    if let Some(n) = &eval_limit {
+        cmd.args(["--eval-limit", n]);
+    }
     run(&mut cmd)?;
     let results = root.join("docs/results");
     std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
@@ -324,7 +329,13 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     }
     step(&format!(
         "report: docs/results/replication{suffix}.md (command: cargo xtask replicate --size {size}{})",
-        seeds.map(|s| format!(" --seeds {s}")).unwrap_or_default()
+        [
+            seeds.map(|s| format!(" --seeds {s}")),
+            eval_limit.map(|n| format!(" --eval-limit {n}"))
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<String>()
     ));
     Ok(())
 }

@@ -117,7 +117,7 @@ impl BenchmarkSizes {
                 poison_ratio: DEFAULT_POISON_RATIO,
                 safe: 80,
                 align: 320,
-                align_benign: 160,
+                align_benign: 320,
                 eval_safety: 100,
                 eval_utility: 100,
                 eval_benign: 100,

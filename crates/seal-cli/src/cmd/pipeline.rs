@@ -20,6 +20,9 @@ pub struct Args {
     /// Override the config's seeds (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub seeds: Option<Vec<u64>>,
+    /// Override the config's evaluation-set limit (prompts per set).
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -37,6 +40,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(data) = a.data {
         config.data.dir = Some(data);
+    }
+    if let Some(n) = a.eval_limit {
+        config.data.eval_limit = Some(n);
     }
     if let Some(seeds) = a.seeds {
         config.seeds = seeds;
