@@ -82,7 +82,12 @@ fn align_writes_a_loadable_model_and_refuses_to_overwrite() {
     let o = seal(&args);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("2 steps"), "{}", text(&o));
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         assert!(out.join(f).is_file(), "{f}");
     }
     // The merged model differs from the original (the adapter was trained)
