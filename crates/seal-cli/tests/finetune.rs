@@ -1,23 +1,13 @@
 //! `seal finetune` on a tiny random model directory: a PEFT adapter that
 //! loads back, the training log, the mixed objective and its errors.
 
-use seal_model::{Llama, LlamaConfig, LoadOptions, Pretrained};
+use seal_model::{LoadOptions, Pretrained};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use tch::{Device, Kind};
 
 fn tiny_model_dir(dir: &Path) {
-    let tok = seal_data::testing::byte_level_tokenizer().unwrap();
-    let cfg = LlamaConfig::tiny(tok.get_vocab_size(true));
-    let model = Llama::random(&cfg, Device::Cpu, Kind::Float, 3).unwrap();
-    model.save_pretrained(dir).unwrap();
-    tok.save(dir.join("tokenizer.json"), false).unwrap();
-    let tc = serde_json::json!({
-        "chat_template": seal_data::testing::CHATML_TEMPLATE,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-    });
-    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    seal_model::fixtures::write_tiny_model_dir(dir, |_| {}).unwrap();
 }
 
 struct Setup {

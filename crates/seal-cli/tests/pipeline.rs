@@ -1,10 +1,8 @@
 //! `seal align` and `seal pipeline` from the shell: config printing and
 //! errors, and the alignment stage on a tiny random model.
 
-use seal_model::{Llama, LlamaConfig};
 use std::path::Path;
 use std::process::{Command, Output};
-use tch::{Device, Kind};
 
 fn seal(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_seal"))
@@ -22,17 +20,7 @@ fn text(o: &Output) -> String {
 }
 
 fn tiny_model_dir(dir: &Path) {
-    let tok = seal_data::testing::byte_level_tokenizer().unwrap();
-    let cfg = LlamaConfig::tiny(tok.get_vocab_size(true));
-    let model = Llama::random(&cfg, Device::Cpu, Kind::Float, 3).unwrap();
-    model.save_pretrained(dir).unwrap();
-    tok.save(dir.join("tokenizer.json"), false).unwrap();
-    let tc = serde_json::json!({
-        "chat_template": seal_data::testing::CHATML_TEMPLATE,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-    });
-    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    seal_model::fixtures::write_tiny_model_dir(dir, |_| {}).unwrap();
 }
 
 #[test]

@@ -2,28 +2,18 @@
 //! checkpoint, resumed, and must produce a ranker bitwise equal to an
 //! uninterrupted run.
 
-use seal_model::{Llama, LlamaConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tch::{Device, Kind};
 
 fn tiny_model_dir(dir: &Path) {
-    let tok = seal_data::testing::byte_level_tokenizer().unwrap();
-    let mut cfg = LlamaConfig::tiny(tok.get_vocab_size(true));
-    cfg.hidden_size = 128;
-    cfg.intermediate_size = 256;
-    cfg.num_hidden_layers = 3;
-    cfg.head_dim = 32;
-    let model = Llama::random(&cfg, Device::Cpu, Kind::Float, 3).unwrap();
-    model.save_pretrained(dir).unwrap();
-    tok.save(dir.join("tokenizer.json"), false).unwrap();
-    let tc = serde_json::json!({
-        "chat_template": seal_data::testing::CHATML_TEMPLATE,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-    });
-    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    seal_model::fixtures::write_tiny_model_dir(dir, |cfg| {
+        cfg.hidden_size = 128;
+        cfg.intermediate_size = 256;
+        cfg.num_hidden_layers = 3;
+        cfg.head_dim = 32;
+    })
+    .unwrap();
 }
 
 fn data(dir: &Path) -> (PathBuf, PathBuf) {

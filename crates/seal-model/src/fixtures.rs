@@ -279,3 +279,27 @@ pub fn gguf_reference(gguf: &Path, inputs: &ReferenceInputs) -> Result<Option<Gg
     }
     Ok(Some(reference))
 }
+
+/// Writes a tiny random Llama model directory for tests: weights from
+/// [`LlamaConfig::tiny`] (adjusted by `configure`) with seed 3, the
+/// byte-level test tokenizer and a ChatML chat template. Returns the config.
+pub fn write_tiny_model_dir(
+    dir: &Path,
+    configure: impl FnOnce(&mut crate::LlamaConfig),
+) -> Result<crate::LlamaConfig> {
+    let tok = seal_data::testing::byte_level_tokenizer()?;
+    let mut cfg = crate::LlamaConfig::tiny(tok.get_vocab_size(true));
+    configure(&mut cfg);
+    let model = crate::Llama::random(&cfg, tch::Device::Cpu, tch::Kind::Float, 3)?;
+    model.save_pretrained(dir)?;
+    let tok_path = dir.join("tokenizer.json");
+    tok.save(&tok_path, false)
+        .map_err(|e| ModelError::InvalidInput(format!("{}: {e}", tok_path.display())))?;
+    let tc = serde_json::json!({
+        "chat_template": seal_data::testing::CHATML_TEMPLATE,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+    });
+    crate::weights::write_json_atomic(&dir.join("tokenizer_config.json"), &tc)?;
+    Ok(cfg)
+}

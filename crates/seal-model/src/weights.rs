@@ -297,3 +297,16 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
         .map_err(|e| ModelError::InvalidInput(format!("{}: {e}", path.display())))?;
     write_atomic(path, text.as_bytes())
 }
+
+/// Serialises `records` as JSON Lines (one compact object per line) and
+/// writes them atomically.
+pub fn write_jsonl_atomic<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    let mut text = String::new();
+    for r in records {
+        let line = serde_json::to_string(r)
+            .map_err(|e| ModelError::InvalidInput(format!("{}: {e}", path.display())))?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())
+}

@@ -179,7 +179,6 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
     if !result.rankers.is_empty() {
         let mut t = Table::new(["solver", "AUROC", "steps", "s/step", "tokens/s", "time (s)"]);
         let mut solvers: Vec<_> = result.rankers.iter().map(|k| k.solver).collect();
-        solvers.dedup();
         solvers.sort();
         solvers.dedup();
         for s in &solvers {

@@ -113,15 +113,6 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-fn write_log(path: &Path, log: &[SftStep]) -> Result<()> {
-    let mut text = String::new();
-    for s in log {
-        text.push_str(&serde_json::to_string(s).unwrap_or_default());
-        text.push('\n');
-    }
-    write_text(path, &text)
-}
-
 fn mkdir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|e| PipelineError::io(path, e))
 }
@@ -186,7 +177,7 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
         let dir = out.join("eval-aligned");
         mkdir(&dir)?;
         if !a.log.is_empty() {
-            write_log(&dir.join("align_log.jsonl"), &a.log)?;
+            seal_model::weights::write_jsonl_atomic(&dir.join("align_log.jsonl"), &a.log)?;
         }
         let e = stages::evaluate(
             &m.model,
@@ -231,6 +222,9 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
         .iter()
         .filter(|l| **l == Some(Label::Harmful))
         .count();
+    let pool_ids: Vec<String> = pool_tokens.iter().map(|t| t.id.clone()).collect();
+    // For the audit outputs (kept ids, scored JSONL) of every method.
+    let sel_input = seal_select::SelectionInput::new(&pool_ids)?.with_samples(&pool)?;
     let loss_needed = config.select.methods.contains(&Method::Loss);
     let start_llama = loss_needed.then_some(start_model.model);
 
@@ -314,8 +308,6 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
                 seed,
             };
             let selection = stages::select(method, &inputs)?;
-            let ids: Vec<String> = pool_tokens.iter().map(|t| t.id.clone()).collect();
-            let sel_input = seal_select::SelectionInput::new(&ids)?.with_samples(&pool)?;
             seal_select::output::write_kept_ids(
                 &dir.join("kept_ids.txt"),
                 &selection.kept_ids(&sel_input),
@@ -357,7 +349,7 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
             let finetune_seconds = t1.elapsed().as_secs_f64();
             run.model
                 .save_lora(&dir.join("adapter"), Some(&start_dir.to_string_lossy()))?;
-            write_log(&dir.join("train_log.jsonl"), &run.log)?;
+            seal_model::weights::write_jsonl_atomic(&dir.join("train_log.jsonl"), &run.log)?;
             let eval = stages::evaluate(
                 &run.model,
                 &tokenizer,

@@ -162,7 +162,9 @@ fn lora(shape: &LoraShape) -> LoraConfig {
     }
 }
 
-fn adamw(lr: f64) -> AdamWConfig {
+/// The model optimiser of every training stage: AdamW, betas (0.9, 0.95),
+/// eps 1e-8, no weight decay.
+pub fn model_optimizer(lr: f64) -> AdamWConfig {
     AdamWConfig {
         lr,
         beta1: 0.9,
@@ -180,7 +182,7 @@ fn sft_train_config(c: &SftConfig, seed: u64, progress: bool) -> Result<TrainCon
         grad_accum: 1,
         seed,
         bucket_batches: Some(16),
-        model_optimizer: adamw(c.lr),
+        model_optimizer: model_optimizer(c.lr),
         model_schedule: c
             .schedule
             .parse()
@@ -258,9 +260,6 @@ pub fn align(
     cache: &Path,
     progress: bool,
 ) -> Result<Aligned> {
-    if samples.is_empty() {
-        return Err(PipelineError::stage("align", "align.jsonl has no samples"));
-    }
     let base_config = base.join("config.json");
     let cfg_text = std::fs::read(&base_config).map_err(|e| PipelineError::io(&base_config, e))?;
     let weights_len = ["model.safetensors", "model.safetensors.index.json"]
@@ -334,13 +333,7 @@ pub fn align_to(
             std::fs::copy(&src, &dst).map_err(|e| PipelineError::io(&dst, e))?;
         }
     }
-    let log_path = staging.join("align_log.jsonl");
-    let mut log = String::new();
-    for s in &run.log {
-        log.push_str(&serde_json::to_string(s).unwrap_or_default());
-        log.push('\n');
-    }
-    std::fs::write(&log_path, log).map_err(|e| PipelineError::io(&log_path, e))?;
+    seal_model::weights::write_jsonl_atomic(&staging.join("align_log.jsonl"), &run.log)?;
     finish_cache_entry(&staging, target)?;
     Ok(Aligned {
         dir: target.to_path_buf(),
@@ -401,7 +394,7 @@ pub fn rank(
     ranker.to(Kind::Float, device);
     let solver: Box<dyn seal_bilevel::Solver<LmProblem<Llama>>> = match solver {
         Solver::Seal => Box::new(SealPenalty),
-        Solver::SealFull => Box::new(SealPenaltyFull::new(adamw(config.lr), 1.0)),
+        Solver::SealFull => Box::new(SealPenaltyFull::new(model_optimizer(config.lr), 1.0)),
     };
     let train = TrainConfig {
         epochs: config.epochs,
@@ -410,7 +403,7 @@ pub fn rank(
         grad_accum: 1,
         seed,
         bucket_batches: (config.bucket > 0).then_some(config.bucket),
-        model_optimizer: adamw(config.lr),
+        model_optimizer: model_optimizer(config.lr),
         ranker: RankerConfig {
             activation,
             optimizer,
@@ -606,19 +599,6 @@ pub struct ModelEval {
     pub seconds: f64,
 }
 
-fn write_jsonl<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
-    let mut text = String::new();
-    for r in records {
-        text.push_str(
-            &serde_json::to_string(r)
-                .map_err(|e| PipelineError::stage("write", format!("{}: {e}", path.display())))?,
-        );
-        text.push('\n');
-    }
-    seal_model::weights::write_atomic(path, text.as_bytes())?;
-    Ok(())
-}
-
 /// The evaluation sets.
 pub struct EvalSets<'a> {
     /// Harmful prompts (attack success rate).
@@ -655,7 +635,7 @@ pub fn evaluate(
             &matcher,
             &judge,
         )?;
-        write_jsonl(&out.join("safety_responses.jsonl"), &s.records)?;
+        seal_model::weights::write_jsonl_atomic(&out.join("safety_responses.jsonl"), &s.records)?;
         e.asr = Some(s.attack_success_rate);
     }
     if !sets.benign.is_empty() {
@@ -667,7 +647,7 @@ pub fn evaluate(
             config.batch,
             &matcher,
         )?;
-        write_jsonl(&out.join("benign_responses.jsonl"), &s.records)?;
+        seal_model::weights::write_jsonl_atomic(&out.join("benign_responses.jsonl"), &s.records)?;
         e.over_refusal = Some(s.over_refusal_rate);
     }
     let with_answers: Vec<Sample> = sets
@@ -691,7 +671,7 @@ pub fn evaluate(
             .map(|s| s.clone().into_prompt_only())
             .collect();
         let g = seal_eval::evaluate_gsm8k(model, tokenizer, &prompts, &opts, config.batch)?;
-        write_jsonl(&out.join("gsm8k_responses.jsonl"), &g.records)?;
+        seal_model::weights::write_jsonl_atomic(&out.join("gsm8k_responses.jsonl"), &g.records)?;
         e.gsm8k_accuracy = Some(g.accuracy);
     }
     e.seconds = start.elapsed().as_secs_f64();

@@ -3,24 +3,12 @@
 //! outputs and the report are written, the aligned model is cached, and
 //! bad configs fail naming the field.
 
-use seal_model::{Llama, LlamaConfig};
 use seal_pipeline::config::{EvalConfig, SftConfig};
 use seal_pipeline::{Method, PipelineConfig};
 use std::path::Path;
-use tch::{Device, Kind};
 
 fn tiny_model_dir(dir: &Path) {
-    let tok = seal_data::testing::byte_level_tokenizer().unwrap();
-    let cfg = LlamaConfig::tiny(tok.get_vocab_size(true));
-    let model = Llama::random(&cfg, Device::Cpu, Kind::Float, 3).unwrap();
-    model.save_pretrained(dir).unwrap();
-    tok.save(dir.join("tokenizer.json"), false).unwrap();
-    let tc = serde_json::json!({
-        "chat_template": seal_data::testing::CHATML_TEMPLATE,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-    });
-    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    seal_model::fixtures::write_tiny_model_dir(dir, |_| {}).unwrap();
 }
 
 fn config(root: &Path) -> PipelineConfig {

@@ -2,9 +2,8 @@
 //! runtime, model loading, tokenisation with drop warnings, optimiser.
 
 use anyhow::{Context, Result};
-use seal_data::tokenize::{tokenize_samples, TokenizeConfig, TokenizedDataset};
+use seal_data::tokenize::TokenizedSample;
 use seal_data::{Sample, TextTokenizer};
-use seal_model::optim::AdamWConfig;
 use seal_model::{LoadOptions, Pretrained};
 use std::path::Path;
 use tch::{Device, Kind};
@@ -38,38 +37,9 @@ pub fn tokenize_set(
     name: &str,
     samples: &[Sample],
     max_len: usize,
-) -> Result<TokenizedDataset> {
-    let cfg = TokenizeConfig {
-        max_len,
-        ..Default::default()
-    };
-    let d = tokenize_samples(tokenizer, samples, &cfg)
-        .with_context(|| format!("tokenising the {name} set"))?;
-    let dropped = d.summary.total - d.summary.kept;
-    if dropped > 0 {
-        tracing::warn!(
-            "{name} set: {dropped} of {} samples dropped (longer than --max-len {max_len})",
-            d.summary.total
-        );
-    }
-    Ok(d)
+) -> Result<Vec<TokenizedSample>> {
+    seal_pipeline::stages::tokenize(tokenizer, name, samples, max_len)
+        .with_context(|| format!("tokenising the {name} set"))
 }
 
-/// The padding id: the tokenizer's pad token, else its first EOS, else 0.
-pub fn pad_id(tokenizer: &TextTokenizer) -> u32 {
-    tokenizer
-        .pad_token_id()
-        .or_else(|| tokenizer.eos_token_ids().first().copied())
-        .unwrap_or(0)
-}
-
-/// The model optimiser of both commands: AdamW, betas (0.9, 0.95), no decay.
-pub fn model_optimizer(lr: f64) -> AdamWConfig {
-    AdamWConfig {
-        lr,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    }
-}
+pub use seal_pipeline::stages::{model_optimizer, pad_id};

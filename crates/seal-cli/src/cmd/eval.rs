@@ -141,13 +141,7 @@ fn read(path: &Path, limit: Option<usize>) -> Result<Vec<Sample>> {
 }
 
 fn write_jsonl<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<()> {
-    let mut text = String::new();
-    for r in records {
-        text.push_str(&serde_json::to_string(r)?);
-        text.push('\n');
-    }
-    seal_model::weights::write_atomic(path, text.as_bytes())?;
-    Ok(())
+    Ok(seal_model::weights::write_jsonl_atomic(path, records)?)
 }
 
 fn run_model(a: ModelArgs) -> Result<()> {

@@ -152,14 +152,13 @@ pub fn run(a: Args) -> Result<()> {
         .as_ref()
         .map(|s| common::tokenize_set(&tokenizer, "safe", s, a.max_len))
         .transpose()?;
-    if ft.samples.is_empty() {
+    if ft.is_empty() {
         bail!("empty selection: every kept sample is longer than --max-len");
     }
     let weights = match &a.weights {
         Some(path) => {
             let map = read_weights(path)?;
             let w = ft
-                .samples
                 .iter()
                 .map(|s| {
                     map.get(&s.id).copied().with_context(|| {
@@ -175,7 +174,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => None,
     };
-    let n = ft.samples.len();
+    let n = ft.len();
 
     let lora = LoraConfig {
         r: a.lora_r,
@@ -200,19 +199,14 @@ pub fn run(a: Args) -> Result<()> {
     };
     tracing::info!(samples = n, lambda = a.lambda, "fine-tuning");
     let data = SftData {
-        finetune: ft.samples,
-        safe: sf.map(|s| s.samples),
+        finetune: ft,
+        safe: sf,
         weights,
     };
     let out = finetune(model, data, pad, a.lambda, config)?;
     let base = a.model.to_string_lossy();
     out.model.save_lora(&a.out, Some(&base))?;
-    let mut log = String::new();
-    for s in &out.log {
-        log.push_str(&serde_json::to_string(s)?);
-        log.push('\n');
-    }
-    seal_model::weights::write_atomic(&a.out.join("train_log.jsonl"), log.as_bytes())?;
+    seal_model::weights::write_jsonl_atomic(&a.out.join("train_log.jsonl"), &out.log)?;
     let r = &out.report;
     println!(
         "{} steps on {n} samples in {:.1} s ({:.3} s/step); last loss {:.4}",

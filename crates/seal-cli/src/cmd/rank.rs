@@ -151,9 +151,9 @@ pub fn run(a: Args) -> Result<()> {
     let safe = seal_data::read_jsonl_samples(&a.safe)?;
     let ft = common::tokenize_set(&tokenizer, "fine-tuning", &finetune, a.max_len)?;
     let sf = common::tokenize_set(&tokenizer, "safe", &safe, a.max_len)?;
-    let labels: Vec<_> = ft.samples.iter().map(|s| s.label).collect();
-    let ids: Vec<String> = ft.samples.iter().map(|s| s.id.clone()).collect();
-    let fingerprint = dataset_fingerprint(&ft.samples);
+    let labels: Vec<_> = ft.iter().map(|s| s.label).collect();
+    let ids: Vec<String> = ft.iter().map(|s| s.id.clone()).collect();
+    let fingerprint = dataset_fingerprint(&ft);
 
     if a.full_finetune {
         model.set_full_finetune(true);
@@ -169,7 +169,7 @@ pub fn run(a: Args) -> Result<()> {
         model.set_attention_impl(AttentionImpl::Math);
     }
     let pad = common::pad_id(&tokenizer);
-    let problem = LmProblem::new(model, ft.samples, sf.samples, pad)?;
+    let problem = LmProblem::new(model, ft, sf, pad)?;
     let ranker = Ranker::new(ids, fingerprint, activation, Kind::Float, Device::Cpu)?;
     let ranker = {
         let mut r = ranker;
