@@ -139,6 +139,7 @@ fn setup(root: &Path) -> Result<()> {
             "pip",
             "install",
             "--disable-pip-version-check",
+            "--no-cache-dir",
             "--progress-bar",
             "off",
         ]);
