@@ -55,7 +55,7 @@ fn main() -> Result<()> {
             eprintln!("  demo   setup, build and run the main job on the embedded default");
             eprintln!("  test   setup, fmt --check, clippy -D warnings, all tests");
             eprintln!(
-                "  replicate [--size small|medium|full] [--seeds 1,2,3] [--eval-limit N] [--config FILE] [--shared DIR]"
+                "  replicate [--size small|medium|full] [--seeds 1,2,3] [--eval-limit N] [--resume] [--config FILE] [--shared DIR]"
             );
             eprintln!(
                 "         the replication benchmark (about 2 h on a 2-core CPU at small size);"
@@ -252,11 +252,12 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
-/// `cargo xtask replicate [--size S] [--seeds a,b,c] [--config FILE] [--shared DIR]`.
+/// `cargo xtask replicate [--size S] [--seeds a,b,c] [--eval-limit N] [--resume] [--config FILE] [--shared DIR]`.
 fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     let mut size = "small".to_string();
     let mut seeds: Option<String> = None;
     let mut eval_limit: Option<String> = None;
+    let mut resume = false;
     let mut config = root.join("configs/replication.toml");
     let mut shared = root.join("../shared/data");
     let mut it = extra.iter();
@@ -270,6 +271,7 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
             "--size" => size = value()?,
             "--seeds" => seeds = Some(value()?),
             "--eval-limit" => eval_limit = Some(value()?),
+            "--resume" => resume = true,
             "--config" => config = PathBuf::from(value()?),
             "--shared" => shared = PathBuf::from(value()?),
             other => bail!("replicate: unknown argument `{other}`"),
@@ -306,6 +308,9 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     }
     if let Some(n) = &eval_limit {
         cmd.args(["--eval-limit", n]);
+    }
+    if resume {
+        cmd.arg("--resume");
     }
     run(&mut cmd)?;
     let results = root.join("docs/results");

@@ -117,7 +117,10 @@ impl BenchmarkSizes {
                 poison_ratio: DEFAULT_POISON_RATIO,
                 safe: 80,
                 align: 320,
-                align_benign: 320,
+                // Two benign answers per refusal: the aligned SmolLM2
+                // over-refused 40% of eval_benign at 1:1 and 22.5% at 1:2
+                // (docs/benchmark.md, "Alignment recipe").
+                align_benign: 640,
                 eval_safety: 100,
                 eval_utility: 100,
                 eval_benign: 100,

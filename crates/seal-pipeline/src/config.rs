@@ -209,8 +209,13 @@ impl Default for SftConfig {
 }
 
 /// The alignment stage.
+///
+/// Fields missing from a config file take the *alignment* defaults, also
+/// inside a partial `[align.sft]` or `[align.sft.lora]` table (a plain
+/// `#[serde(default)]` would fill them from [`SftConfig::default`] and
+/// silently switch the adapter to `q_proj`/`v_proj`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "AlignConfigFile")]
 pub struct AlignConfig {
     /// Run it (otherwise every method starts from the original model).
     pub enabled: bool,
@@ -232,6 +237,67 @@ impl Default for AlignConfig {
             },
             seed: 0,
         }
+    }
+}
+
+/// `[align]` as written in a file: every field optional, applied over
+/// [`AlignConfig::default`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlignConfigFile {
+    enabled: Option<bool>,
+    sft: Option<SftPatch>,
+    seed: Option<u64>,
+}
+
+/// A partial [`SftConfig`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SftPatch {
+    epochs: Option<usize>,
+    batch: Option<usize>,
+    max_steps: Option<usize>,
+    lr: Option<f64>,
+    schedule: Option<String>,
+    lora: Option<LoraPatch>,
+}
+
+/// A partial [`LoraShape`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoraPatch {
+    r: Option<usize>,
+    alpha: Option<f64>,
+    targets: Option<Vec<String>>,
+}
+
+impl From<AlignConfigFile> for AlignConfig {
+    fn from(file: AlignConfigFile) -> Self {
+        let mut c = AlignConfig::default();
+        if let Some(v) = file.enabled {
+            c.enabled = v;
+        }
+        if let Some(v) = file.seed {
+            c.seed = v;
+        }
+        if let Some(p) = file.sft {
+            let sft = &mut c.sft;
+            sft.epochs = p.epochs.unwrap_or(sft.epochs);
+            sft.batch = p.batch.unwrap_or(sft.batch);
+            sft.max_steps = p.max_steps.or(sft.max_steps);
+            sft.lr = p.lr.unwrap_or(sft.lr);
+            if let Some(v) = p.schedule {
+                sft.schedule = v;
+            }
+            if let Some(l) = p.lora {
+                sft.lora.r = l.r.unwrap_or(sft.lora.r);
+                sft.lora.alpha = l.alpha.unwrap_or(sft.lora.alpha);
+                if let Some(t) = l.targets {
+                    sft.lora.targets = t;
+                }
+            }
+        }
+        c
     }
 }
 

@@ -35,4 +35,4 @@ pub mod stages;
 
 pub use config::{Method, PipelineConfig, Solver};
 pub use error::{PipelineError, Result};
-pub use run::{run, MethodRun, PipelineResult, RankerRun};
+pub use run::{run, run_with, MethodRun, PipelineResult, RankerRun, RunOptions};

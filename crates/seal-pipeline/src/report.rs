@@ -406,6 +406,7 @@ mod tests {
         PipelineResult {
             config: PipelineConfig::default(),
             data: BTreeMap::new(),
+            pool_fingerprint: String::new(),
             base_model: "m".into(),
             aligned: None,
             base_eval: ModelEval::default(),

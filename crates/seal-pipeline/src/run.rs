@@ -8,13 +8,13 @@ use crate::stages::{self, Aligned, EvalSets, MethodInputs, ModelEval};
 use seal_bilevel::SftStep;
 use seal_data::benchmark::Benchmark;
 use seal_data::{Label, Sample};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// One trained ranker.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RankerRun {
     /// Seed.
     pub seed: u64,
@@ -30,13 +30,14 @@ pub struct RankerRun {
     pub seconds_per_step: f64,
     /// Training tokens per second.
     pub tokens_per_second: f64,
-    /// Logits, in pool order (for plots).
+    /// Logits, in pool order (for plots; not in `results.json`, re-read
+    /// from the saved ranker on resume).
     #[serde(skip)]
     pub logits: Vec<f64>,
 }
 
 /// One method's run for one seed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MethodRun {
     /// Seed.
     pub seed: u64,
@@ -65,12 +66,16 @@ pub struct MethodRun {
 }
 
 /// Everything a pipeline run measured (also written as `results.json`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PipelineResult {
     /// The configuration.
     pub config: PipelineConfig,
     /// Sizes of the data parts (after tokenisation for the pool).
     pub data: BTreeMap<String, usize>,
+    /// Fingerprint of the tokenised pool (ids and tokens): a resumed run
+    /// must see the same pool. Empty in results written before it existed.
+    #[serde(default)]
+    pub pool_fingerprint: String,
     /// The model the pipeline started from.
     pub base_model: PathBuf,
     /// The alignment stage, when enabled.
@@ -117,9 +122,65 @@ fn mkdir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|e| PipelineError::io(path, e))
 }
 
+/// How [`run_with`] treats an output directory that already holds results.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Continue the run recorded in `OUT/results.json`: the reference
+    /// evaluations, every ranker and every (seed, method) it holds are kept
+    /// (rankers re-read from `seed-N/rank-SOLVER/`), the rest is run. The
+    /// recorded configuration must equal this one apart from `seeds`,
+    /// `threads` and `progress`, and the pool must be the same; otherwise
+    /// the run stops with an error rather than mixing results.
+    pub resume: bool,
+}
+
 /// Runs the pipeline of `config` and writes `report.md`, `report.json`,
 /// `results.json` and the figures into `config.out`.
 pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
+    run_with(config, &RunOptions::default())
+}
+
+/// The configuration with the settings that may change between a run and
+/// its resumption cleared.
+fn resumable_image(config: &PipelineConfig) -> Result<String> {
+    let mut c = config.clone();
+    c.seeds.clear();
+    c.threads = None;
+    c.progress = false;
+    c.to_toml()
+}
+
+/// The recorded results of `out`, when resuming and they exist and match.
+fn previous_results(config: &PipelineConfig, out: &Path) -> Result<Option<PipelineResult>> {
+    let path = out.join("results.json");
+    if !path.is_file() {
+        tracing::info!("resume: no {} yet; starting afresh", path.display());
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| PipelineError::io(&path, e))?;
+    let prev: PipelineResult = serde_json::from_str(&text)
+        .map_err(|e| PipelineError::stage("resume", format!("{}: {e}", path.display())))?;
+    let (was, now) = (resumable_image(&prev.config)?, resumable_image(config)?);
+    if was != now {
+        let diff = was
+            .lines()
+            .zip(now.lines())
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| format!("recorded `{a}`, now `{b}`"))
+            .unwrap_or_else(|| "the settings differ".into());
+        return Err(PipelineError::stage(
+            "resume",
+            format!(
+                "{} was written with another configuration ({diff}); use another output directory",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Some(prev))
+}
+
+/// Runs the pipeline of `config` with `options` (see [`RunOptions`]).
+pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<PipelineResult> {
     config.validate()?;
     let start = Instant::now();
     seal_model::runtime::tune_allocator();
@@ -137,6 +198,11 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
     write_text(&out.join("config.toml"), &config.to_toml()?)?;
     let cache = out.join("cache");
 
+    let previous = if options.resume {
+        previous_results(config, &out)?
+    } else {
+        None
+    };
     let data = load_data(config)?;
     let base = stages::resolve_model(
         config.model.dir.as_deref(),
@@ -149,19 +215,23 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
         utility: &data.eval_utility,
     };
 
-    tracing::info!("evaluating the original model {}", base.display());
-    let original = stages::load(&base, device)?;
-    let base_eval_dir = out.join("eval-original");
-    mkdir(&base_eval_dir)?;
-    let base_eval = stages::evaluate(
-        &original.model,
-        &original.tokenizer,
-        &sets,
-        &config.eval,
-        config.max_len,
-        &base_eval_dir,
-    )?;
-    drop(original);
+    let base_eval = match &previous {
+        Some(p) => p.base_eval.clone(),
+        None => {
+            tracing::info!("evaluating the original model {}", base.display());
+            let original = stages::load(&base, device)?;
+            let base_eval_dir = out.join("eval-original");
+            mkdir(&base_eval_dir)?;
+            stages::evaluate(
+                &original.model,
+                &original.tokenizer,
+                &sets,
+                &config.eval,
+                config.max_len,
+                &base_eval_dir,
+            )?
+        }
+    };
 
     let (aligned, aligned_eval, start_dir) = if config.align.enabled {
         let a = stages::align(
@@ -173,22 +243,29 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
             &cache,
             config.progress,
         )?;
-        let m = stages::load(&a.dir, device)?;
-        let dir = out.join("eval-aligned");
-        mkdir(&dir)?;
-        if !a.log.is_empty() {
-            seal_model::weights::write_jsonl_atomic(&dir.join("align_log.jsonl"), &a.log)?;
-        }
-        let e = stages::evaluate(
-            &m.model,
-            &m.tokenizer,
-            &sets,
-            &config.eval,
-            config.max_len,
-            &dir,
-        )?;
         let d = a.dir.clone();
-        (Some(a), Some(e), d)
+        if let Some((pa, pe)) = previous
+            .as_ref()
+            .and_then(|p| Some((p.aligned.clone()?, p.aligned_eval.clone()?)))
+        {
+            (Some(pa), Some(pe), d)
+        } else {
+            let m = stages::load(&a.dir, device)?;
+            let dir = out.join("eval-aligned");
+            mkdir(&dir)?;
+            if !a.log.is_empty() {
+                seal_model::weights::write_jsonl_atomic(&dir.join("align_log.jsonl"), &a.log)?;
+            }
+            let e = stages::evaluate(
+                &m.model,
+                &m.tokenizer,
+                &sets,
+                &config.eval,
+                config.max_len,
+                &dir,
+            )?;
+            (Some(a), Some(e), d)
+        }
     } else {
         (None, None, base.clone())
     };
@@ -236,9 +313,28 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
     sizes.insert("eval_safety".to_string(), data.eval_safety.len());
     sizes.insert("eval_benign".to_string(), data.eval_benign.len());
     sizes.insert("eval_utility".to_string(), data.eval_utility.len());
+    let pool_fingerprint = seal_bilevel::dataset_fingerprint(&pool_tokens);
+    if let Some(p) = &previous {
+        if p.data != sizes
+            || (!p.pool_fingerprint.is_empty() && p.pool_fingerprint != pool_fingerprint)
+        {
+            return Err(PipelineError::stage(
+                "resume",
+                format!(
+                    "{} was written for other data (sizes {:?}, pool {}); now sizes {:?}, pool {}",
+                    out.join("results.json").display(),
+                    p.data,
+                    p.pool_fingerprint,
+                    sizes,
+                    pool_fingerprint
+                ),
+            ));
+        }
+    }
     let mut result = PipelineResult {
         config: config.clone(),
         data: sizes,
+        pool_fingerprint,
         base_model: base,
         aligned,
         base_eval,
@@ -251,6 +347,46 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
         let seed_dir = out.join(format!("seed-{seed}"));
         let mut logits: BTreeMap<Solver, Vec<f64>> = BTreeMap::new();
         for solver in config.solvers() {
+            let dir = seed_dir.join(format!("rank-{}", solver.name()));
+            let recorded = previous.as_ref().and_then(|p| {
+                p.rankers
+                    .iter()
+                    .find(|r| r.seed == seed && r.solver == solver)
+            });
+            if let Some(r) = recorded {
+                let l = seal_bilevel::Ranker::load(&dir)
+                    .and_then(|k| k.logits_vec())
+                    .map_err(|e| {
+                        PipelineError::stage(
+                            "resume",
+                            format!(
+                                "results.json records ranker {} of seed {seed}, but it cannot be read back: {e}",
+                                solver.name()
+                            ),
+                        )
+                    })?;
+                if l.len() != pool_tokens.len() {
+                    return Err(PipelineError::stage(
+                        "resume",
+                        format!(
+                            "{}: {} logits for a pool of {}",
+                            dir.display(),
+                            l.len(),
+                            pool_tokens.len()
+                        ),
+                    ));
+                }
+                tracing::info!(
+                    seed,
+                    solver = solver.name(),
+                    "ranker kept from the previous run"
+                );
+                let mut r = r.clone();
+                r.logits = l.clone();
+                result.rankers.push(r);
+                logits.insert(solver, l);
+                continue;
+            }
             tracing::info!(seed, solver = solver.name(), "ranking");
             let t0 = Instant::now();
             let model = stages::load(&start_dir, device)?.model;
@@ -266,7 +402,6 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
                 seed,
                 config.progress,
             )?;
-            let dir = seed_dir.join(format!("rank-{}", solver.name()));
             r.ranker.save(&dir)?;
             seal_bilevel::official::write_scores(
                 &dir.join("scores.jsonl"),
@@ -289,6 +424,14 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
             logits.insert(solver, l);
         }
         for &method in &config.select.methods {
+            let recorded = previous
+                .as_ref()
+                .and_then(|p| p.runs.iter().find(|r| r.seed == seed && r.method == method));
+            if let Some(r) = recorded {
+                tracing::info!(seed, method = method.name(), "kept from the previous run");
+                result.runs.push(r.clone());
+                continue;
+            }
             tracing::info!(seed, method = method.name(), "selecting and fine-tuning");
             let dir = seed_dir.join(method.name());
             mkdir(&dir)?;

@@ -19,7 +19,7 @@ use seal_select::dsir::{sample_text, Dsir};
 use seal_select::loss::{response_nll, LossBased};
 use seal_select::rules::{Full, MixedObjective, Oracle, Random, SafeInstr, SelectionRule, TopP};
 use seal_select::{Budget, Objective, Selection, SelectionInput};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -234,7 +234,7 @@ pub fn finetune_on(
 }
 
 /// The alignment stage's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Aligned {
     /// The aligned model directory (weights merged, tokenizer copied).
     pub dir: PathBuf,
@@ -584,7 +584,7 @@ pub fn score_auroc(scores: &[f64], labels: &[Option<Label>]) -> Result<Option<f6
 }
 
 /// A model's evaluation.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelEval {
     /// Attack success rate on the harmful prompts (share not refused).
     pub asr: Option<f64>,

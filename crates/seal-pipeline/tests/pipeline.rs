@@ -200,3 +200,85 @@ fn bad_configs_name_the_field() {
         PipelineConfig::from_toml(&c.to_toml().unwrap(), Path::new("y"), Path::new("/")).unwrap();
     assert_eq!(back, c);
 }
+
+#[test]
+fn partial_align_tables_keep_the_alignment_defaults() {
+    let parse = |text: &str| PipelineConfig::from_toml(text, Path::new("x.toml"), Path::new("/"));
+    let defaults = seal_pipeline::config::AlignConfig::default();
+    let c = parse("[align.sft]\nepochs = 1\nschedule = \"cosine\"").unwrap();
+    assert_eq!(c.align.sft.epochs, 1);
+    assert_eq!(c.align.sft.schedule, "cosine");
+    // Fields not written stay those of the alignment stage, not of a plain
+    // SFT run (whose adapter covers q_proj and v_proj only).
+    assert_eq!(c.align.sft.lr, defaults.sft.lr);
+    assert_eq!(c.align.sft.lora, defaults.sft.lora);
+    assert!(c.align.sft.lora.targets.len() > 2);
+    let c = parse("[align.sft.lora]\nr = 4").unwrap();
+    assert_eq!(c.align.sft.lora.r, 4);
+    assert_eq!(c.align.sft.lora.targets, defaults.sft.lora.targets);
+    assert_eq!(c.align.sft.epochs, defaults.sft.epochs);
+    // Unknown keys are still refused, at every level.
+    let e = parse("[align.sft]\nepoch = 1").unwrap_err().to_string();
+    assert!(e.contains("epoch"), "{e}");
+    let e = parse("[align.sft.lora]\nrank = 4").unwrap_err().to_string();
+    assert!(e.contains("rank"), "{e}");
+    // The written image reads back to the same configuration.
+    let c = parse("[align]\nseed = 3\n[align.sft]\nlr = 1e-4").unwrap();
+    let back = parse(&c.to_toml().unwrap()).unwrap();
+    assert_eq!(back, c);
+}
+
+#[test]
+fn resume_keeps_finished_work_and_refuses_another_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    tiny_model_dir(&root.join("model"));
+    let mut cfg = config(root);
+    cfg.seeds = vec![1];
+    cfg.select.methods = vec![Method::Seal, Method::Random];
+    let resume = seal_pipeline::RunOptions { resume: true };
+    // Nothing to resume yet: a fresh run.
+    let first = seal_pipeline::run_with(&cfg, &resume).unwrap();
+    assert_eq!(first.runs.len(), 2);
+    let adapter = cfg
+        .out
+        .join("seed-1/seal/adapter/adapter_model.safetensors");
+    let written = std::fs::metadata(&adapter).unwrap().modified().unwrap();
+
+    // A second seed: seed 1 is kept as recorded (timings included, so it
+    // was not run again), seed 2 is run.
+    cfg.seeds = vec![1, 2];
+    let second = seal_pipeline::run_with(&cfg, &resume).unwrap();
+    assert_eq!(second.runs.len(), 4);
+    assert_eq!(second.rankers.len(), 2);
+    let json = |v: &seal_pipeline::MethodRun| serde_json::to_string(v).unwrap();
+    for (a, b) in first.runs.iter().zip(&second.runs) {
+        assert_eq!(json(a), json(b));
+    }
+    assert_eq!(first.rankers[0].seconds, second.rankers[0].seconds);
+    assert_eq!(first.rankers[0].logits, second.rankers[0].logits);
+    assert_eq!(first.base_eval, second.base_eval);
+    assert_eq!(
+        std::fs::metadata(&adapter).unwrap().modified().unwrap(),
+        written
+    );
+    assert!(second.runs.iter().any(|r| r.seed == 2));
+
+    // Another setting: refused, naming the line that differs.
+    cfg.select.p = 0.5;
+    let e = seal_pipeline::run_with(&cfg, &resume)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("another configuration") && e.contains("p = "),
+        "{e}"
+    );
+
+    // A recorded ranker that cannot be read back is an error, not a rerun.
+    cfg.select.p = 0.8;
+    std::fs::remove_dir_all(cfg.out.join("seed-2/rank-seal")).unwrap();
+    let e = seal_pipeline::run_with(&cfg, &resume)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ranker seal of seed 2"), "{e}");
+}

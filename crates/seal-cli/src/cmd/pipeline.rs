@@ -23,6 +23,11 @@ pub struct Args {
     /// Override the config's evaluation-set limit (prompts per set).
     #[arg(long)]
     pub eval_limit: Option<usize>,
+    /// Continue the run recorded in the output directory's `results.json`
+    /// (same configuration apart from seeds): finished rankers and
+    /// (seed, method) runs are kept, the rest is run.
+    #[arg(long)]
+    pub resume: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -52,7 +57,8 @@ pub fn run(a: Args) -> Result<()> {
         print!("{}", config.to_toml()?);
         return Ok(());
     }
-    let result = seal_pipeline::run(&config)?;
+    let options = seal_pipeline::RunOptions { resume: a.resume };
+    let result = seal_pipeline::run_with(&config, &options)?;
     print!("{}", seal_pipeline::report::summary_table(&result));
     println!(
         "report written to {} ({:.1} min)",
