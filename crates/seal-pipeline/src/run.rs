@@ -129,7 +129,7 @@ pub struct RunOptions {
     /// evaluations, every ranker and every (seed, method) it holds are kept
     /// (rankers re-read from `seed-N/rank-SOLVER/`), the rest is run. The
     /// recorded configuration must equal this one apart from `seeds`,
-    /// `threads` and `progress`, and the pool must be the same; otherwise
+    /// `threads`, `progress` and `out`, and the pool must be the same; otherwise
     /// the run stops with an error rather than mixing results.
     pub resume: bool,
 }
@@ -144,6 +144,17 @@ pub fn run(config: &PipelineConfig) -> Result<PipelineResult> {
 /// its resumption cleared.
 fn resumable_image(config: &PipelineConfig) -> Result<String> {
     let mut c = config.clone();
+    // The directory itself may have been moved or copied, and the same
+    // input may be named by a relative or an absolute path.
+    c.out = PathBuf::new();
+    for path in [&mut c.data.dir, &mut c.model.dir, &mut c.model.gguf]
+        .into_iter()
+        .flatten()
+    {
+        if let Ok(p) = std::fs::canonicalize(&*path) {
+            *path = p;
+        }
+    }
     c.seeds.clear();
     c.threads = None;
     c.progress = false;

@@ -58,6 +58,8 @@ pub fn resolve_model(dir: Option<&Path>, gguf: Option<&Path>, cache: &Path) -> R
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "model".into());
     let meta = std::fs::metadata(&gguf).map_err(|e| PipelineError::io(&gguf, e))?;
+    // Keyed by the canonical path: `a/../b` and a symlink name the same file.
+    let gguf = std::fs::canonicalize(&gguf).unwrap_or(gguf);
     let key = short_hash(&[
         gguf.display().to_string().as_bytes(),
         &meta.len().to_le_bytes(),
@@ -269,8 +271,9 @@ pub fn align(
         .sum::<u64>();
     let settings = serde_json::to_vec(&(config, max_len)).unwrap_or_default();
     let sample_bytes = serde_json::to_vec(samples).unwrap_or_default();
+    let base_name = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
     let key = short_hash(&[
-        base.display().to_string().as_bytes(),
+        base_name.display().to_string().as_bytes(),
         &cfg_text,
         &weights_len.to_le_bytes(),
         &settings,
