@@ -190,6 +190,33 @@ fn previous_results(config: &PipelineConfig, out: &Path) -> Result<Option<Pipeli
     Ok(Some(prev))
 }
 
+/// The logits of a ranker that `results.json` records, read back from its
+/// directory and checked against the pool size.
+fn recorded_logits(dir: &Path, seed: u64, solver: Solver, pool: usize) -> Result<Vec<f64>> {
+    let logits = seal_bilevel::Ranker::load(dir)
+        .and_then(|k| k.logits_vec())
+        .map_err(|e| {
+            PipelineError::stage(
+                "resume",
+                format!(
+                    "results.json records ranker {} of seed {seed}, but it cannot be read back: {e}",
+                    solver.name()
+                ),
+            )
+        })?;
+    if logits.len() != pool {
+        return Err(PipelineError::stage(
+            "resume",
+            format!(
+                "{}: {} logits for a pool of {pool}",
+                dir.display(),
+                logits.len()
+            ),
+        ));
+    }
+    Ok(logits)
+}
+
 /// Runs the pipeline of `config` with `options` (see [`RunOptions`]).
 pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<PipelineResult> {
     config.validate()?;
@@ -206,14 +233,16 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     })?;
     let out = config.out.clone();
     mkdir(&out)?;
-    write_text(&out.join("config.toml"), &config.to_toml()?)?;
-    let cache = out.join("cache");
-
+    // Checked before anything is written, so a refused resume leaves the
+    // recorded run (its config.toml included) as it was.
     let previous = if options.resume {
         previous_results(config, &out)?
     } else {
         None
     };
+    write_text(&out.join("config.toml"), &config.to_toml()?)?;
+    let cache = out.join("cache");
+
     let data = load_data(config)?;
     let base = stages::resolve_model(
         config.model.dir.as_deref(),
@@ -365,28 +394,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
                     .find(|r| r.seed == seed && r.solver == solver)
             });
             if let Some(r) = recorded {
-                let l = seal_bilevel::Ranker::load(&dir)
-                    .and_then(|k| k.logits_vec())
-                    .map_err(|e| {
-                        PipelineError::stage(
-                            "resume",
-                            format!(
-                                "results.json records ranker {} of seed {seed}, but it cannot be read back: {e}",
-                                solver.name()
-                            ),
-                        )
-                    })?;
-                if l.len() != pool_tokens.len() {
-                    return Err(PipelineError::stage(
-                        "resume",
-                        format!(
-                            "{}: {} logits for a pool of {}",
-                            dir.display(),
-                            l.len(),
-                            pool_tokens.len()
-                        ),
-                    ));
-                }
+                let l = recorded_logits(&dir, seed, solver, pool_tokens.len())?;
                 tracing::info!(
                     seed,
                     solver = solver.name(),
