@@ -112,10 +112,14 @@ impl BenchmarkSizes {
     /// The sizes of a preset.
     pub fn preset(p: SizePreset) -> Self {
         match p {
+            // Sized so that `cargo xtask replicate` (ten methods, three
+            // seeds, 25 evaluation prompts) fits about two hours on a
+            // 2-core CPU (docs/pipeline.md, "Cost"); recipe-2 runs before
+            // 2026-11-29 used a 240-sample pool and 80 safe samples.
             SizePreset::Small => Self {
-                finetune: 240,
+                finetune: 100,
                 poison_ratio: DEFAULT_POISON_RATIO,
-                safe: 80,
+                safe: 40,
                 align: 320,
                 // Two benign answers per refusal: the aligned SmolLM2
                 // over-refused 40% of eval_benign at 1:1 and 22.5% at 1:2
