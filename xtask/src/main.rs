@@ -325,7 +325,25 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     } else {
         format!("-{size}")
     };
-    copy("report.md", &format!("replication{suffix}.md"))?;
+    let command = format!(
+        "cargo xtask replicate --size {size}{}{}",
+        seeds.map(|s| format!(" --seeds {s}")).unwrap_or_default(),
+        eval_limit
+            .map(|n| format!(" --eval-limit {n}"))
+            .unwrap_or_default()
+    );
+    // The committed report names the command that produced it.
+    let report = std::fs::read_to_string(out.join("report.md"))
+        .with_context(|| format!("reading {}", out.join("report.md").display()))?;
+    let dest = results.join(format!("replication{suffix}.md"));
+    std::fs::write(
+        &dest,
+        format!(
+            "<!-- Produced by `{command}` (config: configs/replication.toml); \
+             every number is in replication{suffix}.json. -->\n\n{report}"
+        ),
+    )
+    .with_context(|| format!("writing {}", dest.display()))?;
     copy("results.json", &format!("replication{suffix}.json"))?;
     for entry in std::fs::read_dir(&out).with_context(|| format!("reading {}", out.display()))? {
         let name = entry?.file_name().to_string_lossy().to_string();
@@ -334,14 +352,7 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
         }
     }
     step(&format!(
-        "report: docs/results/replication{suffix}.md (command: cargo xtask replicate --size {size}{})",
-        [
-            seeds.map(|s| format!(" --seeds {s}")),
-            eval_limit.map(|n| format!(" --eval-limit {n}"))
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<String>()
+        "report: docs/results/replication{suffix}.md (command: {command})"
     ));
     Ok(())
 }
