@@ -6,21 +6,24 @@
 # the same 25 AdvBench prompts. The measurement behind "Attack strength" in
 # docs/pipeline.md.
 #
-#   scripts/attack_strength.sh [REPLICATION_DIR] [EPOCHS] [LR]
+#   scripts/attack_strength.sh [REPLICATION_DIR] [DATA_DIR] [EPOCHS] [LR]
 #
+# REPLICATION_DIR: the output of `cargo xtask replicate` (default
+# target/replication/small), whose cache holds the aligned model; DATA_DIR:
+# its benchmark (default target/seal-bench/small).
 # About 4 minutes per method on a 2-core CPU at 3 epochs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:-target/replication/small}
-epochs=${2:-3}
-lr=${3:-5e-4}
+data=${2:-target/seal-bench/small}
+epochs=${3:-3}
+lr=${4:-5e-4}
 seal=target/release/seal
 cargo build --release -p seal-cli
-data=$(sed -n 's/^dir = "\(.*\)"$/\1/p' "$run/config.toml" | head -1)
 aligned=$(ls -d "$run"/cache/aligned-* | head -1)
 out="$run/attack-e$epochs-lr$lr"
 mkdir -p "$out"
-grep -v '"label":"harmful"' "$data/finetune.jsonl" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p' >"$out/benign_ids.txt"
+"$seal" select --rule oracle --dataset "$data/finetune.jsonl" --out "$out/benign_ids.txt"
 for method in full oracle; do
     kept=()
     [ "$method" = oracle ] && kept=(--kept "$out/benign_ids.txt")

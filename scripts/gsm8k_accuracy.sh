@@ -4,19 +4,19 @@
 # behind "GSM8K accuracy on CPU" in docs/pipeline.md (why the CPU
 # replication reports the held-out GSM8K NLL and leaves exact match off).
 #
-#   scripts/gsm8k_accuracy.sh [REPLICATION_DIR] [LIMIT] [MAX_NEW_TOKENS]
+#   scripts/gsm8k_accuracy.sh [REPLICATION_DIR] [DATA_DIR] [LIMIT] [MAX_NEW_TOKENS]
 #
 # REPLICATION_DIR: the output of `cargo xtask replicate` (default
 # target/replication/small), whose cache holds the imported and the aligned
-# model. About 1-2 minutes per model for 50 prompts on a 2-core CPU.
+# model; DATA_DIR: its benchmark (default target/seal-bench/small). About 1-2 minutes per model for 50 prompts on a 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:-target/replication/small}
-limit=${2:-50}
-tokens=${3:-256}
+data=${2:-target/seal-bench/small}
+limit=${3:-50}
+tokens=${4:-256}
 seal=target/release/seal
 cargo build --release -p seal-cli
-data=$(sed -n 's/^dir = "\(.*\)"$/\1/p' "$run/config.toml" | head -1)
 for model in "$run"/cache/SmolLM2-* "$run"/cache/aligned-*; do
     [ -f "$model/config.json" ] || continue
     out="$run/gsm8k-$(basename "$model")-$limit-$tokens"

@@ -258,7 +258,8 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     let mut seeds: Option<String> = None;
     let mut eval_limit: Option<String> = None;
     let mut resume = false;
-    let mut config = root.join("configs/replication.toml");
+    let default_config = root.join("configs/replication.toml");
+    let mut config = default_config.clone();
     let mut shared = root.join("../shared/data");
     let mut it = extra.iter();
     while let Some(a) = it.next() {
@@ -325,21 +326,27 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     } else {
         format!("-{size}")
     };
+    let config_shown = config.strip_prefix(root).unwrap_or(&config).display();
     let command = format!(
-        "cargo xtask replicate --size {size}{}{}",
+        "cargo xtask replicate --size {size}{}{}{}",
         seeds.map(|s| format!(" --seeds {s}")).unwrap_or_default(),
         eval_limit
             .map(|n| format!(" --eval-limit {n}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if config == default_config {
+            String::new()
+        } else {
+            format!(" --config {config_shown}")
+        }
     );
-    // The committed report names the command that produced it.
+    // The committed report names the command and config that produced it.
     let report = std::fs::read_to_string(out.join("report.md"))
         .with_context(|| format!("reading {}", out.join("report.md").display()))?;
     let dest = results.join(format!("replication{suffix}.md"));
     std::fs::write(
         &dest,
         format!(
-            "<!-- Produced by `{command}` (config: configs/replication.toml); \
+            "<!-- Produced by `{command}` (config: {config_shown}); \
              every number is in replication{suffix}.json. -->\n\n{report}"
         ),
     )
