@@ -193,6 +193,12 @@ pub struct SftConfig {
     pub schedule: String,
     /// The adapter.
     pub lora: LoraShape,
+    /// Weight each sample's mean response NLL by its number of response
+    /// tokens (over the mean count), so the loss is a mean over tokens as in
+    /// transformers' `Trainer`. Off: every sample counts alike, as SEAL's
+    /// per-sample losses do. Combines multiplicatively with soft weights.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub token_weighted: bool,
 }
 
 impl Default for SftConfig {
@@ -204,6 +210,7 @@ impl Default for SftConfig {
             lr: 2e-4,
             schedule: "constant".into(),
             lora: LoraShape::default(),
+            token_weighted: false,
         }
     }
 }
@@ -260,6 +267,7 @@ struct SftPatch {
     lr: Option<f64>,
     schedule: Option<String>,
     lora: Option<LoraPatch>,
+    token_weighted: Option<bool>,
 }
 
 /// A partial [`LoraShape`].
@@ -286,6 +294,7 @@ impl From<AlignConfigFile> for AlignConfig {
             sft.batch = p.batch.unwrap_or(sft.batch);
             sft.max_steps = p.max_steps.or(sft.max_steps);
             sft.lr = p.lr.unwrap_or(sft.lr);
+            sft.token_weighted = p.token_weighted.unwrap_or(sft.token_weighted);
             if let Some(v) = p.schedule {
                 sft.schedule = v;
             }

@@ -213,13 +213,20 @@ pub struct SftRun {
 /// objective `λ·safe + (1−λ)·mean(w·ℓ)`.
 pub fn finetune_on(
     mut model: Llama,
-    data: SftData,
+    mut data: SftData,
     lambda: f64,
     pad: u32,
     config: &SftConfig,
     seed: u64,
     progress: bool,
 ) -> Result<SftRun> {
+    if config.token_weighted {
+        let tokens = token_weights(&data.finetune);
+        data.weights = Some(match data.weights.take() {
+            Some(w) => w.iter().zip(&tokens).map(|(a, b)| a * b).collect(),
+            None => tokens,
+        });
+    }
     model.add_lora(&lora(&config.lora), seed as i64)?;
     let out = seal_bilevel::finetune(
         model,
@@ -233,6 +240,22 @@ pub fn finetune_on(
         report: out.report,
         log: out.log,
     })
+}
+
+/// Per-sample weights that turn a mean of per-sample mean NLLs into a mean
+/// over response tokens: each sample's response length over the mean length
+/// (so the weights average 1).
+pub fn token_weights(samples: &[TokenizedSample]) -> Vec<f64> {
+    let n: Vec<f64> = samples
+        .iter()
+        .map(|s| s.input_ids.len().saturating_sub(s.response_start) as f64)
+        .collect();
+    let mean = n.iter().sum::<f64>() / n.len().max(1) as f64;
+    if mean > 0.0 {
+        n.iter().map(|x| x / mean).collect()
+    } else {
+        vec![1.0; n.len()]
+    }
 }
 
 /// The alignment stage's outcome.

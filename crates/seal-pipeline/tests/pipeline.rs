@@ -227,6 +227,35 @@ fn partial_align_tables_keep_the_alignment_defaults() {
     let c = parse("[align]\nseed = 3\n[align.sft]\nlr = 1e-4").unwrap();
     let back = parse(&c.to_toml().unwrap()).unwrap();
     assert_eq!(back, c);
+    // Token weighting: off by default, and left out of the written image
+    // then (so existing runs and cached aligned models keep their keys).
+    assert!(!c.align.sft.token_weighted && !c.finetune.token_weighted);
+    assert!(!c.to_toml().unwrap().contains("token_weighted"));
+    let c = parse("[align.sft]\ntoken_weighted = true\n[finetune]\ntoken_weighted = true").unwrap();
+    assert!(c.align.sft.token_weighted && c.finetune.token_weighted);
+    assert_eq!(c.align.sft.lora, defaults.sft.lora);
+    assert_eq!(parse(&c.to_toml().unwrap()).unwrap(), c);
+}
+
+#[test]
+fn token_weights_make_the_loss_a_mean_over_tokens() {
+    use seal_data::tokenize::TokenizedSample;
+    let sample = |prompt: usize, response: usize| TokenizedSample {
+        id: format!("{prompt}-{response}"),
+        index: 0,
+        label: None,
+        input_ids: vec![5; prompt + response],
+        response_start: prompt,
+    };
+    let rows = [sample(10, 2), sample(3, 6), sample(7, 4)];
+    let w = seal_pipeline::stages::token_weights(&rows);
+    // Response lengths 2, 6, 4 (mean 4): weights 0.5, 1.5, 1.0.
+    assert_eq!(w, vec![0.5, 1.5, 1.0]);
+    // mean(w_i · ℓ_i) with per-sample means ℓ_i equals the token mean.
+    let (nll, len) = ([2.0, 1.0, 3.0], [2.0, 6.0, 4.0]);
+    let weighted: f64 = w.iter().zip(nll).map(|(a, b)| a * b).sum::<f64>() / 3.0;
+    let token_mean = nll.iter().zip(len).map(|(a, b)| a * b).sum::<f64>() / len.iter().sum::<f64>();
+    assert!((weighted - token_mean).abs() < 1e-12);
 }
 
 #[test]

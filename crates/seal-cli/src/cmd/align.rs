@@ -56,6 +56,10 @@ pub struct Args {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Weight each sample by its number of response tokens (a mean over
+    /// tokens, as transformers' Trainer) instead of counting samples alike.
+    #[arg(long)]
+    pub token_weighted: bool,
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -86,6 +90,7 @@ pub fn run(a: Args) -> Result<()> {
                     .lora_targets
                     .unwrap_or_else(|| LoraShape::all_linear().targets),
             },
+            token_weighted: a.token_weighted,
         },
         seed: a.seed,
     };

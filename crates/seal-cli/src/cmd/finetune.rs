@@ -73,6 +73,10 @@ pub struct Args {
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Weight each sample by its number of response tokens (a mean over
+    /// tokens, as transformers' Trainer) instead of counting samples alike.
+    #[arg(long)]
+    pub token_weighted: bool,
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -196,6 +200,15 @@ pub fn run(a: Args) -> Result<()> {
         progress: !a.no_progress,
         log_every: 10,
         ..Default::default()
+    };
+    let weights = if a.token_weighted {
+        let tokens = seal_pipeline::stages::token_weights(&ft);
+        Some(match weights {
+            Some(w) => w.iter().zip(&tokens).map(|(x, t)| x * t).collect(),
+            None => tokens,
+        })
+    } else {
+        weights
     };
     tracing::info!(samples = n, lambda = a.lambda, "fine-tuning");
     let data = SftData {
