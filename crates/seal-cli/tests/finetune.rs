@@ -120,6 +120,26 @@ fn finetune_on_kept_ids_writes_a_peft_adapter() {
         .any(|(_, t)| t.abs().sum(Kind::Double).double_value(&[]) > 0.0);
     assert!(moved);
 
+    // The same run averaged over tokens: the first step's loss (same data,
+    // same initial model) is the token-weighted mean of the per-sample NLLs,
+    // not their plain mean, since the three responses differ in length.
+    let tok = s.root.join("adapter-tok");
+    ok(&finetune(
+        &s,
+        &tok,
+        &["--kept", kept.to_str().unwrap(), "--token-weighted"],
+    ));
+    let first_loss = |dir: &Path| -> f64 {
+        let log = std::fs::read_to_string(dir.join("train_log.jsonl")).unwrap();
+        let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+        first["loss"].as_f64().unwrap()
+    };
+    let (plain, weighted) = (first_loss(&out), first_loss(&tok));
+    assert!(
+        weighted > 0.0 && (plain - weighted).abs() > 1e-6,
+        "{plain} vs {weighted}"
+    );
+
     // Unknown kept id: an error naming it.
     std::fs::write(&kept, format!("{}\nno-such-sample-17\n", s.ids[0])).unwrap();
     let e = err(&finetune(

@@ -7,13 +7,14 @@
 //! CPU-only machine (CI) passes them without checking anything; on a GPU
 //! machine run `cargo test -p seal-pipeline --test cuda -- --nocapture`.
 
+mod common;
+
 use seal_bilevel::*;
 use seal_data::tokenize::{tokenize_samples, TokenizeConfig, TokenizedSample};
 use seal_model::generate::{generate, GenerationOptions};
 use seal_model::optim::AdamWConfig;
 use seal_model::{AttentionImpl, Llama, LoadOptions, LoraConfig, Pretrained};
-use seal_pipeline::config::{EvalConfig, SftConfig};
-use seal_pipeline::{Method, PipelineConfig};
+use seal_pipeline::Method;
 use std::path::Path;
 use tch::{Device, Kind};
 
@@ -69,10 +70,8 @@ fn train_config() -> TrainConfig {
         grad_accum: 2,
         model_optimizer: AdamWConfig {
             lr: 1e-2,
-            beta1: 0.9,
             beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
+            ..Default::default()
         },
         // Plain gradient steps: Adam's first step is the sign of each
         // gradient, which rounding can flip where a gradient is near zero.
@@ -207,36 +206,12 @@ fn pipeline_runs_every_method_on_the_gpu() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    seal_model::fixtures::write_tiny_model_dir(&root.join("model"), |_| {}).unwrap();
-    let short = SftConfig {
-        epochs: 1,
-        batch: 4,
-        max_steps: Some(2),
-        lr: 1e-3,
-        ..Default::default()
-    };
-    let mut cfg = PipelineConfig {
-        name: "tiny on CUDA".into(),
-        out: root.join("cuda"),
-        seeds: vec![1],
-        max_len: 1024,
-        progress: false,
-        device: "cuda".into(),
-        finetune: short.clone(),
-        eval: EvalConfig {
-            max_new_tokens: 3,
-            batch: 4,
-            gsm8k_accuracy: true,
-            gsm8k_max_new_tokens: Some(5),
-        },
-        ..Default::default()
-    };
-    cfg.model.dir = Some(root.join("model"));
-    cfg.data.eval_limit = Some(3);
-    cfg.align.sft = short;
-    cfg.rank.max_steps = Some(2);
-    cfg.rank.batch = 4;
-    cfg.select.methods = Method::ALL.to_vec();
+    common::tiny_model_dir(&root.join("model"));
+    let mut cfg = common::config(root);
+    cfg.name = "tiny on CUDA".into();
+    cfg.out = root.join("cuda");
+    cfg.seeds = vec![1];
+    cfg.device = "cuda".into();
     let r = seal_pipeline::run(&cfg).unwrap();
     assert_eq!(r.runs.len(), Method::ALL.len());
     for run in &r.runs {
