@@ -221,11 +221,7 @@ pub fn finetune_on(
     progress: bool,
 ) -> Result<SftRun> {
     if config.token_weighted {
-        let tokens = token_weights(&data.finetune);
-        data.weights = Some(match data.weights.take() {
-            Some(w) => w.iter().zip(&tokens).map(|(a, b)| a * b).collect(),
-            None => tokens,
-        });
+        data.weights = Some(with_token_weights(data.weights.take(), &data.finetune));
     }
     model.add_lora(&lora(&config.lora), seed as i64)?;
     let out = seal_bilevel::finetune(
@@ -255,6 +251,15 @@ pub fn token_weights(samples: &[TokenizedSample]) -> Vec<f64> {
         n.iter().map(|x| x / mean).collect()
     } else {
         vec![1.0; n.len()]
+    }
+}
+
+/// `weights` (all 1 when `None`) times [`token_weights`] of `samples`.
+pub fn with_token_weights(weights: Option<Vec<f64>>, samples: &[TokenizedSample]) -> Vec<f64> {
+    let tokens = token_weights(samples);
+    match weights {
+        Some(w) => w.iter().zip(&tokens).map(|(a, b)| a * b).collect(),
+        None => tokens,
     }
 }
 

@@ -202,11 +202,7 @@ pub fn run(a: Args) -> Result<()> {
         ..Default::default()
     };
     let weights = if a.token_weighted {
-        let tokens = seal_pipeline::stages::token_weights(&ft);
-        Some(match weights {
-            Some(w) => w.iter().zip(&tokens).map(|(x, t)| x * t).collect(),
-            None => tokens,
-        })
+        Some(seal_pipeline::stages::with_token_weights(weights, &ft))
     } else {
         weights
     };
