@@ -25,8 +25,8 @@ pub fn matmul_peak_gflops(n: i64, device: Device) -> f64 {
     let b = Tensor::randn([n, n], (Kind::Float, device));
     let secs = time_median(2, 5, || {
         let c = a.matmul(&b);
-        if device.is_cuda() {
-            tch::Cuda::synchronize(0);
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
         }
         drop(c);
     });

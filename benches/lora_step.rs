@@ -41,10 +41,10 @@ fn smollm2_config() -> LlamaConfig {
 
 fn main() -> anyhow::Result<()> {
     seal_model::runtime::tune_allocator();
-    let device = match std::env::var("SEAL_BENCH_DEVICE").as_deref() {
-        Ok("cuda") => Device::Cuda(0),
-        _ => Device::Cpu,
-    };
+    let device = std::env::var("SEAL_BENCH_DEVICE")
+        .ok()
+        .and_then(|d| seal_model::runtime::parse_device(&d))
+        .unwrap_or(Device::Cpu);
     let shapes: Vec<(usize, usize)> = match std::env::var("SEAL_BENCH_SHAPES") {
         Ok(s) => s
             .split(',')
@@ -107,8 +107,8 @@ fn main() -> anyhow::Result<()> {
                 .expect("forward")
                 .mean(Kind::Float);
             loss.backward();
-            if device.is_cuda() {
-                tch::Cuda::synchronize(0);
+            if let Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
             }
         });
         let fwd = llama_forward_flops(model.config(), b, l, labelled, lora_params);

@@ -4,8 +4,8 @@
 //! at most 2.05.
 //!
 //! `cargo bench -p seal-bilevel --bench seal_step` (env: `SEAL_BENCH_B`,
-//! `SEAL_BENCH_L`, `SEAL_BENCH_STEPS`; `SEAL_BENCH_DEVICE=cuda` runs on the
-//! first GPU, `SEAL_BENCH_KIND=bf16` loads bf16 weights there). Skips when the
+//! `SEAL_BENCH_L`, `SEAL_BENCH_STEPS`; `SEAL_BENCH_DEVICE=cuda` (or `cuda:N`)
+//! runs on a GPU, `SEAL_BENCH_KIND=bf16` loads bf16 weights there). Skips when the
 //! model is unavailable.
 
 use seal_bilevel::solver::{StepBatch, StepContext};
@@ -34,10 +34,10 @@ fn main() -> Result<()> {
         env("SEAL_BENCH_L", 128),
         env("SEAL_BENCH_STEPS", 5),
     );
-    let device = match std::env::var("SEAL_BENCH_DEVICE").as_deref() {
-        Ok("cuda") => Device::Cuda(0),
-        _ => Device::Cpu,
-    };
+    let device = std::env::var("SEAL_BENCH_DEVICE")
+        .ok()
+        .and_then(|d| seal_model::runtime::parse_device(&d))
+        .unwrap_or(Device::Cpu);
     let kind = match std::env::var("SEAL_BENCH_KIND").as_deref() {
         Ok("bf16") => Kind::BFloat16,
         _ => Kind::Float,
@@ -45,8 +45,8 @@ fn main() -> Result<()> {
     // Every step ends with a host read of its loss; on a GPU, also wait for
     // the optimiser's kernels so each timing covers the whole step.
     let sync = || {
-        if device.is_cuda() {
-            tch::Cuda::synchronize(0);
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
         }
     };
     let Pretrained { mut model, .. } = Pretrained::load(&dir, &LoadOptions { device, kind })?;
