@@ -55,3 +55,28 @@ pub fn llama_forward_flops(
     let lora = 2.0 * lora_params as f64 * tokens;
     blocks + attn + head + lora
 }
+
+/// SmolLM2-135M's shape, for a random model of the same size when the
+/// imported weights are not there (speed does not depend on the values).
+pub fn smollm2_config() -> seal_model::LlamaConfig {
+    seal_model::LlamaConfig {
+        model_type: "llama".into(),
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_hidden_layers: 30,
+        num_attention_heads: 9,
+        num_key_value_heads: 3,
+        head_dim: 64,
+        rms_norm_eps: 1e-5,
+        rope_theta: 100_000.0,
+        rope_scaling: seal_model::config::RopeScaling::None,
+        max_position_embeddings: 8192,
+        vocab_size: 49152,
+        tie_word_embeddings: true,
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+    }
+}

@@ -11,33 +11,9 @@
 //! a frozen base computes activation gradients only (≈ 1× forward for the
 //! blocks and the head) plus LoRA weight gradients (≈ 1× LoRA forward).
 
-use seal_benches::{llama_forward_flops, matmul_peak_gflops, time_median};
-use seal_model::config::{LlamaConfig, RopeScaling};
+use seal_benches::{llama_forward_flops, matmul_peak_gflops, smollm2_config, time_median};
 use seal_model::{CausalLm, Llama, LmBatch, LoadOptions, LoraConfig};
 use tch::{Device, Kind};
-
-fn smollm2_config() -> LlamaConfig {
-    LlamaConfig {
-        model_type: "llama".into(),
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_hidden_layers: 30,
-        num_attention_heads: 9,
-        num_key_value_heads: 3,
-        head_dim: 64,
-        rms_norm_eps: 1e-5,
-        rope_theta: 100_000.0,
-        rope_scaling: RopeScaling::None,
-        max_position_embeddings: 8192,
-        vocab_size: 49152,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        o_bias: false,
-        mlp_bias: false,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     seal_model::runtime::tune_allocator();

@@ -116,8 +116,8 @@ impl LmBatch {
 /// Per-layer key/value cache for incremental decoding.
 #[derive(Debug, Default)]
 pub struct KvCache {
-    /// `(key, value)` per layer, `[B, n_kv_heads, T, head_dim]`.
-    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Keys and values per layer.
+    pub(crate) layers: Vec<Option<LayerKv>>,
     /// Attention mask of every cached position, `[B, T]`.
     pub(crate) mask: Option<Tensor>,
 }
@@ -143,13 +143,61 @@ impl KvCache {
 
     /// Keeps only the given batch rows (e.g. drop finished sequences).
     pub fn select_rows(&mut self, rows: &Tensor) {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(0, rows);
-            *v = v.index_select(0, rows);
+        for layer in self.layers.iter_mut().flatten() {
+            layer.keys = layer.keys.index_select(0, rows);
+            layer.values = layer.values.index_select(0, rows);
         }
         if let Some(m) = &mut self.mask {
             *m = m.index_select(0, rows);
         }
+    }
+}
+
+/// One layer's cached keys and values: buffers `[B, n_kv_heads, capacity,
+/// head_dim]` whose first `len` positions are filled. New positions are
+/// written in place; the buffers grow geometrically, so a decode step copies
+/// one position instead of the whole cache (as `cat` would).
+#[derive(Debug)]
+pub(crate) struct LayerKv {
+    keys: Tensor,
+    values: Tensor,
+    len: i64,
+}
+
+impl LayerKv {
+    /// Appends `[B, n_kv_heads, L, head_dim]` keys and values to `slot` and
+    /// returns views of everything cached so far, new positions included.
+    pub(crate) fn append(slot: &mut Option<LayerKv>, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let l = k.size()[2];
+        let needed = slot.as_ref().map_or(0, |c| c.len) + l;
+        let capacity = slot.as_ref().map_or(0, |c| c.keys.size()[2]);
+        if needed > capacity {
+            // Room for 64 more positions at least, doubling beyond that.
+            let grown = needed.max(2 * capacity).max(capacity + 64);
+            let mut shape = k.size();
+            shape[2] = grown;
+            let keys = Tensor::empty(shape.as_slice(), (k.kind(), k.device()));
+            let values = Tensor::empty(shape.as_slice(), (v.kind(), v.device()));
+            let len = match slot.take() {
+                Some(old) => {
+                    keys.narrow(2, 0, old.len)
+                        .copy_(&old.keys.narrow(2, 0, old.len));
+                    values
+                        .narrow(2, 0, old.len)
+                        .copy_(&old.values.narrow(2, 0, old.len));
+                    old.len
+                }
+                None => 0,
+            };
+            *slot = Some(LayerKv { keys, values, len });
+        }
+        let Some(c) = slot.as_mut() else {
+            unreachable!("the slot was filled above")
+        };
+        c.keys.narrow(2, c.len, l).copy_(k);
+        c.values.narrow(2, c.len, l).copy_(v);
+        c.len += l;
+        (c.keys.narrow(2, 0, c.len), c.values.narrow(2, 0, c.len))
     }
 }
 

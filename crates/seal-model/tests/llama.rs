@@ -140,6 +140,80 @@ fn kv_cache_decoding_matches_full_forward() {
     assert_eq!(cache.seq_len(), seq.len() as i64);
 }
 
+/// Batched decoding as generation runs it: left-padded prompts of different
+/// lengths, one token per row and step, a row dropped half-way
+/// (`select_rows`) and the cache growing past its first capacity (64
+/// positions); each step's logits equal a full forward of that row alone.
+#[test]
+fn kv_cache_batched_left_padded_decoding_matches_full_forward() {
+    for attention in [AttentionImpl::Sdpa, AttentionImpl::Math] {
+        let mut model = tiny(Kind::Double, 6);
+        model.set_attention_impl(attention);
+        let mut seqs: Vec<Vec<i64>> = vec![
+            vec![3, 17, 22, 5, 9],
+            vec![8, 1],
+            vec![40, 41, 42, 43, 44, 45, 46],
+        ];
+        let steps = 80;
+        for (r, s) in seqs.iter_mut().enumerate() {
+            s.extend((0..steps).map(|t| ((r * 13 + t * 7) % (VOCAB - 1) + 1) as i64));
+        }
+        let prompt_lens = [5usize, 2, 7];
+        let width = *prompt_lens.iter().max().unwrap();
+        let mut ids = Vec::new();
+        let mut mask = Vec::new();
+        for (s, &n) in seqs.iter().zip(&prompt_lens) {
+            ids.extend(std::iter::repeat_n(0i64, width - n));
+            ids.extend_from_slice(&s[..n]);
+            mask.extend(std::iter::repeat_n(0i64, width - n));
+            mask.extend(std::iter::repeat_n(1i64, n));
+        }
+        let shape = [3, width as i64];
+        let full: Vec<Tensor> = seqs
+            .iter()
+            .map(|s| {
+                model
+                    .logits(&Tensor::from_slice(s).view([1, -1]), None)
+                    .unwrap()
+            })
+            .collect();
+        let mut cache = model.new_cache();
+        let mut logits = model
+            .last_logits(
+                &Tensor::from_slice(&ids).view(shape),
+                Some(&Tensor::from_slice(&mask).view(shape)),
+                Some(&mut cache),
+            )
+            .unwrap();
+        let mut active = vec![0usize, 1, 2];
+        for t in 0..steps {
+            for (row, &r) in active.iter().enumerate() {
+                let pos = (prompt_lens[r] + t - 1) as i64;
+                let want = full[r].get(0).get(pos).to_kind(Kind::Float);
+                let d = max_abs_diff(&logits.get(row as i64), &want);
+                assert!(d < 1e-5, "{attention:?} step {t} row {r}: {d}");
+            }
+            if t == steps / 2 {
+                // Row 1 finishes: keep rows 0 and 2.
+                cache.select_rows(&Tensor::from_slice(&[0i64, 2]));
+                active = vec![0, 2];
+            }
+            let next: Vec<i64> = active
+                .iter()
+                .map(|&r| seqs[r][prompt_lens[r] + t])
+                .collect();
+            logits = model
+                .last_logits(
+                    &Tensor::from_slice(&next).view([active.len() as i64, 1]),
+                    None,
+                    Some(&mut cache),
+                )
+                .unwrap();
+        }
+        assert_eq!(cache.seq_len(), (width + steps) as i64);
+    }
+}
+
 #[test]
 fn math_attention_matches_sdpa_and_supports_double_backward() {
     let mut model = tiny(Kind::Double, 4);
