@@ -4,7 +4,10 @@
 #  * interpolating between the original and the aligned weights
 #    (w = w0 + a·(w1 − w0), WiSE-FT style) for a in 0.5, 0.6, 0.7, 1.0;
 #  * the replication's alignment recipe with the loss averaged over tokens
-#    (`seal align --token-weighted`) instead of over samples.
+#    (`seal align --token-weighted`) instead of over samples;
+#  * the same recipe with the benign align responses replaced by the
+#    original model's own greedy answers (self-distillation, `seal generate
+#    --dataset`; answers cut at 256 tokens keep the reference).
 # Each model is measured on the first 50 prompts of eval_safety (refusal
 # rate) and eval_benign (over-refusal), greedy, 48 new tokens.
 #
@@ -12,8 +15,9 @@
 #
 # ORIGINAL_DIR / ALIGNED_DIR: the imported SmolLM2 and the aligned model of a
 # replication run (target/replication/small/cache/SmolLM2-*/ and aligned-*/).
-# BENCH_DIR defaults to target/seal-bench/small. About 25 minutes on a
-# 2-core CPU (one alignment, five evaluations).
+# BENCH_DIR defaults to target/seal-bench/small. About 70 minutes on a
+# 2-core CPU (two alignments of about 12 minutes, 20 minutes of generation,
+# six evaluations of under a minute each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 orig=${1:?usage: scripts/align_frontier.sh ORIGINAL_DIR ALIGNED_DIR [BENCH_DIR] [OUT_DIR]}
@@ -61,3 +65,14 @@ done
         --epochs 1 --schedule cosine --lr 5e-4 --batch 8 --max-len 384 --seed 0 \
         --token-weighted --no-progress
 measure "$out/token-weighted" token-weighted
+
+# Self-distillation in two steps (what `seal align --self-distill-tokens 256`
+# does in one, except that it skips prompts of max_len tokens or more):
+# the benign responses answered by the original model, then the recipe.
+[ -f "$out/align-self.jsonl" ] ||
+    "$seal" generate --model "$orig" --dataset "$bench/align.jsonl" --label benign \
+        --max-new-tokens 256 --batch 32 --out "$out/align-self.jsonl"
+[ -f "$out/self-distill/config.json" ] ||
+    "$seal" align --model "$orig" --data "$out/align-self.jsonl" --out "$out/self-distill" \
+        --epochs 1 --schedule cosine --lr 5e-4 --batch 8 --max-len 384 --seed 0 --no-progress
+measure "$out/self-distill" self-distilled

@@ -93,4 +93,18 @@ fn align_writes_a_loadable_model_and_refuses_to_overwrite() {
     let o = seal(&args);
     assert!(!o.status.success());
     assert!(text(&o).contains("already holds a model"), "{}", text(&o));
+
+    // Self-distilled benign responses: the data trained on is written next
+    // to the model, sample for sample (the tiny random model never ends an
+    // answer within 3 tokens, so every response keeps its reference).
+    let out2 = tmp.path().join("aligned-self");
+    let mut args2 = args.to_vec();
+    args2[6] = out2.to_str().unwrap();
+    args2.extend(["--self-distill-tokens", "3"]);
+    let o = seal(&args2);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("self-distilled"), "{}", text(&o));
+    let used = seal_data::read_jsonl_samples(out2.join("align_data.jsonl")).unwrap();
+    assert_eq!(used, b.align);
+    assert!(out2.join("model.safetensors").is_file());
 }

@@ -86,3 +86,64 @@ pub fn generate_responses(
         })
         .collect()
 }
+
+/// What [`regenerate_responses`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Regenerated {
+    /// Samples whose response was replaced by the model's own.
+    pub replaced: usize,
+    /// Selected samples that kept their response because the generation
+    /// reached the token limit without an end-of-sequence token (training
+    /// on a cut answer would teach the model to stop mid-sentence).
+    pub truncated: usize,
+    /// Selected samples that kept their response because the model
+    /// answered with nothing.
+    pub empty: usize,
+    /// Samples left alone (not selected, or without a response to replace).
+    pub untouched: usize,
+}
+
+/// Self-distillation of a dataset: the samples for which `select` holds get
+/// the model's own greedy answer to their prompt as their response; every
+/// other sample is returned unchanged, in the same order.
+///
+/// Used for the alignment stage, where benign instructions answered in the
+/// base model's own words act as a retain set: their loss starts near the
+/// model's own entropy, so the gradient they carry mostly resists drift
+/// (towards refusing them) instead of teaching someone else's style.
+/// Generations cut at `options.max_new_tokens` and empty ones keep the
+/// original response (counted in [`Regenerated`]).
+pub fn regenerate_responses(
+    model: &dyn CausalLm,
+    tokenizer: &TextTokenizer,
+    samples: &[Sample],
+    select: impl Fn(&Sample) -> bool,
+    options: &GenerationOptions,
+    batch_size: usize,
+) -> Result<(Vec<Sample>, Regenerated)> {
+    let chosen: Vec<usize> = samples
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.response().is_some() && select(s))
+        .map(|(i, _)| i)
+        .collect();
+    let prompts: Vec<Sample> = chosen.iter().map(|&i| samples[i].clone()).collect();
+    let answers = generate_responses(model, tokenizer, &prompts, options, batch_size)?;
+    let mut out = samples.to_vec();
+    let mut stats = Regenerated {
+        untouched: samples.len() - chosen.len(),
+        ..Regenerated::default()
+    };
+    for (&i, answer) in chosen.iter().zip(answers) {
+        let text = answer.response.trim();
+        if answer.new_tokens >= options.max_new_tokens {
+            stats.truncated += 1;
+        } else if text.is_empty() {
+            stats.empty += 1;
+        } else if let Some(last) = out[i].messages.last_mut() {
+            last.content = text.to_string();
+            stats.replaced += 1;
+        }
+    }
+    Ok((out, stats))
+}

@@ -35,7 +35,7 @@ pub mod summary;
 pub mod utility;
 
 pub use error::{EvalError, Result};
-pub use generation::{generate_responses, Generated};
+pub use generation::{generate_responses, regenerate_responses, Generated, Regenerated};
 pub use judge::{HarmVerdict, Judge, KeywordJudge, Preference, Winner};
 pub use ranker::{read_scores, RankerMetrics, ScoreRecord};
 pub use refusal::{RefusalMatcher, GCG_REFUSAL_MARKERS};

@@ -231,3 +231,88 @@ fn smollm2_refusals_on_a_few_harmful_prompts() {
     );
     assert_eq!(s.refusals + s.attack_successes, s.n);
 }
+
+/// Self-distillation: selected samples with a response get the model's own
+/// greedy answer (trimmed), answers cut at the limit or empty keep the
+/// reference, everything else is untouched and the order is kept.
+#[test]
+fn regenerated_responses_are_the_models_own_answers() {
+    use seal_eval::generation::regenerate_responses;
+    let (model, tok) = setup();
+    let with_response = |id: &str, label: Label, q: &str| Sample {
+        id: id.into(),
+        source: "test".into(),
+        label: Some(label),
+        messages: vec![
+            Message::user(q),
+            Message::assistant(format!("reference {id}")),
+        ],
+        reference: None,
+    };
+    let mut samples = vec![
+        with_response("b:0", Label::Benign, "Tell me a long story about a dragon"),
+        with_response("s:0", Label::Safe, "How do I pick a lock?"),
+        with_response("b:1", Label::Benign, "Why is the sky blue, in brief?"),
+        with_response("b:2", Label::Benign, "2+2?"),
+        with_response("b:3", Label::Benign, "Hi"),
+    ];
+    samples.push(prompt("b:4", "no response here"));
+    samples[5].label = Some(Label::Benign);
+    let prompt_ids =
+        |s: &Sample| seal_data::tokenize::tokenize_prompt(&tok, None, s, false).unwrap();
+    // A random tiny model repeats the last prompt token under greedy
+    // decoding, so sample instead (seeded: each call restarts the same
+    // stream, and batches of one make every call comparable). The first
+    // new token of sample 0 that it has not produced before ends sequences,
+    // so sample 0 stops early (replaced) while others may reach the limit.
+    let mut free = GenerationOptions::greedy(&tok, 6);
+    free.eos_token_ids.clear();
+    free.sampling = seal_model::generate::Sampling::TopP {
+        temperature: 1.0,
+        top_p: 1.0,
+    };
+    free.seed = Some(11);
+    let first = seal_model::generate::generate(&model, &[prompt_ids(&samples[0])], &free).unwrap();
+    let k = (1..first[0].len())
+        .find(|&k| !first[0][..k].contains(&first[0][k]))
+        .expect("six sampled tokens, not all equal");
+    let mut opts = free.clone();
+    opts.eos_token_ids = vec![first[0][k]];
+    let (out, stats) = regenerate_responses(
+        &model,
+        &tok,
+        &samples,
+        |s| s.label == Some(Label::Benign),
+        &opts,
+        1,
+    )
+    .unwrap();
+    assert_eq!(out.len(), samples.len());
+    assert_eq!(
+        stats.untouched, 2,
+        "the safe sample and the prompt-only one"
+    );
+    assert_eq!(stats.replaced + stats.truncated + stats.empty, 4);
+    assert!(stats.replaced >= 1 && stats.truncated >= 1, "{stats:?}");
+    assert_eq!(out[1], samples[1]);
+    assert_eq!(out[5], samples[5]);
+    for i in [0, 2, 3, 4] {
+        let alone =
+            seal_model::generate::generate(&model, &[prompt_ids(&samples[i])], &opts).unwrap();
+        let text = tok.decode(&alone[0], true).unwrap();
+        let kept = alone[0].len() >= 6 || text.trim().is_empty();
+        let want = if kept {
+            samples[i].response().unwrap().to_string()
+        } else {
+            text.trim().to_string()
+        };
+        assert_eq!(out[i].response(), Some(want.as_str()), "sample {i}");
+        assert_eq!(out[i].prompt_messages(), samples[i].prompt_messages());
+        assert_eq!(out[i].id, samples[i].id);
+    }
+    assert_ne!(
+        out[0].response(),
+        samples[0].response(),
+        "stopped early, so replaced"
+    );
+}

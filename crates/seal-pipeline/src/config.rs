@@ -230,6 +230,34 @@ pub struct AlignConfig {
     pub sft: SftConfig,
     /// Seed of the data order and the adapter initialisation.
     pub seed: u64,
+    /// Answer the benign part of the align set with the base model's own
+    /// greedy responses before training (self-distillation; off by default
+    /// and then left out of the written config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_distill: Option<SelfDistill>,
+}
+
+/// `[align.self_distill]`: the benign align samples get the base model's own
+/// answers as responses, so that they hold the model where it already
+/// answers instead of teaching it another writer's style while the
+/// refusals are learnt. Answers cut at `max_new_tokens` keep the reference
+/// response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfDistill {
+    /// Longest answer generated, in tokens.
+    pub max_new_tokens: usize,
+    /// Prompts per generation batch.
+    pub batch: usize,
+}
+
+impl Default for SelfDistill {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 256,
+            batch: 32,
+        }
+    }
 }
 
 impl Default for AlignConfig {
@@ -243,6 +271,7 @@ impl Default for AlignConfig {
                 ..SftConfig::default()
             },
             seed: 0,
+            self_distill: None,
         }
     }
 }
@@ -255,6 +284,7 @@ struct AlignConfigFile {
     enabled: Option<bool>,
     sft: Option<SftPatch>,
     seed: Option<u64>,
+    self_distill: Option<SelfDistill>,
 }
 
 /// A partial [`SftConfig`].
@@ -288,6 +318,7 @@ impl From<AlignConfigFile> for AlignConfig {
         if let Some(v) = file.seed {
             c.seed = v;
         }
+        c.self_distill = file.self_distill;
         if let Some(p) = file.sft {
             let sft = &mut c.sft;
             sft.epochs = p.epochs.unwrap_or(sft.epochs);

@@ -2,7 +2,9 @@
 //! [`resolve_model`], [`align`], [`rank`], [`select`], [`finetune_on`] and
 //! [`evaluate`].
 
-use crate::config::{AlignConfig, EvalConfig, LoraShape, Method, RankConfig, SftConfig, Solver};
+use crate::config::{
+    AlignConfig, EvalConfig, LoraShape, Method, RankConfig, SelfDistill, SftConfig, Solver,
+};
 use crate::error::{PipelineError, Result};
 use seal_bilevel::{
     dataset_fingerprint, LambdaSchedule, LmProblem, Ranker, RankerConfig, SealPenalty,
@@ -339,6 +341,11 @@ pub fn align_to(
     let Pretrained {
         model, tokenizer, ..
     } = load(base, device)?;
+    let distilled = match &config.self_distill {
+        Some(d) => Some(self_distill(&model, &tokenizer, samples, d, max_len)?),
+        None => None,
+    };
+    let samples = distilled.as_deref().unwrap_or(samples);
     let data = tokenize(&tokenizer, "align", samples, max_len)?;
     if data.is_empty() {
         return Err(PipelineError::stage(
@@ -357,6 +364,10 @@ pub fn align_to(
     run.model.merge_lora()?;
     let staging = staging_dir(target)?;
     run.model.save_pretrained(&staging)?;
+    if let Some(distilled) = &distilled {
+        // The data the model was aligned on, for audit.
+        seal_data::write_jsonl_samples(staging.join("align_data.jsonl"), distilled)?;
+    }
     for f in TOKENIZER_FILES {
         let src = base.join(f);
         if src.is_file() {
@@ -372,6 +383,44 @@ pub fn align_to(
         seconds: start.elapsed().as_secs_f64(),
         log: run.log,
     })
+}
+
+/// The alignment set with its benign samples answered by `model` itself
+/// (greedy), as `[align.self_distill]` asks. Prompts of `max_len` tokens or
+/// more are skipped: training leaves those samples out anyway.
+fn self_distill(
+    model: &Llama,
+    tokenizer: &TextTokenizer,
+    samples: &[Sample],
+    config: &SelfDistill,
+    max_len: usize,
+) -> Result<Vec<Sample>> {
+    let start = Instant::now();
+    let mut fits = std::collections::HashSet::new();
+    for s in samples {
+        if s.label == Some(Label::Benign)
+            && seal_data::tokenize::tokenize_prompt(tokenizer, None, s, false)?.len() < max_len
+        {
+            fits.insert(s.id.as_str());
+        }
+    }
+    let options = GenerationOptions::greedy(tokenizer, config.max_new_tokens);
+    let (out, stats) = seal_eval::regenerate_responses(
+        model,
+        tokenizer,
+        samples,
+        |s| fits.contains(s.id.as_str()),
+        &options,
+        config.batch,
+    )?;
+    tracing::info!(
+        replaced = stats.replaced,
+        kept_cut = stats.truncated,
+        kept_empty = stats.empty,
+        seconds = start.elapsed().as_secs_f64(),
+        "alignment: benign responses self-distilled"
+    );
+    Ok(out)
 }
 
 /// A trained ranker.

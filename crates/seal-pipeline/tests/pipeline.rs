@@ -201,6 +201,27 @@ fn partial_align_tables_keep_the_alignment_defaults() {
     assert!(c.align.sft.token_weighted && c.finetune.token_weighted);
     assert_eq!(c.align.sft.lora, defaults.sft.lora);
     assert_eq!(parse(&c.to_toml().unwrap()).unwrap(), c);
+    // Self-distillation: off by default and then not written; a partial
+    // table takes the defaults; unknown keys are refused.
+    assert!(c.align.self_distill.is_none());
+    assert!(!c.to_toml().unwrap().contains("self_distill"));
+    let c = parse(
+        "[align.self_distill]
+max_new_tokens = 64",
+    )
+    .unwrap();
+    let d = c.align.self_distill.clone().unwrap();
+    assert_eq!(d.max_new_tokens, 64);
+    assert_eq!(d.batch, seal_pipeline::config::SelfDistill::default().batch);
+    assert_eq!(c.align.sft, defaults.sft);
+    assert_eq!(parse(&c.to_toml().unwrap()).unwrap(), c);
+    let e = parse(
+        "[align.self_distill]
+tokens = 64",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("tokens"), "{e}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use super::common;
 use anyhow::{bail, Result};
-use seal_pipeline::config::{AlignConfig, LoraShape, SftConfig};
+use seal_pipeline::config::{AlignConfig, LoraShape, SelfDistill, SftConfig};
 use std::path::PathBuf;
 
 /// Arguments of `seal align`.
@@ -60,6 +60,14 @@ pub struct Args {
     /// tokens, as transformers' Trainer) instead of counting samples alike.
     #[arg(long)]
     pub token_weighted: bool,
+    /// Before training, replace the responses of the benign samples by the
+    /// model's own greedy answers of at most this many tokens
+    /// (self-distillation; answers cut at the limit keep the reference).
+    #[arg(long)]
+    pub self_distill_tokens: Option<usize>,
+    /// Prompts per generation batch of `--self-distill-tokens`.
+    #[arg(long, default_value_t = 32)]
+    pub self_distill_batch: usize,
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -93,6 +101,10 @@ pub fn run(a: Args) -> Result<()> {
             token_weighted: a.token_weighted,
         },
         seed: a.seed,
+        self_distill: a.self_distill_tokens.map(|max_new_tokens| SelfDistill {
+            max_new_tokens,
+            batch: a.self_distill_batch,
+        }),
     };
     let out = seal_pipeline::stages::align_to(
         &a.model,

@@ -1,10 +1,13 @@
-//! `seal generate`: greedy completion of a chat-templated prompt.
+//! `seal generate`: greedy completion of a chat-templated prompt, or of
+//! every prompt of a dataset (`--dataset`, self-distillation: the selected
+//! samples get the model's own answer as their response).
 
-use anyhow::{Context, Result};
-use seal_data::Message;
+use super::common;
+use anyhow::{bail, Context, Result};
+use seal_data::{Label, Message};
 use seal_model::generate::{generate, GenerationOptions, Sampling};
 use seal_model::{CausalLm, LoadOptions, Pretrained};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 /// Arguments of `seal generate`.
@@ -15,8 +18,23 @@ pub struct Args {
     pub model: PathBuf,
     /// The user message; the model's chat template is applied with the
     /// generation prompt (and the template's default system prompt).
-    #[arg(long)]
-    pub prompt: String,
+    #[arg(long, required_unless_present = "dataset", conflicts_with = "dataset")]
+    pub prompt: Option<String>,
+    /// Answer every prompt of this JSONL dataset instead (needs `--out`):
+    /// the selected samples' responses are replaced by the model's greedy
+    /// answers, the others are copied unchanged.
+    #[arg(long, requires = "out")]
+    pub dataset: Option<PathBuf>,
+    /// Output JSONL of `--dataset` mode (written atomically).
+    #[arg(long, requires = "dataset")]
+    pub out: Option<PathBuf>,
+    /// In `--dataset` mode, only regenerate samples with this label
+    /// (benign, harmful or safe); default: every sample with a response.
+    #[arg(long, requires = "dataset")]
+    pub label: Option<String>,
+    /// Prompts per generation batch in `--dataset` mode.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
     /// An explicit system prompt instead of the template's default.
     #[arg(long)]
     pub system: Option<String>,
@@ -41,17 +59,14 @@ pub struct Args {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// libtorch intra-op threads.
+    #[arg(long)]
+    pub threads: Option<i32>,
 }
 
 /// Runs `seal generate`.
 pub fn run(args: Args) -> Result<()> {
-    seal_model::runtime::tune_allocator();
-    let device = seal_model::runtime::parse_device(&args.device).with_context(|| {
-        format!(
-            "--device: `{}` is not cpu, cuda, cuda:N or auto",
-            args.device
-        )
-    })?;
+    let device = common::runtime(args.threads, &args.device)?;
     let mut pre = Pretrained::load(
         &args.model,
         &LoadOptions {
@@ -65,11 +80,17 @@ pub fn run(args: Args) -> Result<()> {
             .load_lora(adapter)
             .with_context(|| format!("loading adapter {}", adapter.display()))?;
     }
+    if let (Some(dataset), Some(out)) = (&args.dataset, &args.out) {
+        return regenerate(&pre, &args, dataset, out);
+    }
+    let Some(prompt) = &args.prompt else {
+        bail!("give --prompt or --dataset");
+    };
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(Message::system(system.clone()));
     }
-    messages.push(Message::user(args.prompt.clone()));
+    messages.push(Message::user(prompt.clone()));
     let ids = pre.tokenizer.encode_chat(&messages, true)?;
     if let Some(path) = &args.logits_json {
         let input =
@@ -85,6 +106,13 @@ pub fn run(args: Args) -> Result<()> {
         let json = serde_json::json!({ "input_ids": ids, "top": top });
         seal_model::weights::write_json_atomic(path, &json)?;
     }
+    let opts = options(&pre, &args);
+    let out = generate(&pre.model, &[ids], &opts)?;
+    println!("{}", pre.tokenizer.decode(&out[0], true)?);
+    Ok(())
+}
+
+fn options(pre: &Pretrained, args: &Args) -> GenerationOptions {
     let mut opts = GenerationOptions::greedy(&pre.tokenizer, args.max_new_tokens);
     if let Some(temperature) = args.temperature {
         opts.sampling = Sampling::TopP {
@@ -93,7 +121,37 @@ pub fn run(args: Args) -> Result<()> {
         };
     }
     opts.seed = args.seed;
-    let out = generate(&pre.model, &[ids], &opts)?;
-    println!("{}", pre.tokenizer.decode(&out[0], true)?);
+    opts
+}
+
+/// `--dataset` mode: self-distils the selected samples' responses.
+fn regenerate(pre: &Pretrained, args: &Args, dataset: &Path, out: &Path) -> Result<()> {
+    let label: Option<Label> = args
+        .label
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .context("--label")?;
+    let samples = seal_data::read_jsonl_samples(dataset)?;
+    let opts = options(pre, args);
+    let (samples, stats) = seal_eval::regenerate_responses(
+        &pre.model,
+        &pre.tokenizer,
+        &samples,
+        |s| label.is_none() || s.label == label,
+        &opts,
+        args.batch,
+    )
+    .with_context(|| format!("generating answers to {}", dataset.display()))?;
+    seal_data::write_jsonl_samples(out, &samples)?;
+    println!(
+        "{} responses replaced, {} kept (cut at {} tokens), {} kept (empty answer), {} untouched; written to {}",
+        stats.replaced,
+        stats.truncated,
+        args.max_new_tokens,
+        stats.empty,
+        stats.untouched,
+        out.display()
+    );
     Ok(())
 }
