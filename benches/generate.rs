@@ -10,10 +10,10 @@
 //! available and a random model of the same shape otherwise. No token ends
 //! a sequence, so every row decodes exactly N tokens.
 
-use seal_benches::{matmul_peak_gflops, smollm2_config, time_median};
+use seal_benches::{matmul_peak_gflops, smollm2_or_random, sync, time_median};
 use seal_model::generate::{generate, GenerationOptions, Sampling};
-use seal_model::{CausalLm, Llama, LoadOptions};
-use tch::{Device, Kind, Tensor};
+use seal_model::CausalLm;
+use tch::{Device, Tensor};
 
 fn main() -> anyhow::Result<()> {
     seal_model::runtime::tune_allocator();
@@ -29,25 +29,7 @@ fn main() -> anyhow::Result<()> {
             Some((it.next()??, it.next()??, it.next()??))
         })
         .collect();
-    let opts = LoadOptions {
-        device,
-        kind: Kind::Float,
-    };
-    let (model, source) = match seal_model::fixtures::smollm2_dir() {
-        Ok(Some(dir)) => (
-            Llama::load(&dir, &opts)?,
-            "SmolLM2-135M-Instruct (imported GGUF)",
-        ),
-        _ => (
-            Llama::random(&smollm2_config(), device, Kind::Float, 0)?,
-            "random weights, SmolLM2-135M shape",
-        ),
-    };
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
+    let (model, source) = smollm2_or_random(device)?;
     println!(
         "model: {source}; device: {device:?}; threads: {}",
         tch::get_num_threads()
@@ -93,12 +75,12 @@ fn main() -> anyhow::Result<()> {
             let _ = model
                 .last_logits(&ids, Some(&mask), Some(&mut cache))
                 .expect("prefill");
-            sync();
+            sync(device);
         });
         let total = time_median(0, 3, || {
             let out = generate(&model, &prompts, &gen).expect("generate");
             assert!(out.iter().all(|o| o.len() == n));
-            sync();
+            sync(device);
         });
         let decode = (total - prefill).max(0.0);
         let steps = n.saturating_sub(1).max(1) as f64;

@@ -80,3 +80,29 @@ pub fn smollm2_config() -> seal_model::LlamaConfig {
         eos_token_ids: vec![2],
     }
 }
+
+/// SmolLM2-135M-Instruct from the shared import when it exists, otherwise a
+/// random model of the same shape; with a line naming which.
+pub fn smollm2_or_random(device: Device) -> anyhow::Result<(seal_model::Llama, &'static str)> {
+    let opts = seal_model::LoadOptions {
+        device,
+        kind: Kind::Float,
+    };
+    Ok(match seal_model::fixtures::smollm2_dir() {
+        Ok(Some(dir)) => (
+            seal_model::Llama::load(&dir, &opts)?,
+            "SmolLM2-135M-Instruct (imported GGUF)",
+        ),
+        _ => (
+            seal_model::Llama::random(&smollm2_config(), device, Kind::Float, 0)?,
+            "random weights, SmolLM2-135M shape",
+        ),
+    })
+}
+
+/// Waits for queued kernels on a CUDA device (no-op on the CPU).
+pub fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}

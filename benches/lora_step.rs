@@ -11,8 +11,8 @@
 //! a frozen base computes activation gradients only (≈ 1× forward for the
 //! blocks and the head) plus LoRA weight gradients (≈ 1× LoRA forward).
 
-use seal_benches::{llama_forward_flops, matmul_peak_gflops, smollm2_config, time_median};
-use seal_model::{CausalLm, Llama, LmBatch, LoadOptions, LoraConfig};
+use seal_benches::{llama_forward_flops, matmul_peak_gflops, smollm2_or_random, sync, time_median};
+use seal_model::{CausalLm, LmBatch, LoraConfig};
 use tch::{Device, Kind};
 
 fn main() -> anyhow::Result<()> {
@@ -29,20 +29,7 @@ fn main() -> anyhow::Result<()> {
             .collect(),
         Err(_) => vec![(4, 128), (8, 256)],
     };
-    let opts = LoadOptions {
-        device,
-        kind: Kind::Float,
-    };
-    let (mut model, source) = match seal_model::fixtures::smollm2_dir() {
-        Ok(Some(dir)) => (
-            Llama::load(&dir, &opts)?,
-            "SmolLM2-135M-Instruct (imported GGUF)",
-        ),
-        _ => (
-            Llama::random(&smollm2_config(), device, Kind::Float, 0)?,
-            "random weights, SmolLM2-135M shape",
-        ),
-    };
+    let (mut model, source) = smollm2_or_random(device)?;
     model.add_lora(&LoraConfig::default(), 0)?;
     let lora_params: usize = model.lora_parameters().iter().map(|(_, t)| t.numel()).sum();
     let peak = matmul_peak_gflops(2048, device);
@@ -83,9 +70,7 @@ fn main() -> anyhow::Result<()> {
                 .expect("forward")
                 .mean(Kind::Float);
             loss.backward();
-            if let Device::Cuda(i) = device {
-                tch::Cuda::synchronize(i as i64);
-            }
+            sync(device);
         });
         let fwd = llama_forward_flops(model.config(), b, l, labelled, lora_params);
         let lora_fwd = 2.0 * lora_params as f64 * (b * l) as f64;

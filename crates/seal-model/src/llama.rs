@@ -917,15 +917,7 @@ impl Llama {
                     Mask::Full => scores,
                     Mask::Explicit(m) => scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY),
                 };
-                let probs = scores
-                    .to_kind(if self.kind == Kind::Double {
-                        Kind::Double
-                    } else {
-                        Kind::Float
-                    })
-                    .softmax(-1, None::<Kind>)
-                    .to_kind(v.kind());
-                probs.matmul(&v)
+                self.softmax_matmul(&scores, &v)
             }
         };
         let out = out
@@ -933,6 +925,21 @@ impl Llama {
             .contiguous()
             .view([b, l, attn.n_heads * hd]);
         Ok(attn.o_proj.forward(&out, self.training))
+    }
+
+    /// The math attention path's last step: softmax over keys in at least
+    /// f32, then the weighted sum of the values.
+    fn softmax_matmul(&self, scores: &Tensor, v: &Tensor) -> Tensor {
+        let kind = if self.kind == Kind::Double {
+            Kind::Double
+        } else {
+            Kind::Float
+        };
+        scores
+            .to_kind(kind)
+            .softmax(-1, None::<Kind>)
+            .to_kind(v.kind())
+            .matmul(v)
     }
 
     /// Attention of one new token per row against the cache, without
@@ -968,15 +975,7 @@ impl Llama {
                     Some(m) => scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY),
                     None => scores,
                 };
-                let probs = scores
-                    .to_kind(if self.kind == Kind::Double {
-                        Kind::Double
-                    } else {
-                        Kind::Float
-                    })
-                    .softmax(-1, None::<Kind>)
-                    .to_kind(v.kind());
-                probs.matmul(v)
+                self.softmax_matmul(&scores, v)
             }
         };
         let out = out.reshape([b, 1, attn.n_heads * hd]);
