@@ -10,17 +10,13 @@
 //! available and a random model of the same shape otherwise. No token ends
 //! a sequence, so every row decodes exactly N tokens.
 
-use seal_benches::{matmul_peak_gflops, smollm2_or_random, sync, time_median};
+use seal_benches::{bench_device, matmul_peak_gflops, smollm2_or_random, sync, time_median};
 use seal_model::generate::{generate, GenerationOptions, Sampling};
 use seal_model::CausalLm;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 fn main() -> anyhow::Result<()> {
-    seal_model::runtime::tune_allocator();
-    let device = std::env::var("SEAL_BENCH_DEVICE")
-        .ok()
-        .and_then(|d| seal_model::runtime::parse_device(&d))
-        .unwrap_or(Device::Cpu);
+    let device = bench_device();
     let shapes: Vec<(usize, usize, usize)> = std::env::var("SEAL_BENCH_SHAPES")
         .unwrap_or_else(|_| "1x128x64,8x256x64,32x256x32".into())
         .split(',')

@@ -106,3 +106,13 @@ pub fn sync(device: Device) {
         tch::Cuda::synchronize(i as i64);
     }
 }
+
+/// The device named by `SEAL_BENCH_DEVICE` (cpu, cuda, cuda:N, auto), the
+/// CPU when unset or unknown; also tunes the allocator as the CLI does.
+pub fn bench_device() -> Device {
+    seal_model::runtime::tune_allocator();
+    std::env::var("SEAL_BENCH_DEVICE")
+        .ok()
+        .and_then(|d| seal_model::runtime::parse_device(&d))
+        .unwrap_or(Device::Cpu)
+}

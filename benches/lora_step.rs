@@ -11,16 +11,14 @@
 //! a frozen base computes activation gradients only (≈ 1× forward for the
 //! blocks and the head) plus LoRA weight gradients (≈ 1× LoRA forward).
 
-use seal_benches::{llama_forward_flops, matmul_peak_gflops, smollm2_or_random, sync, time_median};
+use seal_benches::{
+    bench_device, llama_forward_flops, matmul_peak_gflops, smollm2_or_random, sync, time_median,
+};
 use seal_model::{CausalLm, LmBatch, LoraConfig};
-use tch::{Device, Kind};
+use tch::Kind;
 
 fn main() -> anyhow::Result<()> {
-    seal_model::runtime::tune_allocator();
-    let device = std::env::var("SEAL_BENCH_DEVICE")
-        .ok()
-        .and_then(|d| seal_model::runtime::parse_device(&d))
-        .unwrap_or(Device::Cpu);
+    let device = bench_device();
     let shapes: Vec<(usize, usize)> = match std::env::var("SEAL_BENCH_SHAPES") {
         Ok(s) => s
             .split(',')
