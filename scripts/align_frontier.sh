@@ -7,7 +7,11 @@
 #    (`seal align --token-weighted`) instead of over samples;
 #  * the same recipe with the benign align responses replaced by the
 #    original model's own greedy answers (self-distillation, `seal generate
-#    --dataset`; answers cut at 256 tokens keep the reference).
+#    --dataset`; answers cut at 256 tokens keep the reference);
+#  * hard negatives: the benign align samples (prompts under 1200
+#    characters, which fit the 384-token budget) that the aligned model
+#    itself refuses are found with `seal eval --benign` and repeated twice
+#    more in the align set, then the recipe runs again from the original.
 # Each model is measured on the first 50 prompts of eval_safety (refusal
 # rate) and eval_benign (over-refusal), greedy, 48 new tokens.
 #
@@ -16,8 +20,9 @@
 # ORIGINAL_DIR / ALIGNED_DIR: the imported SmolLM2 and the aligned model of a
 # replication run (target/replication/small/cache/SmolLM2-*/ and aligned-*/).
 # BENCH_DIR defaults to target/seal-bench/small. About 70 minutes on a
-# 2-core CPU (two alignments of about 12 minutes, 20 minutes of generation,
-# six evaluations of under a minute each).
+# 2-core CPU (three alignments of 12-15 minutes, 20 minutes of generation,
+# a 3-minute pass over the align prompts, seven evaluations of under a
+# minute each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 orig=${1:?usage: scripts/align_frontier.sh ORIGINAL_DIR ALIGNED_DIR [BENCH_DIR] [OUT_DIR]}
@@ -76,3 +81,32 @@ measure "$out/token-weighted" token-weighted
     "$seal" align --model "$orig" --data "$out/align-self.jsonl" --out "$out/self-distill" \
         --epochs 1 --schedule cosine --lr 5e-4 --batch 8 --max-len 384 --seed 0 --no-progress
 measure "$out/self-distill" self-distilled
+
+[ -f "$out/eval-align-benign/benign_responses.jsonl" ] || {
+    python3 - "$bench/align.jsonl" "$out/align-benign.jsonl" <<'PY'
+import json, sys
+with open(sys.argv[2], "w") as out:
+    for line in open(sys.argv[1]):
+        s = json.loads(line)
+        if s.get("label") == "benign" and len(s["messages"][0]["content"]) < 1200:
+            out.write(line)
+PY
+    "$seal" eval --model "$aligned" --benign "$out/align-benign.jsonl" --max-new-tokens 48 \
+        --batch 32 --out "$out/eval-align-benign" >/dev/null
+}
+[ -f "$out/align-hardneg.jsonl" ] ||
+    python3 - "$bench/align.jsonl" "$out/eval-align-benign/benign_responses.jsonl" \
+        "$out/align-hardneg.jsonl" <<'PY'
+import json, sys
+refused = {r["id"] for r in map(json.loads, open(sys.argv[2])) if r.get("refusal_marker")}
+samples = [json.loads(line) for line in open(sys.argv[1])]
+extra = [dict(s, id=f"{s['id']}#hardneg{k}") for k in (1, 2) for s in samples if s["id"] in refused]
+with open(sys.argv[3], "w") as out:
+    for s in samples + extra:
+        out.write(json.dumps(s) + "\n")
+print(f"{len(refused)} refused benign align prompts, {len(extra)} repeats added", file=sys.stderr)
+PY
+[ -f "$out/hard-negatives/config.json" ] ||
+    "$seal" align --model "$orig" --data "$out/align-hardneg.jsonl" --out "$out/hard-negatives" \
+        --epochs 1 --schedule cosine --lr 5e-4 --batch 8 --max-len 384 --seed 0 --no-progress
+measure "$out/hard-negatives" hard-negatives
