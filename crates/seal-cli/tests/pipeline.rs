@@ -108,3 +108,53 @@ fn align_writes_a_loadable_model_and_refuses_to_overwrite() {
     assert_eq!(used, b.align);
     assert!(out2.join("model.safetensors").is_file());
 }
+
+#[test]
+fn generate_dataset_mode_writes_every_sample_and_names_a_bad_label() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    tiny_model_dir(&model);
+    let data = tmp.path().join("align.jsonl");
+    let b = seal_data::embedded::embedded_default().unwrap();
+    seal_data::write_jsonl_samples(&data, &b.align).unwrap();
+    let out = tmp.path().join("self.jsonl");
+    let base = [
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--dataset",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+        "--batch",
+        "64",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--label", "benign"]);
+    let o = seal(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let benign = b
+        .align
+        .iter()
+        .filter(|s| s.label == Some(seal_data::Label::Benign))
+        .count();
+    let untouched = b.align.len() - benign;
+    assert!(
+        text(&o).contains(&format!("{untouched} untouched")),
+        "{}",
+        text(&o)
+    );
+    let written = seal_data::read_jsonl_samples(&out).unwrap();
+    let ids = |v: &[seal_data::Sample]| v.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&written), ids(&b.align));
+
+    let mut args = base.to_vec();
+    args.extend(["--label", "benignish"]);
+    let o = seal(&args);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--label"), "{}", text(&o));
+    let o = seal(&["generate", "--model", model.to_str().unwrap()]);
+    assert!(!o.status.success(), "neither --prompt nor --dataset");
+}

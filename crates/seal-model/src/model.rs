@@ -170,34 +170,34 @@ impl LayerKv {
     pub(crate) fn append(slot: &mut Option<LayerKv>, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
         let l = k.size()[2];
         let needed = slot.as_ref().map_or(0, |c| c.len) + l;
-        let capacity = slot.as_ref().map_or(0, |c| c.keys.size()[2]);
-        if needed > capacity {
-            // Room for 64 more positions at least, doubling beyond that.
-            let grown = needed.max(2 * capacity).max(capacity + 64);
-            let mut shape = k.size();
-            shape[2] = grown;
-            let keys = Tensor::empty(shape.as_slice(), (k.kind(), k.device()));
-            let values = Tensor::empty(shape.as_slice(), (v.kind(), v.device()));
-            let len = match slot.take() {
-                Some(old) => {
-                    keys.narrow(2, 0, old.len)
-                        .copy_(&old.keys.narrow(2, 0, old.len));
-                    values
-                        .narrow(2, 0, old.len)
-                        .copy_(&old.values.narrow(2, 0, old.len));
-                    old.len
-                }
-                None => 0,
-            };
-            *slot = Some(LayerKv { keys, values, len });
+        if slot.as_ref().is_none_or(|c| needed > c.keys.size()[2]) {
+            *slot = Some(Self::grown(slot.take(), k, v, needed));
         }
-        let Some(c) = slot.as_mut() else {
-            unreachable!("the slot was filled above")
-        };
+        let c = slot.get_or_insert_with(|| Self::grown(None, k, v, needed));
         c.keys.narrow(2, c.len, l).copy_(k);
         c.values.narrow(2, c.len, l).copy_(v);
         c.len += l;
         (c.keys.narrow(2, 0, c.len), c.values.narrow(2, 0, c.len))
+    }
+
+    /// New buffers shaped like `k` and `v` with room for `needed` positions
+    /// (64 more than the old capacity at least, doubling beyond that),
+    /// holding the old cache's filled positions.
+    fn grown(old: Option<LayerKv>, k: &Tensor, v: &Tensor, needed: i64) -> LayerKv {
+        let capacity = old.as_ref().map_or(0, |c| c.keys.size()[2]);
+        let mut shape = k.size();
+        shape[2] = needed.max(2 * capacity).max(capacity + 64);
+        let keys = Tensor::empty(shape.as_slice(), (k.kind(), k.device()));
+        let values = Tensor::empty(shape.as_slice(), (v.kind(), v.device()));
+        let len = old.map_or(0, |old| {
+            keys.narrow(2, 0, old.len)
+                .copy_(&old.keys.narrow(2, 0, old.len));
+            values
+                .narrow(2, 0, old.len)
+                .copy_(&old.values.narrow(2, 0, old.len));
+            old.len
+        });
+        LayerKv { keys, values, len }
     }
 }
 
