@@ -42,14 +42,26 @@ fn pipeline_prints_and_checks_its_config() {
     assert!(text(&o).contains("/no/such/file.toml"), "{}", text(&o));
 }
 
+/// A tiny model directory and the embedded align set as JSONL under `dir`.
+fn tiny_model_and_align_set(
+    dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    seal_data::benchmark::Benchmark,
+) {
+    let model = dir.join("model");
+    tiny_model_dir(&model);
+    let data = dir.join("align.jsonl");
+    let b = seal_data::embedded::embedded_default().unwrap();
+    seal_data::write_jsonl_samples(&data, &b.align).unwrap();
+    (model, data, b)
+}
+
 #[test]
 fn align_writes_a_loadable_model_and_refuses_to_overwrite() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
-    tiny_model_dir(&model);
-    let data = tmp.path().join("align.jsonl");
-    let b = seal_data::embedded::embedded_default().unwrap();
-    seal_data::write_jsonl_samples(&data, &b.align).unwrap();
+    let (model, data, b) = tiny_model_and_align_set(tmp.path());
     let out = tmp.path().join("aligned");
     let args = [
         "align",
@@ -112,11 +124,7 @@ fn align_writes_a_loadable_model_and_refuses_to_overwrite() {
 #[test]
 fn generate_dataset_mode_writes_every_sample_and_names_a_bad_label() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
-    tiny_model_dir(&model);
-    let data = tmp.path().join("align.jsonl");
-    let b = seal_data::embedded::embedded_default().unwrap();
-    seal_data::write_jsonl_samples(&data, &b.align).unwrap();
+    let (model, data, b) = tiny_model_and_align_set(tmp.path());
     let out = tmp.path().join("self.jsonl");
     let base = [
         "generate",
