@@ -396,23 +396,14 @@ fn self_distill(
     max_len: usize,
 ) -> Result<Vec<Sample>> {
     let start = Instant::now();
-    let mut fits = std::collections::HashSet::new();
-    for s in samples {
-        if s.label == Some(Label::Benign)
-            && seal_data::tokenize::tokenize_prompt(tokenizer, None, s, false)?.len() < max_len
-        {
-            fits.insert(s.id.as_str());
-        }
-    }
+    let fits = |s: &Sample| {
+        s.label == Some(Label::Benign)
+            && seal_data::tokenize::tokenize_prompt(tokenizer, None, s, false)
+                .is_ok_and(|ids| ids.len() < max_len)
+    };
     let options = GenerationOptions::greedy(tokenizer, config.max_new_tokens);
-    let (out, stats) = seal_eval::regenerate_responses(
-        model,
-        tokenizer,
-        samples,
-        |s| fits.contains(s.id.as_str()),
-        &options,
-        config.batch,
-    )?;
+    let (out, stats) =
+        seal_eval::regenerate_responses(model, tokenizer, samples, fits, &options, config.batch)?;
     tracing::info!(
         replaced = stats.replaced,
         kept_cut = stats.truncated,
