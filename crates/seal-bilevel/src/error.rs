@@ -44,12 +44,15 @@ pub enum BilevelError {
     },
     /// A loss or gradient became NaN or infinite; training stopped before the
     /// offending update, and the last checkpoint (if any) is intact.
-    #[error("non-finite {what} at step {step}{}", checkpoint.as_ref().map(|p| format!("; last good checkpoint: {}", p.display())).unwrap_or_else(|| "; no checkpoint was written yet".into()))]
+    #[error("non-finite {what} at step {step}{}{}", if samples.is_empty() { String::new() } else { format!(" (fine-tuning samples of the step: {})", samples.join(", ")) }, checkpoint.as_ref().map(|p| format!("; last good checkpoint: {}", p.display())).unwrap_or_else(|| "; no checkpoint was written yet".into()))]
     NonFinite {
         /// The quantity (e.g. `upper-level loss`).
         what: String,
         /// The optimiser step (0-based) being computed.
         step: usize,
+        /// Ids of the fine-tuning samples of that step (filled in by the
+        /// [`crate::Trainer`]), to find a poisoned sample.
+        samples: Vec<String>,
         /// The last complete checkpoint directory.
         checkpoint: Option<PathBuf>,
     },

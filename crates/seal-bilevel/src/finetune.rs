@@ -96,6 +96,7 @@ fn check_finite(t: &Tensor, what: &str, step: usize) -> Result<()> {
         return Err(BilevelError::NonFinite {
             what: what.into(),
             step,
+            samples: Vec::new(),
             checkpoint: None,
         });
     }
@@ -119,6 +120,57 @@ impl<P: LowerLevel> Solver<P> for WeightedSft {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The log so far, so that a resumed run's `train_log.jsonl` is whole.
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        if log.is_empty() {
+            return Vec::new();
+        }
+        let flat: Vec<f64> = log
+            .iter()
+            .flat_map(|s| {
+                [
+                    s.step as f64,
+                    s.loss,
+                    s.safe_loss,
+                    s.task_loss,
+                    s.grad_norm,
+                    s.lambda,
+                ]
+            })
+            .collect();
+        let t = Tensor::from_slice(&flat).reshape([log.len() as i64, 6]);
+        vec![("log".into(), t)]
+    }
+
+    fn load_state(&mut self, _step: i64, state: &[(String, Tensor)]) -> Result<()> {
+        let mut restored = Vec::new();
+        if let Some((_, t)) = state.iter().find(|(n, _)| n == "log") {
+            let size = t.size();
+            if size.len() != 2 || size[1] != 6 {
+                return Err(BilevelError::invalid(
+                    "checkpoint",
+                    format!("tensor `log` has shape {size:?}, expected [n, 6]"),
+                ));
+            }
+            let flat = Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1))?;
+            for r in flat.chunks_exact(6) {
+                restored.push(SftStep {
+                    step: r[0] as usize,
+                    loss: r[1],
+                    safe_loss: r[2],
+                    task_loss: r[3],
+                    grad_norm: r[4],
+                    lambda: r[5],
+                });
+            }
+        }
+        if let Ok(mut log) = self.log.lock() {
+            *log = restored;
         }
         Ok(())
     }
@@ -180,6 +232,7 @@ impl<P: LowerLevel> Solver<P> for WeightedSft {
             return Err(BilevelError::NonFinite {
                 what: "model gradient".into(),
                 step: ctx.step,
+                samples: Vec::new(),
                 checkpoint: None,
             });
         }
@@ -302,7 +355,11 @@ pub fn finetune<M: ForkableLm>(
         start: lambda,
         decay_per_epoch: 0.0,
     };
+    let resume = config.resume;
     let mut trainer = Trainer::new(problem, Box::new(solver), ranker, config)?;
+    if resume && trainer.resume()? {
+        tracing::info!(step = trainer.step(), "fine-tuning resumed");
+    }
     let report = trainer.run()?;
     let (problem, _) = trainer.into_parts();
     let log = log.lock().map(|l| l.clone()).unwrap_or_default();

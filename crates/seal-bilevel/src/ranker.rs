@@ -321,12 +321,17 @@ impl Ranker {
         std::fs::create_dir_all(dir).map_err(|e| BilevelError::io(dir, e))?;
         // No safetensors metadata: its map is serialised in hash order, and
         // equal rankers must give equal bytes. Everything else is in the JSON.
-        seal_model::weights::save_safetensors(
-            &dir.join(RANKER_TENSORS),
+        let tensors_path = dir.join(RANKER_TENSORS);
+        let tensors = seal_model::weights::safetensors_bytes(
+            &tensors_path,
             &[("logits".to_string(), self.logits.detach())],
             None,
         )?;
-        seal_model::weights::write_json_atomic(&dir.join(RANKER_META), &self.meta())?;
+        let meta_path = dir.join(RANKER_META);
+        let meta = serde_json::to_vec_pretty(&self.meta())
+            .map_err(|e| BilevelError::format(&meta_path, e.to_string()))?;
+        // Both files or neither: a full disk never leaves one without the other.
+        seal_data::fsutil::write_files_atomic(&[(&tensors_path, &tensors), (&meta_path, &meta)])?;
         Ok(())
     }
 

@@ -113,6 +113,7 @@ fn non_finite(what: &str, step: usize) -> BilevelError {
     BilevelError::NonFinite {
         what: what.into(),
         step,
+        samples: Vec::new(),
         checkpoint: None,
     }
 }

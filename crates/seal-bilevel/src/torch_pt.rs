@@ -11,7 +11,12 @@
 //! calls anything: `GLOBAL`, `REDUCE`, `BUILD` and persistent ids are kept as
 //! symbolic values, and the result is matched against the shapes PyTorch
 //! writes (`torch._utils._rebuild_tensor_v2(storage, offset, size, stride,
-//! ...)`, optionally wrapped in `_rebuild_parameter`). Storage dtypes
+//! ...)`, optionally wrapped in `_rebuild_parameter`). Like PyTorch's
+//! `weights_only` unpickler, only the globals a plain tensor save needs are
+//! accepted ([`ALLOWED_GLOBALS`]); any other (`os.system`, `builtins.eval`,
+//! ...) is an error naming it, wherever it appears. Nesting depth and memo
+//! copies are bounded, so a small hostile pickle cannot exhaust the stack
+//! or memory. Storage dtypes
 //! `Float`, `Double`, `Half` and `BFloat16` are supported; the storage's
 //! device tag (e.g. `cuda:0`) is recorded and ignored.
 
@@ -139,6 +144,51 @@ fn zip_entries(path: &Path, b: &[u8]) -> Result<Vec<ZipEntry>> {
     Ok(out)
 }
 
+/// The only `GLOBAL` / `STACK_GLOBAL` callables accepted: what
+/// `torch.save(tensor)` writes (as PyTorch's `weights_only` allow-list).
+pub const ALLOWED_GLOBALS: &[(&str, &str)] = &[
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("collections", "OrderedDict"),
+    ("torch", "FloatStorage"),
+    ("torch", "DoubleStorage"),
+    ("torch", "HalfStorage"),
+    ("torch", "BFloat16Storage"),
+    ("torch", "LongStorage"),
+    ("torch", "IntStorage"),
+    ("torch", "ShortStorage"),
+    ("torch", "CharStorage"),
+    ("torch", "ByteStorage"),
+    ("torch", "BoolStorage"),
+];
+
+/// Deepest nesting of pickle values (a tensor pickle nests about 4 deep);
+/// dropping or comparing deeper values could overflow the stack.
+const MAX_DEPTH: u32 = 256;
+/// Most value nodes memo stores and look-ups may copy in total: the memo
+/// holds copies here, so `h`/`\x86` chains would otherwise double the data
+/// per opcode.
+const MAX_MEMO_NODES: u64 = 1 << 20;
+
+/// Nesting depth and node count of a value, tracked next to it.
+#[derive(Debug, Clone, Copy)]
+struct Size {
+    depth: u32,
+    nodes: u64,
+}
+
+impl Size {
+    const LEAF: Size = Size { depth: 1, nodes: 1 };
+
+    /// The size of a container of `items`.
+    fn of<'v>(items: impl IntoIterator<Item = &'v Size>) -> Size {
+        items.into_iter().fold(Size::LEAF, |acc, s| Size {
+            depth: acc.depth.max(s.depth.saturating_add(1)),
+            nodes: acc.nodes.saturating_add(s.nodes),
+        })
+    }
+}
+
 /// A symbolic pickle value: nothing is ever imported or called.
 #[derive(Debug, Clone, PartialEq)]
 enum Value {
@@ -162,8 +212,10 @@ struct Unpickler<'a> {
     path: &'a Path,
     data: &'a [u8],
     pos: usize,
-    stack: Vec<Value>,
-    memo: std::collections::HashMap<u32, Value>,
+    stack: Vec<(Value, Size)>,
+    memo: std::collections::HashMap<u32, (Value, Size)>,
+    /// Nodes copied out of the memo so far.
+    memo_nodes: u64,
 }
 
 impl<'a> Unpickler<'a> {
@@ -200,29 +252,105 @@ impl<'a> Unpickler<'a> {
         Ok(s)
     }
 
-    fn pop(&mut self) -> Result<Value> {
+    fn pop(&mut self) -> Result<(Value, Size)> {
         self.stack.pop().ok_or_else(|| self.err("stack underflow"))
     }
 
-    fn pop_mark(&mut self) -> Result<Vec<Value>> {
+    fn pop_mark(&mut self) -> Result<Vec<(Value, Size)>> {
         let m = self
             .stack
             .iter()
-            .rposition(|v| *v == Value::Mark)
+            .rposition(|(v, _)| *v == Value::Mark)
             .ok_or_else(|| self.err("no MARK"))?;
         let items = self.stack.split_off(m + 1);
         self.stack.pop();
         Ok(items)
     }
 
-    fn top_mut(&mut self) -> Result<&mut Value> {
+    /// Pushes a value, refusing nesting deeper than [`MAX_DEPTH`].
+    fn push(&mut self, v: Value, size: Size) -> Result<()> {
+        if size.depth > MAX_DEPTH {
+            return Err(self.err(format!(
+                "values nested more than {MAX_DEPTH} deep (not a tensor pickle)"
+            )));
+        }
+        self.stack.push((v, size));
+        Ok(())
+    }
+
+    fn leaf(&mut self, v: Value) {
+        self.stack.push((v, Size::LEAF));
+    }
+
+    /// Pushes a container of `items` built by `make`.
+    fn push_container(
+        &mut self,
+        items: Vec<(Value, Size)>,
+        make: fn(Vec<Value>) -> Value,
+    ) -> Result<()> {
+        let size = Size::of(items.iter().map(|(_, s)| s));
+        self.push(make(items.into_iter().map(|(v, _)| v).collect()), size)
+    }
+
+    /// The top of the stack, after growing its size by `added` (the items
+    /// APPEND / SETITEM put into it).
+    fn top_mut(&mut self, added: Size) -> Result<&mut Value> {
         let pos = self.pos;
-        self.stack.last_mut().ok_or_else(|| {
+        let (v, size) = self.stack.last_mut().ok_or_else(|| {
             BilevelError::format(
                 self.path,
                 format!("data.pkl at byte {pos}: stack underflow"),
             )
-        })
+        })?;
+        *size = Size::of([&*size, &added]);
+        if size.depth > MAX_DEPTH {
+            return Err(BilevelError::format(
+                self.path,
+                format!(
+                    "data.pkl at byte {pos}: values nested more than {MAX_DEPTH} deep (not a tensor pickle)"
+                ),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// A `GLOBAL` / `STACK_GLOBAL`, refused unless allow-listed.
+    fn global(&mut self, module: String, name: String) -> Result<()> {
+        if !ALLOWED_GLOBALS.contains(&(module.as_str(), name.as_str())) {
+            return Err(self.err(format!(
+                "global `{module}.{name}` is not allowed: a tensor file only needs {}",
+                ALLOWED_GLOBALS
+                    .iter()
+                    .map(|(m, n)| format!("{m}.{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        self.leaf(Value::Global(module, name));
+        Ok(())
+    }
+
+    /// Stores the top of the stack in the memo.
+    fn memoize(&mut self, k: u32, what: &str) -> Result<()> {
+        let v = self
+            .stack
+            .last()
+            .cloned()
+            .ok_or_else(|| self.err(format!("{what} on empty stack")))?;
+        self.count_memo_copy(v.1)?;
+        self.memo.insert(k, v);
+        Ok(())
+    }
+
+    /// Counts a copy into or out of the memo against [`MAX_MEMO_NODES`].
+    fn count_memo_copy(&mut self, size: Size) -> Result<()> {
+        self.memo_nodes = self.memo_nodes.saturating_add(size.nodes);
+        if self.memo_nodes > MAX_MEMO_NODES {
+            return Err(self.err(format!(
+                "memo copies exceed {MAX_MEMO_NODES} values (not a tensor pickle)"
+            )));
+        }
+        Ok(())
     }
 
     fn run(mut self) -> Result<Value> {
@@ -235,23 +363,22 @@ impl<'a> Unpickler<'a> {
                 0x95 => {
                     self.take(8)?;
                 } // FRAME
-                b'.' => return self.pop(),
-                b'(' => self.stack.push(Value::Mark),
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                b'.' => return Ok(self.pop()?.0),
+                b'(' => self.leaf(Value::Mark),
+                b'N' => self.leaf(Value::None),
+                0x88 => self.leaf(Value::Bool(true)),
+                0x89 => self.leaf(Value::Bool(false)),
                 b'J' => {
                     let v = self.u32()? as i32;
-                    self.stack.push(Value::Int(v as i64))
+                    self.leaf(Value::Int(v as i64))
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.stack.push(Value::Int(v as i64))
+                    self.leaf(Value::Int(v as i64))
                 }
                 b'M' => {
                     let s = self.take(2)?;
-                    self.stack
-                        .push(Value::Int(u16::from_le_bytes([s[0], s[1]]) as i64))
+                    self.leaf(Value::Int(u16::from_le_bytes([s[0], s[1]]) as i64))
                 }
                 0x8a => {
                     // LONG1: little-endian two's complement of n bytes
@@ -267,73 +394,58 @@ impl<'a> Unpickler<'a> {
                     if n > 0 && n < 8 && s[n - 1] & 0x80 != 0 {
                         v -= 1i64 << (8 * n);
                     }
-                    self.stack.push(Value::Int(v))
+                    self.leaf(Value::Int(v))
                 }
                 b'G' => {
                     let s = self.take(8)?;
                     let mut a = [0u8; 8];
                     a.copy_from_slice(s);
-                    self.stack.push(Value::Float(f64::from_be_bytes(a)))
+                    self.leaf(Value::Float(f64::from_be_bytes(a)))
                 }
                 b'X' => {
                     let n = self.u32()? as usize;
                     let s = String::from_utf8_lossy(self.take(n)?).into_owned();
-                    self.stack.push(Value::Str(s))
+                    self.leaf(Value::Str(s))
                 }
                 0x8c => {
                     let n = self.u8()? as usize;
                     let s = String::from_utf8_lossy(self.take(n)?).into_owned();
-                    self.stack.push(Value::Str(s))
+                    self.leaf(Value::Str(s))
                 }
                 b'B' => {
                     let n = self.u32()? as usize;
                     let s = self.take(n)?.to_vec();
-                    self.stack.push(Value::Bytes(s))
+                    self.leaf(Value::Bytes(s))
                 }
                 b'C' => {
                     let n = self.u8()? as usize;
                     let s = self.take(n)?.to_vec();
-                    self.stack.push(Value::Bytes(s))
+                    self.leaf(Value::Bytes(s))
                 }
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.stack.push(Value::Global(module, name))
+                    self.global(module, name)?
                 }
                 0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
+                    let (name, _) = self.pop()?;
+                    let (module, _) = self.pop()?;
                     match (module, name) {
-                        (Value::Str(m), Value::Str(n)) => self.stack.push(Value::Global(m, n)),
+                        (Value::Str(m), Value::Str(n)) => self.global(m, n)?,
                         _ => return Err(self.err("STACK_GLOBAL needs two strings")),
                     }
                 }
                 b'q' => {
                     let k = self.u8()? as u32;
-                    let v = self
-                        .stack
-                        .last()
-                        .cloned()
-                        .ok_or_else(|| self.err("BINPUT on empty stack"))?;
-                    self.memo.insert(k, v);
+                    self.memoize(k, "BINPUT")?
                 }
                 b'r' => {
                     let k = self.u32()?;
-                    let v = self
-                        .stack
-                        .last()
-                        .cloned()
-                        .ok_or_else(|| self.err("LONG_BINPUT on empty stack"))?;
-                    self.memo.insert(k, v);
+                    self.memoize(k, "LONG_BINPUT")?
                 }
                 0x94 => {
                     let k = self.memo.len() as u32;
-                    let v = self
-                        .stack
-                        .last()
-                        .cloned()
-                        .ok_or_else(|| self.err("MEMOIZE on empty stack"))?;
-                    self.memo.insert(k, v);
+                    self.memoize(k, "MEMOIZE")?
                 }
                 b'h' | b'j' => {
                     let k = if op == b'h' {
@@ -341,76 +453,84 @@ impl<'a> Unpickler<'a> {
                     } else {
                         self.u32()?
                     };
-                    let v = self
+                    let (v, size) = self
                         .memo
                         .get(&k)
                         .cloned()
                         .ok_or_else(|| self.err(format!("memo key {k} unset")))?;
-                    self.stack.push(v)
+                    self.count_memo_copy(size)?;
+                    self.push(v, size)?
                 }
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items))
+                    self.push_container(items, Value::Tuple)?
                 }
-                b')' => self.stack.push(Value::Tuple(vec![])),
+                b')' => self.leaf(Value::Tuple(vec![])),
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     if self.stack.len() < n {
                         return Err(self.err("stack underflow in TUPLEn"));
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(items))
+                    self.push_container(items, Value::Tuple)?
                 }
-                b']' => self.stack.push(Value::List(vec![])),
-                b'}' => self.stack.push(Value::Dict(vec![])),
+                b']' => self.leaf(Value::List(vec![])),
+                b'}' => self.leaf(Value::Dict(vec![])),
                 b'a' => {
-                    let v = self.pop()?;
-                    match self.top_mut()? {
+                    let (v, size) = self.pop()?;
+                    match self.top_mut(size)? {
                         Value::List(l) => l.push(v),
                         _ => return Err(self.err("APPEND to a non-list")),
                     }
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
-                    match self.top_mut()? {
-                        Value::List(l) => l.extend(items),
+                    let size = Size::of(items.iter().map(|(_, s)| s));
+                    match self.top_mut(size)? {
+                        Value::List(l) => l.extend(items.into_iter().map(|(v, _)| v)),
                         _ => return Err(self.err("APPENDS to a non-list")),
                     }
                 }
                 b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    match self.top_mut()? {
+                    let (v, vs) = self.pop()?;
+                    let (k, ks) = self.pop()?;
+                    match self.top_mut(Size::of([&vs, &ks]))? {
                         Value::Dict(d) => d.push((k, v)),
                         _ => return Err(self.err("SETITEM on a non-dict")),
                     }
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
-                    let pairs: Vec<(Value, Value)> = items
-                        .chunks(2)
-                        .filter(|c| c.len() == 2)
-                        .map(|c| (c[0].clone(), c[1].clone()))
-                        .collect();
-                    match self.top_mut()? {
+                    let size = Size::of(items.iter().map(|(_, s)| s));
+                    let mut pairs = Vec::with_capacity(items.len() / 2);
+                    let mut it = items.into_iter().map(|(v, _)| v);
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        pairs.push((k, v));
+                    }
+                    match self.top_mut(size)? {
                         Value::Dict(d) => d.extend(pairs),
                         _ => return Err(self.err("SETITEMS on a non-dict")),
                     }
                 }
                 b'Q' => {
-                    let id = self.pop()?;
-                    self.stack.push(Value::PersId(Box::new(id)))
+                    let (id, size) = self.pop()?;
+                    self.push(Value::PersId(Box::new(id)), Size::of([&size]))?
                 }
                 b'R' | 0x81 => {
-                    let args = self.pop()?;
-                    let func = self.pop()?;
-                    self.stack.push(Value::Call(Box::new(func), Box::new(args)))
+                    let (args, a) = self.pop()?;
+                    let (func, f) = self.pop()?;
+                    self.push(
+                        Value::Call(Box::new(func), Box::new(args)),
+                        Size::of([&a, &f]),
+                    )?
                 }
                 b'b' => {
-                    let state = self.pop()?;
-                    let obj = self.pop()?;
-                    self.stack
-                        .push(Value::Build(Box::new(obj), Box::new(state)))
+                    let (state, s) = self.pop()?;
+                    let (obj, o) = self.pop()?;
+                    self.push(
+                        Value::Build(Box::new(obj), Box::new(state)),
+                        Size::of([&s, &o]),
+                    )?
                 }
                 other => return Err(self.err(format!("unsupported pickle opcode 0x{other:02x}"))),
             }
@@ -486,6 +606,7 @@ pub fn read_pt_tensor(path: &Path) -> Result<PtTensor> {
         pos: 0,
         stack: vec![],
         memo: Default::default(),
+        memo_nodes: 0,
     }
     .run()?;
     let bad = |m: &str| BilevelError::format(PathBuf::from(path), format!("data.pkl: {m}"));
@@ -524,7 +645,10 @@ pub fn read_pt_tensor(path: &Path) -> Result<PtTensor> {
                 let kind = match &t[1] {
                     Value::Global(m, n) if m == "torch" => storage_kind(n)
                         .ok_or_else(|| bad(&format!("unsupported storage type torch.{n}")))?,
-                    other => return Err(bad(&format!("unsupported storage type {other:?}"))),
+                    other => {
+                        let shown: String = format!("{other:?}").chars().take(200).collect();
+                        return Err(bad(&format!("unsupported storage type {shown}")));
+                    }
                 };
                 let key = match &t[2] {
                     Value::Str(s) => s.clone(),
@@ -574,13 +698,30 @@ pub fn read_pt_tensor(path: &Path) -> Result<PtTensor> {
         ));
     }
     let numel = (raw.len() / elt) as i64;
-    // The largest storage index the view touches must exist.
-    let last = offset
-        + size
-            .iter()
-            .zip(&stride)
-            .map(|(&n, &s)| if n == 0 { 0 } else { (n - 1) * s })
-            .sum::<i64>();
+    // The view may not hold more elements than its storage: an expanded
+    // (stride-0) view would make `contiguous` allocate far beyond the file.
+    let view_numel = size.iter().try_fold(1i64, |acc, &n| acc.checked_mul(n));
+    if view_numel.is_none_or(|v| v > numel) {
+        return Err(BilevelError::format(
+            path,
+            format!(
+                "`{data_name}` holds {numel} values but the tensor has size {size:?} (expanded or overflowing views are not supported)"
+            ),
+        ));
+    }
+    // The largest storage index the view touches must exist (checked
+    // arithmetic: sizes, strides and offset come from the file).
+    let last = size
+        .iter()
+        .zip(&stride)
+        .try_fold(offset, |acc, (&n, &s)| {
+            if n == 0 {
+                Some(acc)
+            } else {
+                (n - 1).checked_mul(s).and_then(|x| acc.checked_add(x))
+            }
+        })
+        .unwrap_or(i64::MAX);
     if size.iter().all(|&n| n > 0) && last >= numel {
         return Err(BilevelError::format(
             path,
@@ -607,6 +748,161 @@ mod tests {
     #[test]
     fn crc32_known_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    /// A stored zip of `entries` (no data alignment; the reader needs none).
+    fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut central = Vec::new();
+        for (name, data) in entries {
+            let local = out.len() as u32;
+            let head = |sig: u32, out: &mut Vec<u8>| {
+                out.extend_from_slice(&sig.to_le_bytes());
+                out.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+                out.extend_from_slice(&crc32(data).to_le_bytes());
+                out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+                out.extend_from_slice(&[0, 0]);
+            };
+            head(0x0403_4b50, &mut out);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(data);
+            // central entry: version made by, then the local layout shifted by 2
+            central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+            central.extend_from_slice(&[20, 0]);
+            let mut h = Vec::new();
+            head(0, &mut h);
+            central.extend_from_slice(&h[4..]);
+            central.extend_from_slice(&[0; 10]);
+            central.extend_from_slice(&local.to_le_bytes());
+            central.extend_from_slice(name.as_bytes());
+        }
+        let cd = out.len() as u32;
+        out.extend_from_slice(&central);
+        out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        let n = entries.len() as u16;
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+        out.extend_from_slice(&cd.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out
+    }
+
+    /// The pickle `torch.save` writes, with the storage class, size and
+    /// stride opcodes given.
+    fn pickle(storage: &[u8], size: &[u8], stride: &[u8]) -> Vec<u8> {
+        let mut p =
+            b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storage".to_vec();
+        p.extend_from_slice(storage);
+        p.extend_from_slice(b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQK\x00");
+        p.extend_from_slice(size);
+        p.extend_from_slice(stride);
+        p.extend_from_slice(b"\x89ccollections\nOrderedDict\n)RtR.");
+        p
+    }
+
+    fn read(pkl: &[u8]) -> Result<PtTensor> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sel.pt");
+        let data = [0u8; 16];
+        std::fs::write(
+            &p,
+            zip(&[
+                ("sel/data.pkl", pkl),
+                ("sel/byteorder", b"little"),
+                ("sel/data/0", &data),
+            ]),
+        )
+        .unwrap();
+        read_pt_tensor(&p)
+    }
+
+    const FLOAT: &[u8] = b"ctorch\nFloatStorage\n";
+
+    #[test]
+    fn reads_a_plain_tensor_pickle() {
+        let t = read(&pickle(FLOAT, b"K\x02K\x02\x86", b"K\x02K\x01\x86")).unwrap();
+        assert_eq!(t.size, vec![2, 2]);
+        assert_eq!(t.kind, Kind::Float);
+    }
+
+    #[test]
+    fn refuses_globals_outside_the_allow_list() {
+        // as the rebuild function, as the storage class, and via STACK_GLOBAL
+        let cases: [(Vec<u8>, &str); 3] = [
+            (
+                [
+                    &b"\x80\x02cos\nsystem\n"[..],
+                    &pickle(FLOAT, b"K\x04\x85", b"K\x01\x85")[35..],
+                ]
+                .concat(),
+                "os.system",
+            ),
+            (
+                pickle(b"cbuiltins\neval\n", b"K\x04\x85", b"K\x01\x85"),
+                "builtins.eval",
+            ),
+            (
+                pickle(
+                    b"\x8c\x05posix\x8c\x06system\x93",
+                    b"K\x04\x85",
+                    b"K\x01\x85",
+                ),
+                "posix.system",
+            ),
+        ];
+        for (pkl, name) in cases {
+            let e = read(&pkl).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("global `{name}` is not allowed")) && e.contains("sel.pt"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn memo_doubling_bomb_is_refused() {
+        // Each step pairs the memoised value with itself: 2^48 values.
+        let mut pkl = b"\x80\x02]q\x01".to_vec();
+        for _ in 0..48 {
+            pkl.extend_from_slice(b"h\x01h\x01\x86q\x01");
+        }
+        pkl.push(b'.');
+        let e = read(&pkl).unwrap_err().to_string();
+        assert!(e.contains("memo copies exceed"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        // Without a bound, dropping 200 000 nested tuples overflows the stack.
+        for op in [0x85u8, b'Q'] {
+            let mut pkl = b"\x80\x02N".to_vec();
+            pkl.extend(std::iter::repeat_n(op, 200_000));
+            pkl.push(b'.');
+            let e = read(&pkl).unwrap_err().to_string();
+            assert!(e.contains("nested more than"), "{e}");
+        }
+    }
+
+    #[test]
+    fn expanded_or_overflowing_views_are_refused() {
+        // 1000 x 1000 stride-0 view of a 4-value storage: 4 MB from 16 bytes
+        let e = read(&pickle(FLOAT, b"M\xe8\x03M\xe8\x03\x86", b"K\x00K\x00\x86"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expanded or overflowing"), "{e}");
+        // (2 - 1) * i64::MAX + offset overflowed i64
+        let e = read(&pickle(
+            FLOAT,
+            b"K\x02K\x02\x86",
+            b"\x8a\x08\xff\xff\xff\xff\xff\xff\xff\x7fK\x01\x86",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("reaches index"), "{e}");
     }
 
     #[test]

@@ -73,6 +73,12 @@ pub struct TrainConfig {
     pub progress: bool,
     /// Log a tracing line every this many steps.
     pub log_every: usize,
+    /// Continue from the newest checkpoint under `checkpoint_dir`, when there
+    /// is one, in the drivers that build their own [`Trainer`]
+    /// ([`crate::finetune`]); a [`Trainer`] itself resumes through
+    /// [`Trainer::resume`].
+    #[serde(default)]
+    pub resume: bool,
 }
 
 /// Serde mirror of [`AdamWConfig`] (seal-model's type has no serde derive).
@@ -111,8 +117,49 @@ impl Default for TrainConfig {
             checkpoint_dir: None,
             progress: false,
             log_every: 10,
+            resume: false,
         }
     }
+}
+
+/// Settings a resumed run may change: where and how often checkpoints
+/// go, progress display. Every other setting (learning rates, schedules,
+/// λ, clipping, batch shape, seed, epochs, steps) must equal the
+/// interrupted run's, or the result would be neither run.
+const RESUMABLE_CHANGES: [&str; 5] = [
+    "checkpoint_every",
+    "checkpoint_dir",
+    "progress",
+    "log_every",
+    "resume",
+];
+
+/// The settings of `new` that differ from `old`, as `name (old → new)`,
+/// leaving out [`RESUMABLE_CHANGES`] (and `max_steps` when both runs use
+/// constant learning rates).
+pub fn changed_settings(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return vec!["(settings that cannot be compared)".into()];
+    };
+    // With constant learning rates, `max_steps` is only where a run stops:
+    // a run stopped early may be continued further.
+    let constant = |c: &TrainConfig| {
+        c.model_schedule == Schedule::Constant && c.ranker_schedule == Schedule::Constant
+    };
+    let stop_only = constant(old) && constant(new);
+    let mut out = Vec::new();
+    for (k, va) in &a {
+        if RESUMABLE_CHANGES.contains(&k.as_str()) || (stop_only && k == "max_steps") {
+            continue;
+        }
+        let vb = b.get(k).cloned().unwrap_or(serde_json::Value::Null);
+        if *va != vb {
+            out.push(format!("{k} ({va} → {vb})"));
+        }
+    }
+    out
 }
 
 /// `trainer.json` of a checkpoint.
@@ -395,11 +442,7 @@ impl<P: LowerLevel> Trainer<P> {
                     if let Some(b) = &bar {
                         b.abandon();
                     }
-                    return Err(BilevelError::NonFinite {
-                        what,
-                        step,
-                        checkpoint: self.last_checkpoint.clone(),
-                    });
+                    return Err(self.non_finite(what, step, &batch));
                 }
                 Err(e) => return Err(e),
             };
@@ -408,11 +451,10 @@ impl<P: LowerLevel> Trainer<P> {
                 ("ranker loss", stats.ranker_loss),
             ] {
                 if !v.is_finite() {
-                    return Err(BilevelError::NonFinite {
-                        what: name.into(),
-                        step,
-                        checkpoint: self.last_checkpoint.clone(),
-                    });
+                    if let Some(b) = &bar {
+                        b.abandon();
+                    }
+                    return Err(self.non_finite(name.into(), step, &batch));
                 }
             }
             last = stats;
@@ -461,6 +503,25 @@ impl<P: LowerLevel> Trainer<P> {
             tokens,
             last,
         })
+    }
+
+    /// The error of a NaN/Inf stop: the step, the ids of its fine-tuning
+    /// samples and the last good checkpoint (left as it is).
+    fn non_finite(&self, what: String, step: usize, batch: &StepBatch) -> BilevelError {
+        let ids = self.ranker.ids();
+        let mut samples: Vec<String> = batch
+            .finetune
+            .iter()
+            .flatten()
+            .filter_map(|&i| ids.get(i).cloned())
+            .collect();
+        samples.dedup();
+        BilevelError::NonFinite {
+            what,
+            step,
+            samples,
+            checkpoint: self.last_checkpoint.clone(),
+        }
     }
 
     fn checkpoint_root(&self) -> Result<&Path> {
@@ -592,15 +653,12 @@ impl<P: LowerLevel> Trainer<P> {
                 "field `fingerprint`: the checkpoint was trained on other data".into(),
             ));
         }
-        let c = &meta.config;
-        let k = &self.config;
-        if (c.seed, c.micro_batch, c.grad_accum, c.bucket_batches)
-            != (k.seed, k.micro_batch, k.grad_accum, k.bucket_batches)
-        {
+        let changed = changed_settings(&meta.config, &self.config);
+        if !changed.is_empty() {
             return Err(mismatch(format!(
-                "field `config`: seed/micro_batch/grad_accum/bucket_batches {:?} differ from this run's {:?}",
-                (c.seed, c.micro_batch, c.grad_accum, c.bucket_batches),
-                (k.seed, k.micro_batch, k.grad_accum, k.bucket_batches)
+                "field `config`: this run changes {}; resume with the settings of the \
+                 interrupted run, or start a new run in another directory",
+                changed.join(", ")
             )));
         }
         let ranker = Ranker::load(dir)?;

@@ -3,6 +3,25 @@
 //! Each subcommand lives in its own module under `cmd/` and exposes a clap
 //! `Args` (or `Subcommand`) type plus a `run` function.
 
+/// `println!` that fails with an error instead of panicking when standard
+/// output cannot be written (a full disk, `> /dev/full`); a closed pipe
+/// still ends the process quietly through SIGPIPE.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+            .map_err(|e| anyhow::anyhow!("writing to standard output: {e}"))?
+    }};
+}
+
+/// `eprintln!` that never panics: a message that cannot be shown is dropped.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod cmd;
 
 use clap::{Parser, Subcommand};

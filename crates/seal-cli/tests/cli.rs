@@ -21,7 +21,7 @@ fn shared_data() -> PathBuf {
 #[test]
 fn generate_prints_paris_and_writes_top_logits() {
     let Some(dir) = seal_model::fixtures::smollm2_dir().unwrap() else {
-        eprintln!("skipping: SmolLM2 GGUF not found (run `cargo xtask setup`)");
+        seal_data::testing::skip("model", "SmolLM2 GGUF not found (run `cargo xtask setup`)");
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -123,6 +123,8 @@ fn model_commands_fail_clearly_on_bad_input() {
             !tmp.path().join("o2").exists(),
             "no partial output directory is left"
         );
+    } else {
+        seal_data::testing::skip("model", "SmolLM2 GGUF not found (run `cargo xtask setup`)");
     }
 
     // A model directory without config.json.
@@ -144,7 +146,7 @@ fn model_commands_fail_clearly_on_bad_input() {
 fn data_inspect_counts_real_files_and_names_bad_lines() {
     let gsm8k = shared_data().join("gsm8k/test.jsonl");
     if !gsm8k.exists() {
-        eprintln!("skipping: {} not found", gsm8k.display());
+        seal_data::testing::skip("data", &format!("{} not found", gsm8k.display()));
         return;
     }
     let out = seal()

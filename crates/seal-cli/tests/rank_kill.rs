@@ -128,7 +128,7 @@ fn import_selector_command() {
     let pt = seal_model::fixtures::workspace_root()
         .join("../shared/data/seal-official/seal_selector_phi3.pt");
     if !pt.is_file() {
-        eprintln!("skipping: {} not found", pt.display());
+        seal_data::testing::skip("data", &format!("{} not found", pt.display()));
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

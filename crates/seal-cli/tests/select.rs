@@ -28,7 +28,7 @@ fn phi3() -> Option<PathBuf> {
     if p.is_file() {
         Some(p)
     } else {
-        eprintln!("skipping: {} not found", p.display());
+        seal_data::testing::skip("data", &format!("{} not found", p.display()));
         None
     }
 }

@@ -80,6 +80,17 @@ impl Message {
 /// Name under which the template is compiled inside its environment.
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Instructions one render may execute. Real templates need a few dozen
+/// per message; a template from a downloaded `tokenizer_config.json` with
+/// nested `range(100000)` loops would otherwise never finish.
+const RENDER_FUEL: u64 = 20_000_000;
+/// Largest rendered text: fuel does not count work inside one expression
+/// (`{{ messages * 100000000 }}` prints for hours).
+const MAX_RENDER_BYTES: usize = 4 << 20;
+/// Largest `indent` width: the filter allocates the indentation up front,
+/// so `indent(1099511627776)` would abort the process.
+const MAX_INDENT: usize = 4096;
+
 /// A compiled Hugging Face (Jinja) chat template plus the special-token
 /// strings templates refer to (`bos_token`, `eos_token`, ...).
 ///
@@ -118,9 +129,11 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
+        env.set_fuel(Some(RENDER_FUEL));
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson_filter);
+        env.add_filter("indent", indent_filter);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         let compiled = rewrite_generation_tags(&source);
@@ -281,13 +294,38 @@ impl ChatTemplate {
             ctx.push((k.clone(), Value::from(v.as_str())));
         }
         let ctx: Value = ctx.into_iter().collect();
-        template.render(ctx).map_err(|e| {
+        // minijinja panics on a few odd constructs (`loop.cycle()` with no
+        // arguments divides by zero); a template from a downloaded file must
+        // give an error, not abort the run.
+        let mut out = LimitedWriter(Vec::new());
+        let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            template.render_captured_to(ctx, &mut out).map(|_| ())
+        }))
+        .map_err(|payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            DataError::Template(format!(
+                "{}: render failed: the template engine crashed ({what})",
+                origin_label(self.origin.as_deref())
+            ))
+        })?;
+        rendered.map_err(|e| {
             let detail = match e.kind() {
                 ErrorKind::InvalidOperation => e.detail().unwrap_or("").to_string(),
                 _ => format!("{e:#}"),
             };
             DataError::Template(format!(
                 "{}: render failed: {detail}",
+                origin_label(self.origin.as_deref())
+            ))
+        })?;
+        // minijinja writes whole `str` pieces, so the bytes are UTF-8
+        String::from_utf8(out.0).map_err(|e| {
+            DataError::Template(format!(
+                "{}: render failed: {e}",
                 origin_label(self.origin.as_deref())
             ))
         })
@@ -348,6 +386,46 @@ fn special_token_string(
     }
 }
 
+/// Collects rendered text, failing past [`MAX_RENDER_BYTES`].
+struct LimitedWriter(Vec<u8>);
+
+impl std::io::Write for LimitedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDER_BYTES {
+            return Err(std::io::Error::other(format!(
+                "the rendered text exceeds {} MiB",
+                MAX_RENDER_BYTES >> 20
+            )));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// minijinja's `indent`, with the width bounded by [`MAX_INDENT`].
+fn indent_filter(
+    value: minijinja::value::StringInput<'_>,
+    width: Option<usize>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: Kwargs,
+) -> std::result::Result<Value, JinjaError> {
+    let w = match width {
+        Some(w) => Some(w),
+        None => kwargs.peek::<Option<usize>>("width")?,
+    };
+    if let Some(w) = w.filter(|&w| w > MAX_INDENT) {
+        return Err(JinjaError::new(
+            ErrorKind::InvalidOperation,
+            format!("indent width {w} exceeds {MAX_INDENT}"),
+        ));
+    }
+    minijinja::filters::indent(value, width, first, blank, kwargs)
+}
+
 /// Rewrites transformers' `{% generation %}` / `{% endgeneration %}` tags
 /// into `{% if true %}` / `{% endif %}`, keeping whitespace-control markers.
 fn rewrite_generation_tags(source: &str) -> String {
@@ -356,7 +434,8 @@ fn rewrite_generation_tags(source: &str) -> String {
     while let Some(start) = rest.find("{%") {
         out.push_str(&rest[..start]);
         let tag = &rest[start..];
-        let Some(end) = tag.find("%}") else {
+        // `%}` is searched after the `{%`: in `{%}` they overlap.
+        let Some(end) = tag[2..].find("%}").map(|e| e + 2) else {
             out.push_str(tag);
             return out;
         };
@@ -820,6 +899,55 @@ mod tests {
     fn compile_error_is_reported() {
         let err = ChatTemplate::new("{% for x in %}", None, None).unwrap_err();
         assert!(matches!(err, DataError::Template(_)), "{err}");
+    }
+
+    #[test]
+    fn odd_templates_are_errors_not_panics() {
+        // `{%}`: the `%}` overlapping the `{%` made the generation-tag
+        // rewriter slice backwards.
+        assert!(ChatTemplate::new("{%}{{ 1 }}", None, None).is_err());
+        assert_eq!(rewrite_generation_tags("a{%}b"), "a{%}b");
+        // minijinja divides by zero in `loop.cycle()` without arguments.
+        let t = ChatTemplate::new(
+            "{% for m in messages %}{{ loop.cycle() }}{% endfor %}",
+            None,
+            None,
+        )
+        .unwrap();
+        let e = t.render(&[Message::user("hi")], false).unwrap_err();
+        assert!(e.to_string().contains("render failed"), "{e}");
+    }
+
+    #[test]
+    fn huge_outputs_and_indents_are_errors() {
+        // `indent(2^40)` allocated 1 TiB up front and aborted the process;
+        // repeating a list 10^8 times printed for hours.
+        for src in [
+            "{{ 'a' | indent(1099511627776) }}",
+            "{{ 'a' | indent(width=1099511627776) }}",
+            "{{ messages * 100000000 }}",
+        ] {
+            let t = ChatTemplate::new(src, None, None).unwrap();
+            let e = t.render(&[Message::user("hi")], false).unwrap_err();
+            assert!(e.to_string().contains("render failed"), "{src}: {e}");
+        }
+        let t = ChatTemplate::new("{{ 'a\nb' | indent(2) }}", None, None).unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "a\n  b");
+    }
+
+    #[test]
+    fn runaway_template_runs_out_of_fuel() {
+        // 10^10 loop iterations: without a fuel limit this never returns.
+        let t = ChatTemplate::new(
+            "{% for x in range(100000) %}{% for y in range(100000) %}{% endfor %}{% endfor %}",
+            None,
+            None,
+        )
+        .unwrap();
+        let start = std::time::Instant::now();
+        let e = t.render(&[Message::user("hi")], false).unwrap_err();
+        assert!(e.to_string().contains("fuel"), "{e}");
+        assert!(start.elapsed().as_secs() < 60);
     }
 
     #[test]

@@ -78,6 +78,16 @@ pub enum DataError {
         /// What went wrong.
         message: String,
     },
+    /// An output path cannot be used: it is a directory where a file is
+    /// expected, a non-empty directory, not writable, or a device that
+    /// cannot take a file.
+    #[error("{path}: {message}")]
+    Output {
+        /// The output path.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A pre-tokenised cache file is corrupt or from another format version.
     #[error("{path}: cache: {message}")]
     Cache {

@@ -76,3 +76,29 @@ pub fn chatml_tokenizer(template: Option<ChatTemplate>) -> Result<TextTokenizer>
         Some(pad),
     ))
 }
+
+/// The environment variable naming the resources a test run must have:
+/// a comma-separated list of `model` (the SmolLM2 GGUF of `cargo xtask
+/// setup`), `data` (`../shared/data`), `python` (the reference tools of
+/// the parity tests) and `gpu`, or `all`.
+pub const REQUIRE_ENV: &str = "SEAL_REQUIRE";
+
+/// Whether `$SEAL_REQUIRE` names `resource` (or `all`).
+pub fn required(resource: &str) -> bool {
+    std::env::var(REQUIRE_ENV).is_ok_and(|v| {
+        v.split(',')
+            .map(str::trim)
+            .any(|r| r == resource || r == "all")
+    })
+}
+
+/// Called where a test cannot run because `resource` is missing: prints
+/// why and returns (the test then returns early), unless `$SEAL_REQUIRE`
+/// names the resource; then it panics, so that a run that must exercise
+/// the real model or data cannot pass without them.
+pub fn skip(resource: &str, reason: &str) {
+    if required(resource) {
+        panic!("{reason}, and {REQUIRE_ENV} requires `{resource}`");
+    }
+    eprintln!("skipping: {reason} (set {REQUIRE_ENV}={resource} to make this a failure)");
+}

@@ -52,6 +52,13 @@ pub fn generate_responses(
                 message: "the prompt encodes to no tokens".into(),
             });
         }
+        // Checked here, before any generation, to name the sample.
+        if let Err(e) = options.prompt_limit.apply(&ids, "the prompt") {
+            return Err(EvalError::Sample {
+                id: s.id.clone(),
+                message: e.to_string(),
+            });
+        }
         prompts.push(ids);
     }
     let mut order: Vec<usize> = (0..samples.len()).collect();

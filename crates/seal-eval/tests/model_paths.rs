@@ -201,7 +201,7 @@ fn eval_utility_with_solutions_serves_accuracy_and_nll() {
 #[test]
 fn smollm2_refusals_on_a_few_harmful_prompts() {
     let Some(dir) = seal_model::fixtures::smollm2_dir().unwrap() else {
-        eprintln!("SmolLM2 checkpoint not available; skipping");
+        seal_data::testing::skip("model", "SmolLM2 checkpoint not available");
         return;
     };
     let pre = seal_model::Pretrained::load(&dir, &seal_model::LoadOptions::default()).unwrap();

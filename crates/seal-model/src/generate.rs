@@ -42,6 +42,53 @@ pub struct GenerationOptions {
     pub pad_token_id: u32,
     /// Seed for sampling (seal-data's SplitMix64; from the clock when `None`).
     pub seed: Option<u64>,
+    /// What to do with prompts longer than a limit (see [`PromptLimit`]).
+    pub prompt_limit: PromptLimit,
+}
+
+/// The longest prompt generation takes, and what happens to a longer one.
+/// A prompt's cost grows with its length (the prefill's activations and
+/// the KV cache), so an unbounded prompt from a user's file could ask for
+/// terabytes; the limit turns that into an error or a cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptLimit {
+    /// A longer prompt is an error naming it.
+    Error(usize),
+    /// A longer prompt keeps its last this many tokens (the end of a chat
+    /// prompt holds the question and the generation prompt).
+    TruncateLeft(usize),
+}
+
+impl PromptLimit {
+    /// The default: an error above 8192 tokens (SmolLM2's context).
+    pub const DEFAULT: PromptLimit = PromptLimit::Error(8192);
+
+    /// The limit in tokens.
+    pub fn tokens(self) -> usize {
+        match self {
+            PromptLimit::Error(n) | PromptLimit::TruncateLeft(n) => n,
+        }
+    }
+
+    /// Applies the limit to one prompt: `Ok` with the prompt (cut when
+    /// truncating), or an error naming `what` and the lengths.
+    pub fn apply<'a>(self, prompt: &'a [u32], what: &str) -> Result<&'a [u32]> {
+        match self {
+            _ if prompt.len() <= self.tokens() => Ok(prompt),
+            PromptLimit::Error(n) => Err(ModelError::InvalidInput(format!(
+                "{what} has {} tokens, more than the prompt limit of {n} (raise the limit, or \
+                 cut long prompts from the left)",
+                prompt.len()
+            ))),
+            PromptLimit::TruncateLeft(n) => Ok(&prompt[prompt.len() - n..]),
+        }
+    }
+}
+
+impl Default for PromptLimit {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 impl GenerationOptions {
@@ -58,6 +105,7 @@ impl GenerationOptions {
             eos_token_ids: eos,
             pad_token_id: pad,
             seed: None,
+            prompt_limit: PromptLimit::DEFAULT,
         }
     }
 }
@@ -164,6 +212,14 @@ pub fn generate(
     if prompts.is_empty() || opts.max_new_tokens == 0 {
         return Ok(vec![Vec::new(); prompts.len()]);
     }
+    let prompts: Vec<&[u32]> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            opts.prompt_limit
+                .apply(p, &format!("prompt {i} of the batch"))
+        })
+        .collect::<Result<_>>()?;
     let seed = opts.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -174,7 +230,7 @@ pub fn generate(
     let _guard = tch::no_grad_guard();
     let device = model.device();
     let b = prompts.len();
-    let l = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let l = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     let mut ids = vec![opts.pad_token_id as i64; b * l];
     let mut mask = vec![0i64; b * l];
     for (i, p) in prompts.iter().enumerate() {

@@ -588,16 +588,19 @@ impl GgufFile {
                     t.name, t.dims[0], t.ggml_type
                 )));
             }
-            let size = n / block as u64 * bytes as u64;
-            let end = data_offset
-                .checked_add(t.offset)
-                .and_then(|s| s.checked_add(size));
+            // checked: with dims near u64::MAX the byte size overflows
+            let size = (n / block as u64).checked_mul(bytes as u64);
+            let end = size.and_then(|size| {
+                data_offset
+                    .checked_add(t.offset)
+                    .and_then(|s| s.checked_add(size))
+            });
             match end {
                 Some(end) if end <= len => {}
                 _ => {
                     return Err(gguf_err(format!(
-                        "truncated file: tensor `{}` ({}, {size} bytes at data offset {}) extends past the end of the file ({len} bytes)",
-                        t.name, t.ggml_type, t.offset
+                        "truncated file: tensor `{}` ({}, dims {:?} at data offset {}) extends past the end of the file ({len} bytes)",
+                        t.name, t.ggml_type, t.dims, t.offset
                     )))
                 }
             }
@@ -766,11 +769,19 @@ pub fn unpermute_qk(
     rows: usize,
     cols: usize,
 ) -> std::result::Result<Vec<f32>, String> {
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 || data.len() != rows * cols {
+    if n_head == 0
+        || rows % n_head != 0
+        || (rows / n_head) % 2 != 0
+        || rows.checked_mul(cols) != Some(data.len())
+    {
         return Err(format!(
             "cannot undo the Q/K permutation: {rows}x{cols} matrix ({} values) with {n_head} heads needs an even head dim",
             data.len()
         ));
+    }
+    if data.is_empty() {
+        // nothing to move; rows alone may be huge (a zero-width matrix)
+        return Ok(Vec::new());
     }
     let hd = rows / n_head;
     let half_hd = hd / 2;
@@ -1068,8 +1079,14 @@ impl GgufFile {
                 .rsplit_once("blk.")
                 .map(|(_, r)| r)
                 .unwrap_or(&t.name);
-            let q = p.heads * p.head_dim;
-            let kv = p.kv_heads * p.head_dim;
+            let q = p.heads.checked_mul(p.head_dim);
+            let kv = p.kv_heads.checked_mul(p.head_dim);
+            let (Some(q), Some(kv)) = (q, kv) else {
+                return Err(self.err(format!(
+                    "metadata keys `llama.attention.head_count` ({}) × `llama.attention.key_length` ({}) overflow",
+                    p.heads, p.head_dim
+                )));
+            };
             let (expected, unpermute): (Vec<usize>, Option<usize>) =
                 if t.name == "token_embd.weight" || t.name == "output.weight" {
                     (vec![p.vocab, p.hidden], None)
@@ -1113,8 +1130,19 @@ impl GgufFile {
                 unpermute,
             });
         }
-        let mut required: Vec<String> =
-            vec!["token_embd.weight".into(), "output_norm.weight".into()];
+        // Checked while listed: `block_count` comes from the file, and the
+        // first missing layer ends the loop however large it claims to be.
+        let missing = |name: String| -> Result<()> {
+            match self.tensor_info(&name) {
+                Some(_) => Ok(()),
+                None => Err(ModelError::MissingTensor {
+                    path: self.path.clone(),
+                    tensor: name,
+                }),
+            }
+        };
+        missing("token_embd.weight".into())?;
+        missing("output_norm.weight".into())?;
         for l in 0..p.layers {
             for part in [
                 "attn_q",
@@ -1127,15 +1155,7 @@ impl GgufFile {
                 "attn_norm",
                 "ffn_norm",
             ] {
-                required.push(format!("blk.{l}.{part}.weight"));
-            }
-        }
-        for name in required {
-            if self.tensor_info(&name).is_none() {
-                return Err(ModelError::MissingTensor {
-                    path: self.path.clone(),
-                    tensor: name,
-                });
+                missing(format!("blk.{l}.{part}.weight"))?;
             }
         }
         plan.sort_by(|a, b| a.hf.cmp(&b.hf));
@@ -1395,17 +1415,6 @@ impl GgufFile {
     }
 }
 
-/// Removes a temporary directory unless disarmed.
-struct TempDirGuard(Option<PathBuf>);
-
-impl Drop for TempDirGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-}
-
 /// A unique sibling path of `target` for atomic writes.
 pub(crate) fn temp_sibling(target: &Path) -> Result<PathBuf> {
     let parent = match target.parent() {
@@ -1450,6 +1459,14 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
             "metadata key `general.architecture`: architecture `{arch}` is not supported (only llama)"
         )));
     }
+    // Tensor types first: an unknown quantisation is the clearest error
+    // about a file from a newer llama.cpp.
+    if let Some(t) = file.tensors.iter().find(|t| !t.ggml_type.is_supported()) {
+        return Err(file.err(format!(
+            "tensor `{}`: unsupported tensor type {} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+            t.name, t.ggml_type
+        )));
+    }
     let p = file.llama_params()?;
     let plan = file.plan_tensors(&p)?;
     let tie = file.tensor_info("output.weight").is_none();
@@ -1470,23 +1487,13 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
         .meta_str("tokenizer.chat_template")?
         .map(str::to_string);
 
-    if out_dir.exists() {
-        let empty = std::fs::read_dir(out_dir)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
-        if !empty {
-            return Err(ModelError::InvalidInput(format!(
-                "{}: output directory already exists and is not empty",
-                out_dir.display()
-            )));
-        }
-    }
-    let tmp = temp_sibling(out_dir)?;
-    if let Some(parent) = tmp.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
-    }
-    std::fs::create_dir(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    let mut guard = TempDirGuard(Some(tmp.clone()));
+    // Checked before the tensors are converted: a non-empty directory, a
+    // file or an unwritable place is refused, never replaced.
+    seal_data::fsutil::check_output_dir(out_dir, false)?;
+    // Removed on every failure path; leftovers of killed runs are removed
+    // by the next import into the same place.
+    let staging = seal_data::fsutil::StagingDir::new(out_dir)?;
+    let tmp = staging.path().to_path_buf();
 
     // model.safetensors, streamed tensor by tensor
     let st_path = tmp.join("model.safetensors");
@@ -1591,11 +1598,7 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
     });
     write_json(&tmp.join("generation_config.json"), &gen_config)?;
 
-    if out_dir.exists() {
-        std::fs::remove_dir(out_dir).map_err(|e| ModelError::io(out_dir, e))?;
-    }
-    std::fs::rename(&tmp, out_dir).map_err(|e| ModelError::io(out_dir, e))?;
-    guard.0 = None;
+    staging.commit()?;
 
     let mut quantization_types = BTreeMap::new();
     for t in file.tensor_infos() {

@@ -280,6 +280,55 @@ fn rotate_half(x: &Tensor) -> Tensor {
     Tensor::cat(&[x2.neg(), x1], -1)
 }
 
+/// Checks that `weights` holds every base tensor of `c` with the right
+/// shape before anything is allocated: the sizes come from `config.json`,
+/// and a config asking for more than the files hold would otherwise
+/// allocate it (or loop over an absurd layer count).
+fn check_base_shapes(c: &LlamaConfig, weights: &WeightFiles) -> Result<()> {
+    let dim = |v: Option<usize>, field: &str| {
+        v.and_then(|v| i64::try_from(v).ok()).ok_or_else(|| {
+            ModelError::InvalidInput(format!("model config: `{field}` is too large"))
+        })
+    };
+    let h = dim(Some(c.hidden_size), "hidden_size")?;
+    let q = dim(
+        c.num_attention_heads.checked_mul(c.head_dim),
+        "num_attention_heads` × `head_dim",
+    )?;
+    let kv = dim(
+        c.num_key_value_heads.checked_mul(c.head_dim),
+        "num_key_value_heads` × `head_dim",
+    )?;
+    let inter = dim(Some(c.intermediate_size), "intermediate_size")?;
+    let vocab = dim(Some(c.vocab_size), "vocab_size")?;
+    weights.check_shape("model.embed_tokens.weight", &[vocab, h])?;
+    if !c.tie_word_embeddings {
+        weights.check_shape("lm_head.weight", &[vocab, h])?;
+    }
+    weights.check_shape("model.norm.weight", &[h])?;
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            weights.check_shape(&format!("{p}.{norm}.weight"), &[h])?;
+        }
+        for (group, name, out, inp, bias) in [
+            ("self_attn", "q_proj", q, h, c.qkv_bias),
+            ("self_attn", "k_proj", kv, h, c.qkv_bias),
+            ("self_attn", "v_proj", kv, h, c.qkv_bias),
+            ("self_attn", "o_proj", h, q, c.o_bias),
+            ("mlp", "gate_proj", inter, h, c.mlp_bias),
+            ("mlp", "up_proj", inter, h, c.mlp_bias),
+            ("mlp", "down_proj", h, inter, c.mlp_bias),
+        ] {
+            weights.check_shape(&format!("{p}.{group}.{name}.weight"), &[out, inp])?;
+            if bias {
+                weights.check_shape(&format!("{p}.{group}.{name}.bias"), &[out])?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Llama {
     /// Builds a randomly initialised model (N(0, 0.02) weights, unit norms)
     /// on `device` in `kind`; `seed` makes it reproducible.
@@ -306,6 +355,7 @@ impl Llama {
         weights: &WeightFiles,
         opts: &LoadOptions,
     ) -> Result<Self> {
+        check_base_shapes(config, weights)?;
         let mut vs = nn::VarStore::new(opts.device);
         let model = Self::build(config, &mut vs, opts.kind)?;
         let _guard = tch::no_grad_guard();
@@ -652,6 +702,23 @@ impl Llama {
             });
         }
         let weights = WeightFiles::open_file(&path)?;
+        // `r` comes from the config file and sizes the adapter: check the
+        // file's factors before allocating it.
+        let r = i64::try_from(config.r).map_err(|_| ModelError::Config {
+            path: dir.join("adapter_config.json"),
+            message: format!("field `r`: {} is too large", config.r),
+        })?;
+        for (i, b) in self.layers.iter_mut().enumerate() {
+            for (group, name, lin) in b.linears_mut() {
+                if !config.targets(name) {
+                    continue;
+                }
+                let size = lin.weight.size();
+                let key = format!("base_model.model.model.layers.{i}.{group}.{name}");
+                weights.check_shape(&format!("{key}.lora_A.weight"), &[r, size[1]])?;
+                weights.check_shape(&format!("{key}.lora_B.weight"), &[size[0], r])?;
+            }
+        }
         self.add_lora(&config, 0)?;
         let params = self.lora_parameters();
         let _guard = tch::no_grad_guard();

@@ -131,6 +131,23 @@ impl WeightFiles {
         Ok(self.info(name)?.1.shape.iter().map(|&d| d as i64).collect())
     }
 
+    /// Checks that tensor `name` exists with shape `expected`, without
+    /// reading its data (loaders call this before allocating anything sized
+    /// by a config file).
+    pub fn check_shape(&self, name: &str, expected: &[i64]) -> Result<()> {
+        let (file, info) = self.info(name)?;
+        let found: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        if found != expected {
+            return Err(ModelError::ShapeMismatch {
+                path: file.path.clone(),
+                tensor: name.to_string(),
+                expected: expected.to_vec(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
     /// Loads a tensor, checks its shape, converts it to `kind` on `device`.
     pub fn load(&self, name: &str, expected: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
         let (file, info) = self.info(name)?;
@@ -159,6 +176,15 @@ impl WeightFiles {
                 ),
             })?;
         let t = Tensor::f_from_data_size(bytes, &found, src_kind)?;
+        if !all_finite(&t)? {
+            return Err(ModelError::Safetensors {
+                path: file.path.clone(),
+                message: format!(
+                    "tensor `{name}` holds NaN or infinite values (a diverged run?); refusing to \
+                     load it"
+                ),
+            });
+        }
         Ok(t.f_to_kind(kind)?.f_to(device)?)
     }
 
@@ -240,16 +266,32 @@ impl safetensors::View for &HostTensor {
     }
 }
 
-/// Writes tensors to a safetensors file atomically (temporary file in the same
-/// directory, then rename), with optional string metadata.
-pub fn save_safetensors(
+/// Whether every value of a floating-point tensor is finite (other kinds
+/// always are).
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    if !t.is_floating_point() || t.numel() == 0 {
+        return Ok(true);
+    }
+    Ok(t.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0)
+}
+
+/// The bytes of a safetensors file holding `tensors` (moved to the CPU),
+/// with optional string metadata. A tensor with NaN or infinite values is
+/// an error naming it: nothing diverged is ever written as a checkpoint.
+pub fn safetensors_bytes(
     path: &Path,
     tensors: &[(String, Tensor)],
     metadata: Option<HashMap<String, String>>,
-) -> Result<()> {
+) -> Result<Vec<u8>> {
     let mut host = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.f_detach()?.f_to(Device::Cpu)?.f_contiguous()?;
+        if !all_finite(&t)? {
+            return Err(ModelError::InvalidInput(format!(
+                "{}: tensor `{name}` holds NaN or infinite values; not written",
+                path.display()
+            )));
+        }
         let dtype = dtype_of(t.kind()).ok_or_else(|| {
             ModelError::InvalidInput(format!(
                 "tensor `{name}`: dtype {:?} cannot be saved",
@@ -263,32 +305,29 @@ pub fn save_safetensors(
         host.push((name.clone(), HostTensor { dtype, shape, data }));
     }
     let views: Vec<(&str, &HostTensor)> = host.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let bytes = safetensors::serialize(views, metadata).map_err(|e| ModelError::Safetensors {
+    safetensors::serialize(views, metadata).map_err(|e| ModelError::Safetensors {
         path: path.into(),
         message: e.to_string(),
-    })?;
+    })
+}
+
+/// Writes tensors to a safetensors file atomically (temporary file in the same
+/// directory, then rename), with optional string metadata. Tensors must be
+/// finite (see [`safetensors_bytes`]).
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let bytes = safetensors_bytes(path, tensors, metadata)?;
     write_atomic(path, &bytes)
 }
 
-/// Writes bytes to `path` atomically: a temporary file in the same directory
-/// is written, flushed to disk and renamed over the target.
+/// Writes bytes to `path` atomically (see [`seal_data::fsutil::write_atomic`]:
+/// a temporary file beside it, synced and renamed; devices are written in
+/// place, directories refused).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut f = File::create(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| ModelError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| ModelError::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+    Ok(seal_data::fsutil::write_atomic(path, bytes)?)
 }
 
 /// Serialises `value` as pretty JSON and writes it atomically.

@@ -2,7 +2,7 @@
 //! nucleus truncation, batching and stopping.
 
 use seal_model::config::LlamaConfig;
-use seal_model::generate::{generate, GenerationOptions, Sampling};
+use seal_model::generate::{generate, GenerationOptions, PromptLimit, Sampling};
 use seal_model::Llama;
 use tch::{Device, Kind};
 
@@ -17,6 +17,7 @@ fn opts(sampling: Sampling, seed: Option<u64>) -> GenerationOptions {
         eos_token_ids: vec![],
         pad_token_id: 0,
         seed,
+        prompt_limit: PromptLimit::DEFAULT,
     }
 }
 
@@ -75,4 +76,23 @@ fn eos_stops_rows_independently_and_bad_options_fail() {
     };
     assert!(generate(&m, &prompts, &opts(bad, Some(1))).is_err());
     assert!(generate(&m, &[vec![]], &opts(Sampling::Greedy, None)).is_err());
+}
+
+#[test]
+fn prompts_over_the_limit_are_refused_or_cut_from_the_left() {
+    let m = model();
+    let long: Vec<u32> = (0..40).map(|t| (t % 45 + 1) as u32).collect();
+    let mut o = opts(Sampling::Greedy, Some(0));
+    o.prompt_limit = PromptLimit::Error(16);
+    let err = generate(&m, &[vec![1, 2], long.clone()], &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("prompt 1") && err.contains("40 tokens") && err.contains("16"),
+        "{err}"
+    );
+    o.prompt_limit = PromptLimit::TruncateLeft(16);
+    let cut = generate(&m, std::slice::from_ref(&long), &o).unwrap();
+    let tail = generate(&m, &[long[24..].to_vec()], &opts(Sampling::Greedy, Some(0))).unwrap();
+    assert_eq!(cut, tail, "truncation keeps the last tokens");
 }

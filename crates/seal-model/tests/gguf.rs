@@ -842,8 +842,9 @@ fn missing_tensor_is_named() {
 fn smollm2_dir() -> Option<PathBuf> {
     let dir = seal_model::fixtures::smollm2_dir().unwrap();
     if dir.is_none() {
-        eprintln!(
-            "skipping: SmolLM2 GGUF not found (set SEAL_SMOLLM2_GGUF or run `cargo xtask setup`)"
+        seal_data::testing::skip(
+            "model",
+            "SmolLM2 GGUF not found (set SEAL_SMOLLM2_GGUF or run `cargo xtask setup`)",
         );
     }
     dir

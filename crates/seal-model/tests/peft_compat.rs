@@ -9,7 +9,10 @@ use tch::{Device, Kind, Tensor};
 #[test]
 fn peft_loads_our_adapters_and_we_load_peft_adapters() {
     let Some(python) = seal_model::fixtures::venv_python() else {
-        eprintln!("skipping: no Python environment at $SEAL_VENV (run `cargo xtask setup`)");
+        seal_data::testing::skip(
+            "python",
+            "no Python environment at $SEAL_VENV (run `cargo xtask setup`)",
+        );
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

@@ -56,13 +56,17 @@ fn whitespace_run_before_digit(s: &str) -> bool {
 #[test]
 fn imported_tokenizer_matches_transformers() {
     let Some(gguf) = fixtures::smollm2_gguf() else {
-        eprintln!(
-            "skipping: SmolLM2 GGUF not found (set SEAL_SMOLLM2_GGUF or run `cargo xtask setup`)"
+        seal_data::testing::skip(
+            "model",
+            "SmolLM2 GGUF not found (set SEAL_SMOLLM2_GGUF or run `cargo xtask setup`)",
         );
         return;
     };
     if fixtures::venv_python().is_none() {
-        eprintln!("skipping: no Python environment at $SEAL_VENV (run `cargo xtask setup`)");
+        seal_data::testing::skip(
+            "python",
+            "no Python environment at $SEAL_VENV (run `cargo xtask setup`)",
+        );
         return;
     }
     let dir = fixtures::smollm2_dir()
@@ -156,11 +160,14 @@ fn imported_model_matches_transformers_logits_and_generates() {
     use tch::Tensor;
 
     let Some(gguf) = fixtures::smollm2_gguf() else {
-        eprintln!("skipping: SmolLM2 GGUF not found (run `cargo xtask setup`)");
+        seal_data::testing::skip("model", "SmolLM2 GGUF not found (run `cargo xtask setup`)");
         return;
     };
     if fixtures::venv_python().is_none() {
-        eprintln!("skipping: no Python environment at $SEAL_VENV (run `cargo xtask setup`)");
+        seal_data::testing::skip(
+            "python",
+            "no Python environment at $SEAL_VENV (run `cargo xtask setup`)",
+        );
         return;
     }
     let dir = fixtures::smollm2_dir()

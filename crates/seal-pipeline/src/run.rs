@@ -507,6 +507,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
                 &config.finetune,
                 seed,
                 config.progress,
+                None,
             )?;
             let finetune_seconds = t1.elapsed().as_secs_f64();
             run.model

@@ -10,6 +10,7 @@ use seal_bilevel::{
     dataset_fingerprint, LambdaSchedule, LmProblem, Ranker, RankerConfig, SealPenalty,
     SealPenaltyFull, SftData, SftStep, TrainConfig, TrainReport, Trainer,
 };
+use seal_data::fsutil::StagingDir;
 use seal_data::tokenize::{tokenize_samples, TokenizeConfig, TokenizedSample};
 use seal_data::{Label, Sample, TextTokenizer};
 use seal_eval::refusal::RefusalMatcher;
@@ -71,9 +72,9 @@ pub fn resolve_model(dir: Option<&Path>, gguf: Option<&Path>, cache: &Path) -> R
         return Ok(target);
     }
     tracing::info!("importing {} into {}", gguf.display(), target.display());
-    let staging = staging_dir(&target)?;
-    seal_model::gguf::import_gguf(&gguf, &staging)?;
-    finish_cache_entry(&staging, &target)?;
+    let staging = StagingDir::new(&target)?;
+    seal_model::gguf::import_gguf(&gguf, staging.path())?;
+    finish_cache_entry(staging)?;
     Ok(target)
 }
 
@@ -89,30 +90,13 @@ fn short_hash(parts: &[&[u8]]) -> String {
         .collect()
 }
 
-fn staging_dir(target: &Path) -> Result<PathBuf> {
-    let parent = target.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| PipelineError::io(parent, e))?;
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|e| PipelineError::io(&staging, e))?;
-    }
-    Ok(staging)
-}
-
-/// Marks `staging` complete and moves it to `target` (an old incomplete
-/// `target` is replaced), so a killed run never leaves a half-written entry
-/// that a later run would trust.
-fn finish_cache_entry(staging: &Path, target: &Path) -> Result<()> {
-    let marker = staging.join(COMPLETE);
-    std::fs::write(&marker, b"ok\n").map_err(|e| PipelineError::io(&marker, e))?;
-    if target.exists() {
-        std::fs::remove_dir_all(target).map_err(|e| PipelineError::io(target, e))?;
-    }
-    std::fs::rename(staging, target).map_err(|e| PipelineError::io(target, e))
+/// Moves a finished staging directory to `target` (file by file when
+/// `target` exists: only the files written here are replaced) and marks it
+/// complete last, so a killed run never leaves an entry a later run trusts.
+fn finish_cache_entry(staging: StagingDir) -> Result<()> {
+    let dir = staging.commit()?;
+    seal_data::fsutil::write_atomic(&dir.join(COMPLETE), b"ok\n")?;
+    Ok(())
 }
 
 /// Loads an f32 model directory (weights and tokenizer).
@@ -178,8 +162,29 @@ pub fn model_optimizer(lr: f64) -> AdamWConfig {
     }
 }
 
-fn sft_train_config(c: &SftConfig, seed: u64, progress: bool) -> Result<TrainConfig> {
+/// Where a training stage keeps its checkpoints (`step-<n>/` and
+/// `latest`, see [`seal_bilevel::Trainer`]) and whether it continues from
+/// the newest one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpointing {
+    /// The checkpoint directory.
+    pub dir: PathBuf,
+    /// A checkpoint every this many optimiser steps.
+    pub every: usize,
+    /// Continue from the newest checkpoint in `dir`, when there is one.
+    pub resume: bool,
+}
+
+fn sft_train_config(
+    c: &SftConfig,
+    seed: u64,
+    progress: bool,
+    checkpoints: Option<&Checkpointing>,
+) -> Result<TrainConfig> {
     Ok(TrainConfig {
+        checkpoint_every: checkpoints.map(|c| c.every),
+        checkpoint_dir: checkpoints.map(|c| c.dir.clone()),
+        resume: checkpoints.is_some_and(|c| c.resume),
         epochs: c.epochs,
         max_steps: c.max_steps,
         micro_batch: c.batch,
@@ -212,7 +217,9 @@ pub struct SftRun {
 
 /// LoRA fine-tuning of `model` on `data` (see [`seal_bilevel::finetune`]):
 /// a fresh adapter seeded by `seed`, then `config`'s SFT run with the
-/// objective `λ·safe + (1−λ)·mean(w·ℓ)`.
+/// objective `λ·safe + (1−λ)·mean(w·ℓ)`, checkpointed (and resumed) as
+/// `checkpoints` says.
+#[allow(clippy::too_many_arguments)]
 pub fn finetune_on(
     mut model: Llama,
     mut data: SftData,
@@ -221,6 +228,7 @@ pub fn finetune_on(
     config: &SftConfig,
     seed: u64,
     progress: bool,
+    checkpoints: Option<&Checkpointing>,
 ) -> Result<SftRun> {
     if config.token_weighted {
         data.weights = Some(with_token_weights(data.weights.take(), &data.finetune));
@@ -231,7 +239,7 @@ pub fn finetune_on(
         data,
         pad,
         lambda,
-        sft_train_config(config, seed, progress)?,
+        sft_train_config(config, seed, progress, checkpoints)?,
     )?;
     Ok(SftRun {
         model: out.model,
@@ -319,12 +327,17 @@ pub fn align(
             log: Vec::new(),
         });
     }
-    align_to(base, samples, config, max_len, device, &target, progress)
+    align_to(
+        base, samples, config, max_len, device, &target, progress, None,
+    )
 }
 
 /// The alignment stage without the cache: trains, merges and writes the
 /// aligned model directory to `target` (staged next to it and moved into
-/// place at the end, so a killed run leaves no half-written model).
+/// place at the end, so a killed run leaves no half-written model; only the
+/// files written here replace files of an existing `target`). The LoRA SFT
+/// is checkpointed (and resumed) as `checkpoints` says.
+#[allow(clippy::too_many_arguments)]
 pub fn align_to(
     base: &Path,
     samples: &[Sample],
@@ -333,10 +346,13 @@ pub fn align_to(
     device: Device,
     target: &Path,
     progress: bool,
+    checkpoints: Option<&Checkpointing>,
 ) -> Result<Aligned> {
     if samples.is_empty() {
         return Err(PipelineError::stage("align", "no alignment samples"));
     }
+    // Before hours of training: a file or an unwritable place is refused.
+    seal_data::fsutil::check_output_dir(target, true)?;
     let start = Instant::now();
     let Pretrained {
         model, tokenizer, ..
@@ -360,23 +376,33 @@ pub fn align_to(
         safe: None,
         weights: None,
     };
-    let mut run = finetune_on(model, sft, 0.0, pad, &config.sft, config.seed, progress)?;
+    let mut run = finetune_on(
+        model,
+        sft,
+        0.0,
+        pad,
+        &config.sft,
+        config.seed,
+        progress,
+        checkpoints,
+    )?;
     run.model.merge_lora()?;
-    let staging = staging_dir(target)?;
-    run.model.save_pretrained(&staging)?;
+    let staging = StagingDir::new(target)?;
+    let staged = staging.path();
+    run.model.save_pretrained(staged)?;
     if let Some(distilled) = &distilled {
         // The data the model was aligned on, for audit.
-        seal_data::write_jsonl_samples(staging.join("align_data.jsonl"), distilled)?;
+        seal_data::write_jsonl_samples(staged.join("align_data.jsonl"), distilled)?;
     }
     for f in TOKENIZER_FILES {
         let src = base.join(f);
         if src.is_file() {
-            let dst = staging.join(f);
+            let dst = staged.join(f);
             std::fs::copy(&src, &dst).map_err(|e| PipelineError::io(&dst, e))?;
         }
     }
-    seal_model::weights::write_jsonl_atomic(&staging.join("align_log.jsonl"), &run.log)?;
-    finish_cache_entry(&staging, target)?;
+    seal_model::weights::write_jsonl_atomic(&staged.join("align_log.jsonl"), &run.log)?;
+    finish_cache_entry(staging)?;
     Ok(Aligned {
         dir: target.to_path_buf(),
         cached: false,

@@ -22,7 +22,7 @@ fn gpu() -> Option<Device> {
     if tch::Cuda::is_available() {
         Some(Device::Cuda(0))
     } else {
-        eprintln!("skipping: libtorch sees no CUDA device");
+        seal_data::testing::skip("gpu", "libtorch sees no CUDA device");
         None
     }
 }

@@ -17,7 +17,7 @@ fn shared(name: &str) -> Option<PathBuf> {
     if p.is_file() {
         Some(p)
     } else {
-        eprintln!("skipping: {} not found", p.display());
+        seal_data::testing::skip("data", &format!("{} not found", p.display()));
         None
     }
 }

@@ -4,12 +4,13 @@
 //! start from.
 
 use super::common;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use seal_pipeline::config::{AlignConfig, LoraShape, SelfDistill, SftConfig};
+use seal_pipeline::stages::Checkpointing;
 use std::path::PathBuf;
 
 /// Arguments of `seal align`.
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct Args {
     /// HF model directory to align.
     #[arg(long)]
@@ -21,37 +22,37 @@ pub struct Args {
     #[arg(long)]
     pub out: PathBuf,
     /// Passes over the data.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::args::positive_usize)]
     pub epochs: usize,
     /// Rows per step.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::args::positive_usize)]
     pub batch: usize,
     /// Stop after this many steps.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive_usize)]
     pub max_steps: Option<usize>,
     /// Learning rate.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = super::args::positive_f64)]
     pub lr: f64,
     /// constant or cosine (3% warmup).
     #[arg(long, default_value = "constant")]
     pub schedule: String,
     /// LoRA rank.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::args::positive_usize)]
     pub lora_r: usize,
     /// LoRA alpha.
-    #[arg(long, default_value_t = 32.0)]
+    #[arg(long, default_value_t = 32.0, value_parser = super::args::positive_f64)]
     pub lora_alpha: f64,
     /// Adapted modules, comma-separated (default: every linear layer).
     #[arg(long, value_delimiter = ',')]
     pub lora_targets: Option<Vec<String>>,
     /// Maximum tokens per sample.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::args::positive_usize)]
     pub max_len: usize,
     /// Seed of the data order and the adapter initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// libtorch intra-op threads.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::threads)]
     pub threads: Option<i32>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
@@ -63,11 +64,22 @@ pub struct Args {
     /// Before training, replace the responses of the benign samples by the
     /// model's own greedy answers of at most this many tokens
     /// (self-distillation; answers cut at the limit keep the reference).
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive_usize)]
     pub self_distill_tokens: Option<usize>,
     /// Prompts per generation batch of `--self-distill-tokens`.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::args::positive_usize)]
     pub self_distill_batch: usize,
+    /// Write a checkpoint of the LoRA SFT every N steps into OUT/checkpoints.
+    #[arg(long, default_value_t = 25, value_parser = super::args::positive_usize)]
+    pub checkpoint_every: usize,
+    /// Continue an interrupted run from the newest checkpoint in
+    /// OUT/checkpoints (the options must be those of that run).
+    #[arg(long)]
+    pub resume: bool,
+    /// Write into an existing non-empty --out (only the files this command
+    /// writes are replaced).
+    #[arg(long)]
+    pub force: bool,
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -75,14 +87,14 @@ pub struct Args {
 
 /// Runs `seal align`.
 pub fn run(a: Args) -> Result<()> {
-    if a.out.join("config.json").exists() {
-        bail!(
-            "--out {}: already holds a model; choose another directory",
-            a.out.display()
-        );
-    }
+    let run_dir = common::RunDir::start(&a.out, a.force, a.resume, &a)?;
     let device = common::runtime(a.threads, &a.device)?;
     let samples = seal_data::read_jsonl_samples(&a.data)?;
+    let checkpoints = Checkpointing {
+        dir: run_dir.checkpoints().to_path_buf(),
+        every: a.checkpoint_every,
+        resume: a.resume,
+    };
     let config = AlignConfig {
         enabled: true,
         sft: SftConfig {
@@ -114,14 +126,16 @@ pub fn run(a: Args) -> Result<()> {
         device,
         &a.out,
         !a.no_progress,
+        Some(&checkpoints),
     )?;
+    run_dir.finish();
     let last = out.log.last().map_or(f64::NAN, |s| s.loss);
-    println!(
+    outln!(
         "aligned on {} samples: {} steps in {:.1} s, last loss {last:.4}",
         samples.len(),
         out.log.len(),
         out.seconds
     );
-    println!("aligned model written to {}", out.dir.display());
+    outln!("aligned model written to {}", out.dir.display());
     Ok(())
 }

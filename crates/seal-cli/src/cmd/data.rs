@@ -26,6 +26,10 @@ pub enum DataCommand {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
+        /// Write into an existing non-empty --out (only the files this
+        /// command writes are replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// Tokenise a JSONL sample file (this project's schema) with a model's
     /// tokenizer and chat template; print counts, speed and padding.
@@ -79,6 +83,10 @@ pub struct BenchmarkArgs {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
+    /// Write into an existing non-empty --out (only the files this command
+    /// writes are replaced).
+    #[arg(long)]
+    force: bool,
     /// Size preset: small (default, for the CPU pipeline), medium, full.
     #[arg(long, default_value = "small", value_parser = parse_preset)]
     size: SizePreset,
@@ -160,14 +168,15 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
     match cmd {
         DataCommand::Inspect(a) => inspect(a),
         DataCommand::Benchmark(a) => benchmark(a),
-        DataCommand::Embedded { out } => {
+        DataCommand::Embedded { out, force } => {
+            seal_data::fsutil::check_output_dir(&out, force).context("--out")?;
             let b = seal_data::embedded::embedded_default()?;
             let summary = seal_data::embedded::summary(&b);
             b.write(&out, &summary)?;
             for (name, counts) in &summary.files {
-                println!("{name}: {} samples {:?}", counts.total, counts.by_label);
+                outln!("{name}: {} samples {:?}", counts.total, counts.by_label);
             }
-            println!("written to {}", out.display());
+            outln!("written to {}", out.display());
             Ok(())
         }
         DataCommand::Tokenize(a) => tokenize(a),
@@ -187,24 +196,24 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
         prompt_only: false,
     };
     let report = read_samples(&a.file, a.format, &opts)?;
-    println!("{} ({})", a.file.display(), a.format);
-    print!("{}", Counts::of(&report.samples));
+    outln!("{} ({})", a.file.display(), a.format);
+    outln!("{}", Counts::of(&report.samples).to_string().trim_end());
     let with_response = report
         .samples
         .iter()
         .filter(|s| s.response().is_some())
         .count();
-    println!(
+    outln!(
         "with a response: {with_response}; prompt only: {}",
         report.samples.len() - with_response
     );
     if !report.skipped.is_empty() {
-        println!("skipped: {}", report.skipped.len());
+        outln!("skipped: {}", report.skipped.len());
         for (k, v) in report.skipped_counts() {
-            println!("  {k:<20} {v}");
+            outln!("  {k:<20} {v}");
         }
         for s in report.skipped.iter().take(a.show_skipped) {
-            println!("  - {}", s.message);
+            outln!("  - {}", s.message);
         }
     }
     Ok(())
@@ -227,19 +236,21 @@ fn benchmark(a: BenchmarkArgs) -> anyhow::Result<()> {
     if let Some(p) = a.poison_ratio {
         sizes.poison_ratio = p;
     }
+    seal_data::fsutil::check_output_dir(&a.out, a.force).context("--out")?;
     let (bench, summary) = build_benchmark(&a.shared, &sizes, a.seed)
         .with_context(|| format!("building the benchmark from {}", a.shared.display()))?;
     bench.write(&a.out, &summary)?;
     for (name, counts) in &summary.files {
-        println!(
+        outln!(
             "{name:<20} {:>6} samples {:?}",
-            counts.total, counts.by_label
+            counts.total,
+            counts.by_label
         );
     }
     for n in &summary.notes {
-        println!("note: {n}");
+        outln!("note: {n}");
     }
-    println!("written to {}", a.out.display());
+    outln!("written to {}", a.out.display());
     Ok(())
 }
 
@@ -272,8 +283,8 @@ fn tokenize(a: TokenizeArgs) -> anyhow::Result<()> {
         None => (tokenize_samples(&tok, &samples, &cfg)?, false),
     };
     let secs = t0.elapsed().as_secs_f64();
-    println!("{}", data.summary);
-    println!(
+    outln!("{}", data.summary);
+    outln!(
         "{:.2} s{} ({:.0} samples/s)",
         secs,
         if hit { ", from cache" } else { "" },
@@ -286,12 +297,12 @@ fn tokenize(a: TokenizeArgs) -> anyhow::Result<()> {
     ] {
         let sampler = BatchSampler::new(lengths.clone(), a.batch_size, 0, bucket)?;
         let st = padding_stats(&lengths, &sampler.epoch(0));
-        println!(
+        outln!(
             "padding fraction, {name} (batch {}): {:.3}",
             a.batch_size,
             st.fraction()
         );
     }
-    println!("padding fraction, packed: 0.000");
+    outln!("padding fraction, packed: 0.000");
     Ok(())
 }

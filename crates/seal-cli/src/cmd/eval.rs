@@ -2,6 +2,7 @@
 //! and held-out NLL of a model; `seal eval ranker`: ranker quality against
 //! labels. Definitions: `docs/evaluation.md`.
 
+use seal_data::fsutil::StagingDir;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -59,16 +60,24 @@ pub struct ModelArgs {
     #[arg(long)]
     pub nll: Option<PathBuf>,
     /// Use only the first N samples of each file.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive_usize)]
     pub limit: Option<usize>,
     /// Maximum new tokens per response (greedy decoding).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = super::args::positive_usize)]
     pub max_new_tokens: usize,
+    /// Longest prompt in tokens; a longer one is an error naming it, or,
+    /// with --truncate-prompts, keeps its last this many tokens.
+    #[arg(long, default_value_t = 8192, value_parser = super::args::positive_usize)]
+    pub max_prompt_tokens: usize,
+    /// Cut prompts longer than --max-prompt-tokens from the left instead of
+    /// refusing them.
+    #[arg(long)]
+    pub truncate_prompts: bool,
     /// Prompts per generation batch (rows per NLL batch).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::args::positive_usize)]
     pub batch: usize,
     /// Maximum tokens per NLL sample (longer prompts are cut from the left).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = super::args::positive_usize)]
     pub max_len: usize,
     /// Map typographic apostrophes (’) to ' before refusal matching
     /// (default: raw matching, as the GCG evaluation does).
@@ -83,6 +92,10 @@ pub struct ModelArgs {
     /// Output directory: report.md, report.json, *_responses.jsonl.
     #[arg(long, required = true)]
     pub out: Option<PathBuf>,
+    /// Write into an existing non-empty --out (only the files this command
+    /// writes are replaced).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of `seal eval ranker`.
@@ -92,14 +105,18 @@ pub struct RankerArgs {
     #[arg(long)]
     pub scores: PathBuf,
     /// Kept fraction for "harmful removed at p".
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = super::args::fraction)]
     pub p: f64,
     /// Histogram bins.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = super::args::positive_usize)]
     pub bins: usize,
     /// Output directory: report.md, report.json, scores.svg.
     #[arg(long)]
     pub out: PathBuf,
+    /// Write into an existing non-empty --out (only the files this command
+    /// writes are replaced).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Runs `seal eval`.
@@ -115,16 +132,19 @@ fn run_ranker(a: RankerArgs) -> Result<()> {
     if records.is_empty() {
         bail!("{}: no scores", a.scores.display());
     }
+    seal_data::fsutil::check_output_dir(&a.out, a.force).context("--out")?;
     let report = summary::ranker_report(&records, a.p, a.bins)?;
-    let (md, _) = report.write(&a.out, "report")?;
+    let staging = StagingDir::new(&a.out)?;
+    report.write(staging.path(), "report")?;
+    let out = staging.commit()?;
     print_metrics(&report)?;
-    println!("written to {}", md.display());
+    outln!("written to {}", out.join("report.md").display());
     Ok(())
 }
 
 fn print_metrics(report: &Report) -> Result<()> {
     for (k, v) in report.metrics()? {
-        println!("{k:<40} {}", seal_eval::report::format_value(&v));
+        outln!("{k:<40} {}", seal_eval::report::format_value(&v));
     }
     Ok(())
 }
@@ -151,6 +171,7 @@ fn run_model(a: ModelArgs) -> Result<()> {
     if a.safety.is_none() && a.benign.is_none() && a.utility.is_none() && a.nll.is_none() {
         bail!("nothing to evaluate: give --safety, --benign, --utility and/or --nll");
     }
+    seal_data::fsutil::check_output_dir(&out, a.force).context("--out")?;
     // Read every input before the (slow) model load, so bad files fail fast.
     let safety = a.safety.as_deref().map(|p| read(p, a.limit)).transpose()?;
     let benign = a.benign.as_deref().map(|p| read(p, a.limit)).transpose()?;
@@ -183,10 +204,14 @@ fn run_model(a: ModelArgs) -> Result<()> {
             .load_lora(adapter)
             .with_context(|| format!("loading adapter {}", adapter.display()))?;
     }
-    let opts = GenerationOptions::greedy(&pre.tokenizer, a.max_new_tokens);
+    let mut opts = GenerationOptions::greedy(&pre.tokenizer, a.max_new_tokens);
+    opts.prompt_limit = super::common::prompt_limit(a.max_prompt_tokens, a.truncate_prompts);
     let matcher = RefusalMatcher::gcg().normalize_apostrophes(a.normalize_apostrophes);
     let judge = KeywordJudge::new(matcher.clone());
 
+    // Everything is written here first and moved into --out at the end.
+    let staging = StagingDir::new(&out)?;
+    let dir = staging.path();
     let mut report = Report::new("SEAL model evaluation");
     report
         .section("Setup")
@@ -201,38 +226,39 @@ fn run_model(a: ModelArgs) -> Result<()> {
         .metric("limit", "Limit per file", a.limit);
 
     if let Some(samples) = &safety {
-        eprintln!("safety: {} prompts", samples.len());
+        errln!("safety: {} prompts", samples.len());
         let g = generate_responses(&pre.model, &pre.tokenizer, samples, &opts, a.batch)?;
         let e = score_safety(&g, &matcher, &judge)?;
-        write_jsonl(&out.join("safety_responses.jsonl"), &e.records)?;
+        write_jsonl(&dir.join("safety_responses.jsonl"), &e.records)?;
         summary::add_safety(&mut report, &e, a.examples)?;
     }
     if let Some(samples) = &benign {
-        eprintln!("over-refusal: {} prompts", samples.len());
+        errln!("over-refusal: {} prompts", samples.len());
         let g = generate_responses(&pre.model, &pre.tokenizer, samples, &opts, a.batch)?;
         let e = score_over_refusal(&g, &matcher)?;
-        write_jsonl(&out.join("benign_responses.jsonl"), &e.records)?;
+        write_jsonl(&dir.join("benign_responses.jsonl"), &e.records)?;
         summary::add_over_refusal(&mut report, &e, a.examples)?;
     }
     if let Some(samples) = &utility {
-        eprintln!("GSM8K: {} prompts", samples.len());
+        errln!("GSM8K: {} prompts", samples.len());
         let g = generate_responses(&pre.model, &pre.tokenizer, samples, &opts, a.batch)?;
         let e = score_gsm8k(samples, &g)?;
-        write_jsonl(&out.join("gsm8k_responses.jsonl"), &e.records)?;
+        write_jsonl(&dir.join("gsm8k_responses.jsonl"), &e.records)?;
         summary::add_gsm8k(&mut report, &e, a.examples)?;
     }
     if let Some(samples) = &nll {
-        eprintln!("NLL: {} samples", samples.len());
+        errln!("NLL: {} samples", samples.len());
         let cfg = TokenizeConfig {
             max_len: a.max_len,
             ..Default::default()
         };
         let e = task_nll(&pre.model, &pre.tokenizer, samples, &cfg, a.batch)?;
-        write_jsonl(&out.join("nll.jsonl"), &e.records)?;
+        write_jsonl(&dir.join("nll.jsonl"), &e.records)?;
         summary::add_nll(&mut report, &e);
     }
-    let (md, _) = report.write(&out, "report")?;
+    report.write(dir, "report")?;
+    let out = staging.commit()?;
     print_metrics(&report)?;
-    println!("written to {}", md.display());
+    outln!("written to {}", out.join("report.md").display());
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `seal finetune`.
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct Args {
     /// HF model directory (weights, tokenizer with chat template).
     #[arg(long)]
@@ -28,47 +28,47 @@ pub struct Args {
     #[arg(long)]
     pub safe: Option<PathBuf>,
     /// Weight λ of the safe loss in λ·mean(safe) + (1−λ)·mean(task).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::args::unit_f64)]
     pub lambda: f64,
     /// Output directory: adapter_config.json, adapter_model.safetensors,
     /// train_log.jsonl.
     #[arg(long)]
     pub out: PathBuf,
     /// Passes over the (kept) fine-tuning set.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::args::positive_usize)]
     pub epochs: usize,
     /// Rows per micro-batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::args::positive_usize)]
     pub batch: usize,
     /// Micro-batches accumulated per optimiser step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::args::positive_usize)]
     pub grad_accum: usize,
     /// Maximum tokens per sample (longer prompts are cut from the left).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::args::positive_usize)]
     pub max_len: usize,
     /// Stop after this many optimiser steps.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive_usize)]
     pub max_steps: Option<usize>,
     /// Learning rate.
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = 2e-4, value_parser = super::args::positive_f64)]
     pub lr: f64,
     /// Learning-rate schedule: constant or cosine (3% warmup).
     #[arg(long, default_value = "constant")]
     pub schedule: String,
     /// Gradient-norm clipping (0 disables).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::args::non_negative_f64)]
     pub max_grad_norm: f64,
     /// LoRA rank.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::args::positive_usize)]
     pub lora_r: usize,
     /// LoRA alpha.
-    #[arg(long, default_value_t = 32.0)]
+    #[arg(long, default_value_t = 32.0, value_parser = super::args::positive_f64)]
     pub lora_alpha: f64,
     /// Seed of the data order, LoRA initialisation and per-step randomness.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// libtorch intra-op threads (default: libtorch's choice).
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::threads)]
     pub threads: Option<i32>,
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
@@ -77,6 +77,17 @@ pub struct Args {
     /// tokens, as transformers' Trainer) instead of counting samples alike.
     #[arg(long)]
     pub token_weighted: bool,
+    /// Write a checkpoint every N steps into OUT/checkpoints.
+    #[arg(long, default_value_t = 25, value_parser = super::args::positive_usize)]
+    pub checkpoint_every: usize,
+    /// Continue an interrupted run from the newest checkpoint in
+    /// OUT/checkpoints (the options must be those of that run).
+    #[arg(long)]
+    pub resume: bool,
+    /// Write into an existing non-empty --out (only the files this command
+    /// writes are replaced).
+    #[arg(long)]
+    pub force: bool,
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -127,8 +138,9 @@ pub fn run(a: Args) -> Result<()> {
             a.lambda
         );
     }
-    let device = common::runtime(a.threads, &a.device)?;
     let schedule: Schedule = a.schedule.parse()?;
+    let run_dir = common::RunDir::start(&a.out, a.force, a.resume, &a)?;
+    let device = common::runtime(a.threads, &a.device)?;
 
     let mut samples = seal_data::read_jsonl_samples(&a.data)?;
     if let Some(path) = &a.kept {
@@ -199,6 +211,9 @@ pub fn run(a: Args) -> Result<()> {
         max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
         progress: !a.no_progress,
         log_every: 10,
+        checkpoint_every: Some(a.checkpoint_every),
+        checkpoint_dir: Some(run_dir.checkpoints().to_path_buf()),
+        resume: a.resume,
         ..Default::default()
     };
     let weights = if a.token_weighted {
@@ -214,16 +229,20 @@ pub fn run(a: Args) -> Result<()> {
     };
     let out = finetune(model, data, pad, a.lambda, config)?;
     let base = a.model.to_string_lossy();
-    out.model.save_lora(&a.out, Some(&base))?;
-    seal_model::weights::write_jsonl_atomic(&a.out.join("train_log.jsonl"), &out.log)?;
+    // Staged, then moved into --out: all of the result or none of it.
+    let staging = seal_data::fsutil::StagingDir::new(&a.out)?;
+    out.model.save_lora(staging.path(), Some(&base))?;
+    seal_model::weights::write_jsonl_atomic(&staging.path().join("train_log.jsonl"), &out.log)?;
+    staging.commit()?;
+    run_dir.finish();
     let r = &out.report;
-    println!(
+    outln!(
         "{} steps on {n} samples in {:.1} s ({:.3} s/step); last loss {:.4}",
         r.steps,
         r.seconds,
         r.seconds_per_step(),
         r.last.model_loss
     );
-    println!("adapter written to {}", a.out.display());
+    outln!("adapter written to {}", a.out.display());
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! samples get the model's own answer as their response).
 
 use super::common;
+use super::common::prompt_limit;
 use anyhow::{bail, Context, Result};
 use seal_data::{Label, Message};
 use seal_model::generate::{generate, GenerationOptions, Sampling};
@@ -33,19 +34,27 @@ pub struct Args {
     #[arg(long, requires = "dataset")]
     pub label: Option<String>,
     /// Prompts per generation batch in `--dataset` mode.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::args::positive_usize)]
     pub batch: usize,
     /// An explicit system prompt instead of the template's default.
     #[arg(long)]
     pub system: Option<String>,
     /// Maximum number of new tokens.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = super::args::positive_usize)]
     pub max_new_tokens: usize,
-    /// Sample with this temperature instead of greedy decoding.
+    /// Longest prompt in tokens; a longer one is an error naming it, or,
+    /// with --truncate-prompts, keeps its last this many tokens.
+    #[arg(long, default_value_t = 8192, value_parser = super::args::positive_usize)]
+    pub max_prompt_tokens: usize,
+    /// Cut prompts longer than --max-prompt-tokens from the left instead of
+    /// refusing them.
     #[arg(long)]
+    pub truncate_prompts: bool,
+    /// Sample with this temperature instead of greedy decoding.
+    #[arg(long, value_parser = super::args::non_negative_f64)]
     pub temperature: Option<f64>,
     /// Nucleus mass when sampling.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::args::fraction)]
     pub top_p: f64,
     /// Sampling seed.
     #[arg(long)]
@@ -60,12 +69,17 @@ pub struct Args {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// libtorch intra-op threads.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::threads)]
     pub threads: Option<i32>,
 }
 
 /// Runs `seal generate`.
 pub fn run(args: Args) -> Result<()> {
+    for (flag, path) in [("--out", &args.out), ("--logits-json", &args.logits_json)] {
+        if let Some(p) = path {
+            seal_data::fsutil::check_output_file(p).context(flag)?;
+        }
+    }
     let device = common::runtime(args.threads, &args.device)?;
     let mut pre = Pretrained::load(
         &args.model,
@@ -92,6 +106,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     messages.push(Message::user(prompt.clone()));
     let ids = pre.tokenizer.encode_chat(&messages, true)?;
+    let ids = prompt_limit(args.max_prompt_tokens, args.truncate_prompts)
+        .apply(&ids, "--prompt")?
+        .to_vec();
     if let Some(path) = &args.logits_json {
         let input =
             Tensor::from_slice(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()).view([1, -1]);
@@ -108,7 +125,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let opts = options(&pre, &args);
     let out = generate(&pre.model, &[ids], &opts)?;
-    println!("{}", pre.tokenizer.decode(&out[0], true)?);
+    outln!("{}", pre.tokenizer.decode(&out[0], true)?);
     Ok(())
 }
 
@@ -121,6 +138,7 @@ fn options(pre: &Pretrained, args: &Args) -> GenerationOptions {
         };
     }
     opts.seed = args.seed;
+    opts.prompt_limit = prompt_limit(args.max_prompt_tokens, args.truncate_prompts);
     opts
 }
 
@@ -144,7 +162,7 @@ fn regenerate(pre: &Pretrained, args: &Args, dataset: &Path, out: &Path) -> Resu
     )
     .with_context(|| format!("generating answers to {}", dataset.display()))?;
     seal_data::write_jsonl_samples(out, &samples)?;
-    println!(
+    outln!(
         "{} responses replaced, {} kept (cut at {} tokens), {} kept (empty answer), {} untouched; written to {}",
         stats.replaced,
         stats.truncated,

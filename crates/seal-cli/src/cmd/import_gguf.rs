@@ -29,6 +29,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.out.display()
         )
     })?;
-    println!("{summary}");
+    outln!("{summary}");
     Ok(())
 }

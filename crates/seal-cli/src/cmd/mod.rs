@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod align;
+pub mod args;
 pub mod common;
 pub mod data;
 pub mod eval;

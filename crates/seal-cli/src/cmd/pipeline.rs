@@ -21,13 +21,18 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub seeds: Option<Vec<u64>>,
     /// Override the config's evaluation-set limit (prompts per set).
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive_usize)]
     pub eval_limit: Option<usize>,
     /// Continue the run recorded in the output directory's `results.json`
     /// (same configuration apart from seeds): finished rankers and
     /// (seed, method) runs are kept, the rest is run.
     #[arg(long)]
     pub resume: bool,
+    /// Write into an existing non-empty output directory that does not
+    /// hold an earlier pipeline run (only the files the pipeline writes are
+    /// replaced).
+    #[arg(long)]
+    pub force: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -54,13 +59,23 @@ pub fn run(a: Args) -> Result<()> {
     }
     config.validate()?;
     if a.print_config {
-        print!("{}", config.to_toml()?);
+        outln!("{}", config.to_toml()?.trim_end());
         return Ok(());
     }
+    // An earlier pipeline run (its config.toml beside results or the model
+    // cache) is this command's own output and is continued or rewritten in
+    // place; any other non-empty directory needs --force.
+    let own = config.out.join("config.toml").is_file()
+        && (config.out.join("results.json").is_file() || config.out.join("cache").is_dir());
+    seal_data::fsutil::check_output_dir(&config.out, a.force || own)
+        .context("the output directory")?;
     let options = seal_pipeline::RunOptions { resume: a.resume };
     let result = seal_pipeline::run_with(&config, &options)?;
-    print!("{}", seal_pipeline::report::summary_table(&result));
-    println!(
+    outln!(
+        "{}",
+        seal_pipeline::report::summary_table(&result).trim_end()
+    );
+    outln!(
         "report written to {} ({:.1} min)",
         config.out.join("report.md").display(),
         result.seconds / 60.0

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use tch::{Device, Kind};
 
 /// Arguments of `seal rank`.
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize)]
 pub struct Args {
     /// HF model directory (weights, tokenizer with chat template).
     #[arg(long)]
@@ -33,26 +33,31 @@ pub struct Args {
     #[arg(long, default_value = "seal")]
     pub solver: String,
     /// Passes over the fine-tuning set.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::args::positive_usize)]
     pub epochs: usize,
     /// Rows per micro-batch (each set).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::args::positive_usize)]
     pub batch: usize,
     /// Micro-batches accumulated per optimiser step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::args::positive_usize)]
     pub grad_accum: usize,
     /// Maximum tokens per sample (longer prompts are cut from the left).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::args::positive_usize)]
     pub max_len: usize,
     /// Stop after this many optimiser steps.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive_usize)]
     pub max_steps: Option<usize>,
     /// Write a checkpoint every N steps into OUT/checkpoints.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive_usize)]
     pub checkpoint_every: Option<usize>,
-    /// Continue from the newest checkpoint in OUT/checkpoints.
+    /// Continue from the newest checkpoint in OUT/checkpoints (the options
+    /// must be those of the interrupted run).
     #[arg(long)]
     pub resume: bool,
+    /// Write into an existing non-empty --out (only the files this command
+    /// writes are replaced).
+    #[arg(long)]
+    pub force: bool,
     /// Seed of the data order, LoRA initialisation and per-step randomness.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -62,13 +67,13 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     pub bucket: usize,
     /// Model learning rate.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = super::args::positive_f64)]
     pub lr: f64,
     /// Model learning-rate schedule: constant or cosine (3% warmup).
     #[arg(long, default_value = "constant")]
     pub schedule: String,
     /// Ranker learning rate.
-    #[arg(long, default_value_t = 5e-3)]
+    #[arg(long, default_value_t = 5e-3, value_parser = super::args::positive_f64)]
     pub ranker_lr: f64,
     /// Ranker optimiser: adam (official) or sgd.
     #[arg(long, default_value = "adam")]
@@ -77,34 +82,34 @@ pub struct Args {
     #[arg(long, default_value = "softmax")]
     pub activation: String,
     /// Upper-level weight λ in the first epoch.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::args::unit_f64)]
     pub lambda: f64,
     /// Decrease of λ per epoch.
-    #[arg(long, default_value_t = 0.03)]
+    #[arg(long, default_value_t = 0.03, value_parser = super::args::non_negative_f64)]
     pub lambda_decay: f64,
     /// Gradient-norm clipping (0 disables).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::args::non_negative_f64)]
     pub max_grad_norm: f64,
     /// LoRA rank.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::args::positive_usize)]
     pub lora_r: usize,
     /// LoRA alpha.
-    #[arg(long, default_value_t = 32.0)]
+    #[arg(long, default_value_t = 32.0, value_parser = super::args::positive_f64)]
     pub lora_alpha: f64,
     /// Train every weight instead of a LoRA adapter (not with seal-full).
     #[arg(long)]
     pub full_finetune: bool,
     /// Inner lower-level steps per ranker step (implicit solver).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::args::positive_usize)]
     pub inner_steps: usize,
     /// Conjugate-gradient iterations (implicit solver).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::args::positive_usize)]
     pub cg_iters: usize,
     /// Hessian damping (implicit solver).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = super::args::non_negative_f64)]
     pub damping: f64,
     /// libtorch intra-op threads (default: libtorch's choice).
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::threads)]
     pub threads: Option<i32>,
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
@@ -141,6 +146,7 @@ pub fn run(a: Args) -> Result<()> {
     let ranker_optim: RankerOptimizerKind = a.ranker_optim.parse()?;
     let schedule: Schedule = a.schedule.parse()?;
     let solver = make_solver(&a)?;
+    let run_dir = common::RunDir::start(&a.out, a.force, a.resume, &a)?;
 
     let Pretrained {
         mut model,
@@ -198,16 +204,18 @@ pub fn run(a: Args) -> Result<()> {
         },
         max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
         checkpoint_every: a.checkpoint_every,
-        checkpoint_dir: Some(a.out.join("checkpoints")),
+        checkpoint_dir: Some(run_dir.checkpoints().to_path_buf()),
         progress: !a.no_progress,
         log_every: 10,
+        // Resumed below, through the trainer.
+        resume: false,
     };
     let mut trainer = Trainer::new(problem, solver, ranker, config)?;
     if a.resume {
         if trainer.resume()? {
-            eprintln!("resumed at step {}", trainer.step());
+            errln!("resumed at step {}", trainer.step());
         } else {
-            eprintln!(
+            errln!(
                 "no checkpoint in {}; starting fresh",
                 a.out.join("checkpoints").display()
             );
@@ -215,8 +223,12 @@ pub fn run(a: Args) -> Result<()> {
     }
     let report = trainer.run()?;
     let ranker = trainer.ranker();
-    ranker.save(&a.out)?;
-    write_scores(&a.out.join("scores.jsonl"), ranker, Some(&labels))?;
+    // Staged, then moved into --out: all of the result or none of it.
+    let staging = seal_data::fsutil::StagingDir::new(&a.out)?;
+    ranker.save(staging.path())?;
+    write_scores(&staging.path().join("scores.jsonl"), ranker, Some(&labels))?;
+    staging.commit()?;
+    run_dir.finish();
     let harmful: Vec<bool> = labels
         .iter()
         .map(|l| *l == Some(seal_data::Label::Harmful))
@@ -235,7 +247,7 @@ pub fn run(a: Args) -> Result<()> {
             line.push_str(&format!("; AUROC (benign above harmful) {auc:.4}"));
         }
     }
-    println!("{line}");
-    println!("written to {}", a.out.display());
+    outln!("{line}");
+    outln!("written to {}", a.out.display());
     Ok(())
 }

@@ -37,19 +37,19 @@ pub struct Args {
     #[arg(long)]
     pub dataset: Option<PathBuf>,
     /// Fraction kept by top-p, random, stratified, dsir and loss, in (0, 1].
-    #[arg(long, default_value_t = DEFAULT_TOP_P)]
+    #[arg(long, default_value_t = DEFAULT_TOP_P, value_parser = super::args::fraction)]
     pub p: f64,
     /// Number kept: required by top-k; overrides --p for the other budgeted rules.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive_usize)]
     pub k: Option<usize>,
     /// Smallest kept score (threshold rule).
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = super::args::finite_f64)]
     pub threshold: Option<f64>,
     /// Seed of random, stratified (without a ranker), dsir and safeinstr.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// λ of the mixed objective, in [0, 1].
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = super::args::unit_f64)]
     pub lambda: f64,
     /// DSIR target samples (project JSONL).
     #[arg(long)]
@@ -67,17 +67,17 @@ pub struct Args {
     #[arg(long, default_value = "seal")]
     pub safe_format: String,
     /// Number of safety demonstrations added (default: all).
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive_usize)]
     pub safe_count: Option<usize>,
     /// HF model directory: the loss rule's model, and the tokeniser that
     /// verifies a ranker's token fingerprint.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Maximum tokens per sample when tokenising (as given to `seal rank`).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::args::positive_usize)]
     pub max_len: usize,
     /// Rows per forward pass (loss rule).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::args::positive_usize)]
     pub batch: usize,
     /// Device of the loss rule: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
@@ -122,6 +122,16 @@ pub fn run(a: Args) -> Result<()> {
     if a.out_dataset.is_some() && samples.is_none() {
         bail!("--out-dataset needs --dataset");
     }
+    for (flag, path) in [
+        ("--out", Some(&a.out)),
+        ("--scored", a.scored.as_ref()),
+        ("--summary", a.summary.as_ref()),
+        ("--out-dataset", a.out_dataset.as_ref()),
+    ] {
+        if let Some(p) = path {
+            seal_data::fsutil::check_output_file(p).context(flag)?;
+        }
+    }
     let tcfg = TokenizeConfig {
         max_len: a.max_len,
         ..Default::default()
@@ -143,7 +153,7 @@ pub fn run(a: Args) -> Result<()> {
                 let check = r.check_dataset(&dataset, &ids, Some(&fp))?;
                 let dropped = s.len() - ids.len();
                 if dropped > 0 {
-                    eprintln!(
+                    errln!(
                         "{dropped} of {} dataset samples are longer than --max-len {} and were \
                          not ranked; they are left out",
                         s.len(),
@@ -161,7 +171,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         };
         if let FingerprintCheck::NotVerified { reason } = check {
-            eprintln!("warning: sample ids match, fingerprint not verified: {reason}");
+            errln!("warning: sample ids match, fingerprint not verified: {reason}");
         }
     }
 
@@ -246,7 +256,7 @@ pub fn run(a: Args) -> Result<()> {
                 .unwrap_or(0);
             let scores = dataset_nll(&pre.model, &pre.tokenizer, s, &tcfg, a.batch, pad)?;
             if !scores.unscored.is_empty() {
-                eprintln!(
+                errln!(
                     "{} samples do not fit --max-len {} and rank last (first: `{}`)",
                     scores.unscored.len(),
                     a.max_len,
@@ -292,7 +302,7 @@ pub fn run(a: Args) -> Result<()> {
         line.push_str(&format!("; cut {h} of {total_h} harmful"));
     }
     line.push_str(&format!("; kept-set sha256 {}", summary.kept_sha256));
-    println!("{line}");
-    println!("kept ids written to {}", a.out.display());
+    outln!("{line}");
+    outln!("kept ids written to {}", a.out.display());
     Ok(())
 }

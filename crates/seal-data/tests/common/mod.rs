@@ -14,9 +14,12 @@ pub fn shared_data() -> Option<PathBuf> {
     if dir.join("gsm8k").is_dir() {
         Some(dir)
     } else {
-        eprintln!(
-            "skipping: shared data not found at {} (set SEAL_SHARED_DATA)",
-            dir.display()
+        seal_data::testing::skip(
+            "data",
+            &format!(
+                "shared data not found at {} (set SEAL_SHARED_DATA)",
+                dir.display()
+            ),
         );
         None
     }
