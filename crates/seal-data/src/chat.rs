@@ -84,11 +84,14 @@ const TEMPLATE_NAME: &str = "chat_template";
 /// per message; a template from a downloaded `tokenizer_config.json` with
 /// nested `range(100000)` loops would otherwise never finish.
 const RENDER_FUEL: u64 = 20_000_000;
+
+/// The most items a template may print as one value.
+const MAX_PRINTED_ITEMS: usize = 100_000;
 /// Largest rendered text: fuel does not count work inside one expression
-/// (`{{ messages * 100000000 }}` prints for hours).
-const MAX_RENDER_BYTES: usize = 4 << 20;
-/// Largest `indent` width: the filter allocates the indentation up front,
-/// so `indent(1099511627776)` would abort the process.
+/// (`{{ messages * 1000000 }}` prints tens of MB).
+const MAX_RENDER_BYTES: usize = 16 << 20;
+/// Largest `indent` / `tojson(indent=...)` width: the indentation is
+/// allocated up front, so `indent(1099511627776)` would abort the process.
 const MAX_INDENT: usize = 4096;
 
 /// A compiled Hugging Face (Jinja) chat template plus the special-token
@@ -130,6 +133,20 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
         env.set_fuel(Some(RENDER_FUEL));
+        // A value printed whole (`{{ messages * 10**10 }}`) is formatted item
+        // by item outside the fuel budget: refuse huge ones before printing.
+        env.set_formatter(|out, state, value| {
+            if value.len().is_some_and(|n| n > MAX_PRINTED_ITEMS) {
+                return Err(JinjaError::new(
+                    ErrorKind::InvalidOperation,
+                    format!(
+                        "printing a value of {} items (more than {MAX_PRINTED_ITEMS})",
+                        value.len().unwrap_or_default()
+                    ),
+                ));
+            }
+            minijinja::escape_formatter(out, state, value)
+        });
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson_filter);
@@ -496,6 +513,14 @@ fn tojson_filter(
             }
         }
     };
+    // Every line repeats the indent once per level: `indent=99999999`
+    // asked for gigabytes.
+    if let Some(i) = indent.as_ref().filter(|i| i.len() > MAX_INDENT) {
+        return Err(JinjaError::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: indent of {} exceeds {MAX_INDENT}", i.len()),
+        ));
+    }
     let separators: Option<Value> = kwargs.get("separators")?;
     let (item_sep, key_sep) = match separators {
         Some(v) if !v.is_none() && !v.is_undefined() => {
@@ -920,12 +945,14 @@ mod tests {
 
     #[test]
     fn huge_outputs_and_indents_are_errors() {
-        // `indent(2^40)` allocated 1 TiB up front and aborted the process;
-        // repeating a list 10^8 times printed for hours.
+        // `indent(2^40)` allocated 1 TiB up front and aborted the process,
+        // `tojson(indent=99999999)` several GB; a repeated list printed
+        // without bound.
         for src in [
             "{{ 'a' | indent(1099511627776) }}",
             "{{ 'a' | indent(width=1099511627776) }}",
-            "{{ messages * 100000000 }}",
+            "{{ messages * 1000000 }}",
+            "{{ messages | tojson(indent=99999999) }}",
         ] {
             let t = ChatTemplate::new(src, None, None).unwrap();
             let e = t.render(&[Message::user("hi")], false).unwrap_err();
@@ -1128,5 +1155,14 @@ mod tests {
         }
         // the alternation check of the second template fires for conversations 3 and 4
         assert_eq!((compared, raised), (cases.len() - 2, 2));
+    }
+
+    #[test]
+    fn printing_a_huge_repeated_list_is_an_error_not_a_hang() {
+        let t = ChatTemplate::new("{{ messages * 10**10 }}", None, None).unwrap();
+        let start = std::time::Instant::now();
+        let err = t.render(&[Message::user("hi")], false).unwrap_err();
+        assert!(err.to_string().contains("items"), "{err}");
+        assert!(start.elapsed().as_secs() < 30, "took {:?}", start.elapsed());
     }
 }
