@@ -3,13 +3,17 @@
 compares every output file byte for byte.
 
 Usage: scripts/determinism.py [--seal BIN] [--config FILE] [--seed N]
-                              [--work DIR] [--report FILE] [--keep]
+                              [--work DIR] [--report FILE]
+       scripts/determinism.py --compare RUN1 RUN2 [--report FILE]
 
 Both runs write into fresh directories under --work (default
 target/determinism); nothing else is touched. Files that differ only in
 timing fields (JSON keys naming seconds, times, rates or ETAs; Markdown
 lines with such words) are listed as "equal but timings"; any other
-difference is listed with its first differing line. Exit status 0 when
+difference is listed with its first differing line. Each run's own
+directory name is replaced by `<OUT>` first, and cache entries keyed by a
+hash of that path (`cache/aligned-<hash>`) are paired by name prefix, so
+only content counts. Exit status 0 when
 every file is equal apart from timings, 1 otherwise. The report is printed
 and, with --report, written as Markdown.
 """
@@ -24,21 +28,60 @@ import time
 TIMING = re.compile(r"(second|seconds|_s$|^s$|time|elapsed|eta|per_s|/s|rate|minutes|min\b)", re.I)
 
 
+TIMING_COLUMN = re.compile(r"(\(s\)|s/step|tokens/s|time|seconds)", re.I)
+
+
 def strip_timings(v):
+    """JSON without timing keys, timing items (`key`) and timing table
+    columns (`columns` + `rows`, as the reports write tables)."""
     if isinstance(v, dict):
+        if isinstance(v.get("key"), str) and TIMING.search(v["key"]):
+            return None
+        if isinstance(v.get("columns"), list) and isinstance(v.get("rows"), list):
+            keep = [i for i, c in enumerate(v["columns"]) if not TIMING_COLUMN.search(str(c))]
+            v = dict(v)
+            v["columns"] = [v["columns"][i] for i in keep]
+            v["rows"] = [[r[i] for i in keep if i < len(r)] for r in v["rows"]]
         return {k: strip_timings(x) for k, x in v.items() if not TIMING.search(k)}
     if isinstance(v, list):
         return [strip_timings(x) for x in v]
     return v
 
 
-def normalise(path, data):
-    """The file's content without timing fields, or None if not parseable."""
+def strip_markdown_timings(text):
+    """Markdown without timing lines and without the timing columns of
+    tables (found by their header)."""
+    timing_line = re.compile(r"(\d+(\.\d+)?\s*(s|min|ms)\b|seconds|time \(s\)|tokens/s|elapsed)", re.I)
+    out, drop, in_table = [], [], False
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = line.strip().strip("|").split("|")
+            timing = [i for i, c in enumerate(cells) if TIMING_COLUMN.search(c)]
+            if not in_table:
+                drop = timing  # the header: timing columns
+            elif timing and not set(line) <= set("|-: "):
+                continue  # a row labelled as a timing (`| Alignment time (s) | 99.1 |`)
+            in_table = True
+            out.append("|".join(c for i, c in enumerate(cells) if i not in drop))
+            continue
+        drop, in_table = [], False
+        if not timing_line.search(line):
+            out.append(line)
+    return "\n".join(out)
+
+
+def normalise(path, data, root):
+    """The file's content without timing fields and with the run's own
+    directory replaced by `<OUT>`, or None if it is not text."""
     name = path.lower()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    text = text.replace(os.path.abspath(root), "<OUT>")
+    text = re.sub(r"aligned-[0-9a-f]{16}", "aligned-<key>", text)
+    # Durations written into prose ("Total wall time 18.3 min").
+    text = re.sub(r"\b\d+(\.\d+)?\s*(min|ms|s)\b", "<duration>", text)
     if name.endswith(".json"):
         try:
             return json.dumps(strip_timings(json.loads(text)), sort_keys=True)
@@ -53,16 +96,18 @@ def normalise(path, data):
                 out.append(line)
         return "\n".join(out)
     if name.endswith((".md", ".toml", ".txt", ".svg")):
-        timing_line = re.compile(r"(\d+(\.\d+)?\s*(s|min|ms)\b|seconds|tokens/s|elapsed)", re.I)
-        return "\n".join(l for l in text.splitlines() if not timing_line.search(l))
+        return strip_markdown_timings(text)
     return None
 
 
 def files(root):
+    """Relative path (cache keys normalised) -> real relative path."""
+    out = {}
     for dirpath, _, names in os.walk(root):
         for n in names:
-            p = os.path.join(dirpath, n)
-            yield os.path.relpath(p, root)
+            rel = os.path.relpath(os.path.join(dirpath, n), root)
+            out[re.sub(r"aligned-[0-9a-f]{16}", "aligned-<key>", rel)] = rel
+    return out
 
 
 def first_diff(a, b):
@@ -81,12 +126,13 @@ def main():
     ap.add_argument("--seed", default="1")
     ap.add_argument("--work", default=os.path.join(root, "target/determinism"))
     ap.add_argument("--report", default=None)
+    ap.add_argument("--compare", nargs=2, metavar="RUN", help="only compare two existing runs")
     args = ap.parse_args()
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    runs = [os.path.join(args.work, f"{stamp}-run{i}") for i in (1, 2)]
+    runs = args.compare or [os.path.join(args.work, f"{stamp}-run{i}") for i in (1, 2)]
     durations = []
-    for out in runs:
+    for out in [] if args.compare else runs:
         cmd = [args.seal, "pipeline", "--out", out, "--seeds", args.seed]
         if args.config:
             cmd += ["--config", args.config]
@@ -96,10 +142,12 @@ def main():
         durations.append(time.time() - t0)
 
     a_root, b_root = runs
-    names = sorted(set(files(a_root)) | set(files(b_root)))
+    fa, fb = files(a_root), files(b_root)
+    names = sorted(set(fa) | set(fb))
     equal, timing_only, differ = [], [], []
     for n in names:
-        pa, pb = os.path.join(a_root, n), os.path.join(b_root, n)
+        pa = os.path.join(a_root, fa.get(n, n))
+        pb = os.path.join(b_root, fb.get(n, n))
         if not (os.path.exists(pa) and os.path.exists(pb)):
             differ.append((n, "only in run " + ("1" if os.path.exists(pa) else "2")))
             continue
@@ -107,7 +155,7 @@ def main():
         if da == db:
             equal.append(n)
             continue
-        na, nb = normalise(n, da), normalise(n, db)
+        na, nb = normalise(n, da, a_root), normalise(n, db, b_root)
         if na is not None and na == nb:
             timing_only.append(n)
         else:
@@ -117,14 +165,19 @@ def main():
     lines = [
         "# Determinism report",
         "",
-        f"`{' '.join(sys.argv)}`: the pipeline ({args.config or 'embedded demo config'}, seed "
-        f"{args.seed}) run twice on the CPU ({durations[0] / 60:.1f} and {durations[1] / 60:.1f} min).",
+        f"`{' '.join(sys.argv)}`: "
+        + (
+            f"the pipeline ({args.config or 'embedded demo config'}, seed {args.seed}) run twice "
+            f"on the CPU ({durations[0] / 60:.1f} and {durations[1] / 60:.1f} min)."
+            if durations
+            else f"comparison of `{a_root}` and `{b_root}`."
+        ),
         "",
         f"- {len(names)} files; {len(equal)} byte-for-byte equal; {len(timing_only)} equal apart "
-        f"from timing fields; {len(differ)} different.",
+        f"from timings and the run's own directory name; {len(differ)} different.",
     ]
     if timing_only:
-        lines += ["", "Equal apart from timings:", ""] + [f"- `{n}`" for n in timing_only]
+        lines += ["", "Equal apart from timings and the run directory:", ""] + [f"- `{n}`" for n in timing_only]
     if differ:
         lines += ["", "Different:", ""] + [f"- `{n}`: {d}" for n, d in differ]
     report = "\n".join(lines) + "\n"

@@ -284,11 +284,9 @@ fn fuzz_smoke(root: &Path) -> Result<()> {
 }
 
 /// `cargo xtask fuzz [--seconds N] [--target T] [--seed S]`: the file-parser
-/// fuzzer, N seconds per target (default 600). Built optimised, with
-/// overflow checks (a `fuzz` profile inheriting `release`, defined on the
-/// command line so `Cargo.toml` stays as is) so that arithmetic overflow on
-/// hostile input is a crash rather than a silent wrap. Crashing inputs are
-/// saved under `target/fuzz-crashes/<target>/`.
+/// fuzzer, N seconds per target (default 600), in the test profile (with
+/// overflow checks). Crashing inputs are saved under
+/// `target/fuzz-crashes/<target>/`.
 fn fuzz(root: &Path, extra: &[String]) -> Result<()> {
     let mut seconds = "600".to_string();
     let mut target = "all".to_string();
@@ -307,14 +305,13 @@ fn fuzz(root: &Path, extra: &[String]) -> Result<()> {
             other => bail!("fuzz: unknown argument `{other}`"),
         }
     }
+    // The test profile: the libraries `cargo xtask test` built are reused,
+    // dependencies are optimised and overflow checks are on, so that
+    // arithmetic overflow on hostile input is a crash, not a silent wrap.
     run(cargo().current_dir(root).args([
         "run",
-        "--config",
-        "profile.fuzz.inherits=\"release\"",
-        "--config",
-        "profile.fuzz.overflow-checks=true",
         "--profile",
-        "fuzz",
+        "test",
         "-p",
         "seal-fuzz",
         "--",

@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use minijinja::value::Kwargs;
+use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +85,15 @@ const TEMPLATE_NAME: &str = "chat_template";
 /// nested `range(100000)` loops would otherwise never finish.
 const RENDER_FUEL: u64 = 20_000_000;
 
+/// A template error with minijinja's debug context (the offending source
+/// line), or without it when building that context fails: minijinja's
+/// line arithmetic can panic on odd sources, and an error message must
+/// never crash the program.
+fn describe(e: &JinjaError) -> String {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| format!("{e:#}")))
+        .unwrap_or_else(|_| e.to_string())
+}
+
 /// The most items a template may print as one value.
 const MAX_PRINTED_ITEMS: usize = 100_000;
 /// Largest rendered text: fuel does not count work inside one expression
@@ -136,7 +145,12 @@ impl ChatTemplate {
         // A value printed whole (`{{ messages * 10**10 }}`) is formatted item
         // by item outside the fuel budget: refuse huge ones before printing.
         env.set_formatter(|out, state, value| {
-            if value.len().is_some_and(|n| n > MAX_PRINTED_ITEMS) {
+            let collection = matches!(
+                value.kind(),
+                ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
+            );
+            // Strings (a long message) print in one piece and are fine.
+            if collection && value.len().is_some_and(|n| n > MAX_PRINTED_ITEMS) {
                 return Err(JinjaError::new(
                     ErrorKind::InvalidOperation,
                     format!(
@@ -157,8 +171,9 @@ impl ChatTemplate {
         env.add_template_owned(TEMPLATE_NAME, compiled)
             .map_err(|e| {
                 DataError::Template(format!(
-                    "{}: cannot compile: {e:#}",
-                    origin_label(origin.as_deref())
+                    "{}: cannot compile: {}",
+                    origin_label(origin.as_deref()),
+                    describe(&e)
                 ))
             })?;
         Ok(Self {
@@ -290,7 +305,11 @@ impl ChatTemplate {
     /// the cue that starts an assistant turn.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| {
-            DataError::Template(format!("{}: {e:#}", origin_label(self.origin.as_deref())))
+            DataError::Template(format!(
+                "{}: {}",
+                origin_label(self.origin.as_deref()),
+                describe(&e)
+            ))
         })?;
         let mut ctx: Vec<(String, Value)> = vec![
             ("messages".into(), Value::from_serialize(messages)),
@@ -332,7 +351,7 @@ impl ChatTemplate {
         rendered.map_err(|e| {
             let detail = match e.kind() {
                 ErrorKind::InvalidOperation => e.detail().unwrap_or("").to_string(),
-                _ => format!("{e:#}"),
+                _ => describe(&e),
             };
             DataError::Template(format!(
                 "{}: render failed: {detail}",
@@ -1164,5 +1183,26 @@ mod tests {
         let err = t.render(&[Message::user("hi")], false).unwrap_err();
         assert!(err.to_string().contains("items"), "{err}");
         assert!(start.elapsed().as_secs() < 30, "took {:?}", start.elapsed());
+    }
+
+    #[test]
+    fn a_syntax_error_that_trips_minijinja_line_arithmetic_is_an_error() {
+        // Found by the fuzzer: formatting this compile error's source
+        // context overflowed inside minijinja.
+        let src = "{{ bos_token }}{% for in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% break %}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% else %}{% filter upper %}{{ bos_token }}{% endfilter %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
+        let result = ChatTemplate::new(src, Some("<s>".into()), Some("</s>".into()))
+            .and_then(|t| t.render(&[Message::user("hi")], true));
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("render failed"), "{err}");
+    }
+
+    #[test]
+    fn a_long_message_still_renders() {
+        let t = ChatTemplate::new("{{ messages[0]['content'] }}", None, None).unwrap();
+        let long = "a".repeat(200_000);
+        assert_eq!(
+            t.render(&[Message::user(long.clone())], false).unwrap(),
+            long
+        );
     }
 }
