@@ -267,6 +267,13 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
 /// profile so the libraries `cargo test` just compiled are reused (only the
 /// fuzzer's binary is linked; overflow checks are on).
 fn fuzz_smoke(root: &Path) -> Result<()> {
+    run_fuzzer(root, "all", "30", "1")
+}
+
+/// Runs `seal-fuzz` in the test profile: the libraries `cargo test` built
+/// are reused, dependencies are optimised and overflow checks are on, so
+/// arithmetic overflow on hostile input is a crash, not a silent wrap.
+fn run_fuzzer(root: &Path, target: &str, seconds: &str, seed: &str) -> Result<()> {
     run(cargo().current_dir(root).args([
         "run",
         "--profile",
@@ -275,9 +282,11 @@ fn fuzz_smoke(root: &Path) -> Result<()> {
         "seal-fuzz",
         "--",
         "--target",
-        "all",
+        target,
         "--seconds",
-        "30",
+        seconds,
+        "--seed",
+        seed,
         "--crashes",
         "target/fuzz-crashes",
     ]))
@@ -305,25 +314,7 @@ fn fuzz(root: &Path, extra: &[String]) -> Result<()> {
             other => bail!("fuzz: unknown argument `{other}`"),
         }
     }
-    // The test profile: the libraries `cargo xtask test` built are reused,
-    // dependencies are optimised and overflow checks are on, so that
-    // arithmetic overflow on hostile input is a crash, not a silent wrap.
-    run(cargo().current_dir(root).args([
-        "run",
-        "--profile",
-        "test",
-        "-p",
-        "seal-fuzz",
-        "--",
-        "--target",
-        &target,
-        "--seconds",
-        &seconds,
-        "--seed",
-        &seed,
-        "--crashes",
-        "target/fuzz-crashes",
-    ]))
+    run_fuzzer(root, &target, &seconds, &seed)
 }
 
 /// `cargo xtask replicate [--size S] [--seeds a,b,c] [--eval-limit N] [--resume] [--config FILE] [--shared DIR]`.

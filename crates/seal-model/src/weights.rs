@@ -150,16 +150,9 @@ impl WeightFiles {
 
     /// Loads a tensor, checks its shape, converts it to `kind` on `device`.
     pub fn load(&self, name: &str, expected: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
+        self.check_shape(name, expected)?;
         let (file, info) = self.info(name)?;
-        let found: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-        if found != expected {
-            return Err(ModelError::ShapeMismatch {
-                path: file.path.clone(),
-                tensor: name.to_string(),
-                expected: expected.to_vec(),
-                found,
-            });
-        }
+        let found = expected.to_vec();
         let src_kind = kind_of(info.dtype).ok_or_else(|| ModelError::Safetensors {
             path: file.path.clone(),
             message: format!("tensor `{name}` has unsupported dtype {:?}", info.dtype),
