@@ -94,13 +94,7 @@ pub fn write_atomic_with(
     }
     let dir = parent_dir(path);
     std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-    let name = file_name(path);
-    remove_stale(&dir, &format!(".{name}.tmp-"), false);
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        unique_suffix()
-    ));
+    let tmp = temp_file_beside(&dir, path);
     let result = (|| -> std::io::Result<()> {
         let file = std::fs::File::create(&tmp)?;
         let mut w = std::io::BufWriter::new(file);
@@ -149,12 +143,7 @@ pub fn write_files_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
             }
         };
         let dir = parent_dir(&target);
-        let name = file_name(&target);
-        let tmp = dir.join(format!(
-            ".{name}.tmp-{}-{}",
-            std::process::id(),
-            unique_suffix()
-        ));
+        let tmp = temp_file_beside(&dir, &target);
         let written = std::fs::create_dir_all(&dir).and_then(|_| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(bytes)?;
@@ -273,6 +262,19 @@ fn resolve_link(path: &Path) -> Result<PathBuf> {
         },
         _ => Ok(path.to_path_buf()),
     }
+}
+
+/// `.NAME.tmp-<pid>-<n>` in `dir` for a write to `target`; temporary files
+/// of killed writes to the same target are removed first.
+fn temp_file_beside(dir: &Path, target: &Path) -> PathBuf {
+    let prefix = format!(".{}.tmp-", file_name(target));
+    remove_stale(dir, &prefix, false);
+    dir.join(unique_name(&prefix))
+}
+
+/// `<prefix><pid>-<n>`: the names [`remove_stale`] recognises.
+fn unique_name(prefix: &str) -> String {
+    format!("{prefix}{}-{}", std::process::id(), unique_suffix())
 }
 
 fn keep_permissions(from: &Path, to: &Path) {
@@ -411,11 +413,7 @@ fn check_writable_dir(dir: &Path, output: &Path) -> Result<()> {
             Err(e) => return Err(io_err(&d, e)),
         }
     }
-    let probe = d.join(format!(
-        ".seal-write-probe-{}-{}",
-        std::process::id(),
-        unique_suffix()
-    ));
+    let probe = d.join(unique_name(".seal-write-probe-"));
     match std::fs::File::create(&probe) {
         Ok(_) => {
             let _ = std::fs::remove_file(&probe);
@@ -459,11 +457,7 @@ impl StagingDir {
         let name = file_name(target);
         let prefix = format!(".{name}.partial-");
         remove_stale(&parent, &prefix, true);
-        let path = parent.join(format!(
-            "{prefix}{}-{}",
-            std::process::id(),
-            unique_suffix()
-        ));
+        let path = parent.join(unique_name(&prefix));
         std::fs::create_dir(&path).map_err(|e| io_err(&path, e))?;
         Ok(Self {
             path,

@@ -59,7 +59,7 @@ const NOT_SETTINGS: [&str; 7] = [
 /// Checks the output directory of a training command before any work:
 /// a new or empty directory, or (with `--force`, or `--resume` of a run
 /// that left checkpoints there) an existing one.
-pub fn check_out_dir(out: &Path, force: bool, resume: bool) -> Result<()> {
+fn check_out_dir(out: &Path, force: bool, resume: bool) -> Result<()> {
     let resumable = resume && out.join("checkpoints").is_dir();
     seal_data::fsutil::check_output_dir(out, force || resumable).with_context(|| {
         if out.join("checkpoints").is_dir() && !resume {

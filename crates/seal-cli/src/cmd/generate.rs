@@ -106,9 +106,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     messages.push(Message::user(prompt.clone()));
     let ids = pre.tokenizer.encode_chat(&messages, true)?;
-    let ids = prompt_limit(args.max_prompt_tokens, args.truncate_prompts)
-        .apply(&ids, "--prompt")?
-        .to_vec();
+    let opts = options(&pre, &args);
+    let ids = opts.prompt_limit.apply(&ids, "--prompt")?.to_vec();
     if let Some(path) = &args.logits_json {
         let input =
             Tensor::from_slice(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()).view([1, -1]);
@@ -123,7 +122,6 @@ pub fn run(args: Args) -> Result<()> {
         let json = serde_json::json!({ "input_ids": ids, "top": top });
         seal_model::weights::write_json_atomic(path, &json)?;
     }
-    let opts = options(&pre, &args);
     let out = generate(&pre.model, &[ids], &opts)?;
     outln!("{}", pre.tokenizer.decode(&out[0], true)?);
     Ok(())
