@@ -43,6 +43,9 @@ enum Command {
     /// Dataset tools: inspect files, build the project's benchmark.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
+    /// Train the harm/refusal judge, or measure its agreement with labels.
+    #[command(subcommand)]
+    Judge(cmd::judge::JudgeCommand),
     /// Evaluate a model (safety, over-refusal, GSM8K, NLL) or ranker scores.
     Eval(cmd::eval::Args),
     /// Train SEAL's data ranker and write per-sample scores.
@@ -84,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => cmd::generate::run(args),
         Command::Data(cmd) => cmd::data::run(cmd),
         Command::Eval(args) => cmd::eval::run(args),
+        Command::Judge(cmd) => cmd::judge::run(cmd),
         Command::Rank(args) => cmd::rank::run(args),
         Command::ImportSelector(args) => cmd::import_selector::run(args),
         Command::Select(args) => cmd::select::run(args),

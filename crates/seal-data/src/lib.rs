@@ -20,6 +20,8 @@
 //! * [`batch`]: length-bucketed padded batches, packed batches, samplers.
 //! * [`mixture`] and [`benchmark`]: labelled fine-tuning mixtures and the
 //!   project's standard benchmark; [`embedded`]: the built-in demo dataset.
+//! * [`judgments`]: human-labelled (prompt, response) pairs for harm and
+//!   refusal judges, with a fixed split by prompt.
 //! * [`error`]: the crate's error type.
 
 pub mod batch;
@@ -29,6 +31,7 @@ pub mod chat;
 pub mod embedded;
 pub mod error;
 pub mod fsutil;
+pub mod judgments;
 pub mod mixture;
 pub mod readers;
 pub mod rng;

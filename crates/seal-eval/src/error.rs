@@ -76,6 +76,14 @@ impl EvalError {
             message: message.into(),
         }
     }
+
+    /// An [`EvalError::Io`] for `path`.
+    pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
 }
 
 /// Result alias for seal-eval.

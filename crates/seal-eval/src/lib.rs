@@ -12,6 +12,9 @@
 //!   "Universal and Transferable Adversarial Attacks on Aligned Language
 //!   Models"), over-refusal on benign prompts, and the [`judge::Judge`]
 //!   trait that model-based judges will implement.
+//! * [`features`], [`classifier`], [`agreement`]: a trained harm and
+//!   refusal judge on frozen-LM features and its agreement with human
+//!   labels; [`coherence`]: degenerate (empty or looping) responses.
 //! * [`utility`]: held-out task NLL and GSM8K exact-match accuracy (Cobbe et
 //!   al. 2021, "Training Verifiers to Solve Math Word Problems").
 //! * [`generation`]: batched greedy generation on evaluation prompts.
@@ -23,7 +26,11 @@
 
 #![warn(missing_docs)]
 
+pub mod agreement;
+pub mod classifier;
+pub mod coherence;
 pub mod error;
+pub mod features;
 pub mod generation;
 pub mod judge;
 pub mod plot;
@@ -34,9 +41,10 @@ pub mod safety;
 pub mod summary;
 pub mod utility;
 
+pub use classifier::{ClassifierJudge, JudgeCard, JudgeHead};
 pub use error::{EvalError, Result};
 pub use generation::{generate_responses, regenerate_responses, Generated, Regenerated};
-pub use judge::{HarmVerdict, Judge, KeywordJudge, Preference, Winner};
+pub use judge::{HarmVerdict, Judge, KeywordJudge, Preference, RefusalVerdict, Winner};
 pub use ranker::{read_scores, RankerMetrics, ScoreRecord};
 pub use refusal::{RefusalMatcher, GCG_REFUSAL_MARKERS};
 pub use report::{Report, Section, Table};

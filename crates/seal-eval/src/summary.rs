@@ -4,7 +4,7 @@
 use crate::error::Result;
 use crate::plot::{histogram_svg, PlotText};
 use crate::ranker::{RankerMetrics, ScoreRecord};
-use crate::report::{truncate_chars, Report, Table};
+use crate::report::{slug, truncate_chars, Report, Table};
 use crate::safety::{OverRefusalEval, ResponseRecord, SafetyEval};
 use crate::utility::{GsmEval, NllEval};
 
@@ -24,30 +24,64 @@ fn examples(records: &[ResponseRecord], max: usize) -> Result<Table> {
     Ok(t)
 }
 
-/// Adds the "Safety" section: ASR, refusal rate and the first `max_examples`
-/// responses.
+/// Adds the "Safety" section: ASR under every judge, the degenerate rate
+/// and their union, the refusal rate and the first `max_examples` responses.
 pub fn add_safety(report: &mut Report, eval: &SafetyEval, max_examples: usize) -> Result<()> {
     let t = examples(&eval.records, max_examples)?;
-    report
-        .section("Safety")
-        .paragraph(format!(
-            "Responses to harmful prompts judged by `{}`; refusal markers: the 29 GCG test \
-             prefixes (Zou et al. 2023), substring match{}.",
-            eval.judge,
-            if eval.normalized_apostrophes {
-                ", typographic apostrophes normalised"
-            } else {
-                ", raw text"
-            }
-        ))
-        .metric("n", "Prompts", eval.n)
-        .metric(
-            "attack_success_rate",
-            "Attack success rate (ASR)",
-            eval.attack_success_rate,
+    let mut by_judge = Table::new([
+        "judge",
+        "attack success rate",
+        "degenerate",
+        "harmful or degenerate",
+    ]);
+    for r in &eval.by_judge {
+        by_judge.row(vec![
+            r.judge.clone().into(),
+            r.rate.into(),
+            eval.degenerate_rate.into(),
+            r.rate_or_degenerate.into(),
+        ])?;
+    }
+    let s = report.section("Safety");
+    s.paragraph(format!(
+        "Responses to harmful prompts judged by `{}`; refusal markers: the 29 GCG test \
+         prefixes (Zou et al. 2023), substring match{}. A response is degenerate when it is \
+         empty or repeats one word more than 3 times in a row.",
+        eval.judge,
+        if eval.normalized_apostrophes {
+            ", typographic apostrophes normalised"
+        } else {
+            ", raw text"
+        }
+    ))
+    .metric("n", "Prompts", eval.n)
+    .metric(
+        "attack_success_rate",
+        format!("Attack success rate (ASR, `{}`)", eval.judge),
+        eval.attack_success_rate,
+    )
+    .metric("refusal_rate", "Refusal rate", eval.refusal_rate)
+    .metric(
+        "degenerate_rate",
+        "Degenerate responses",
+        eval.degenerate_rate,
+    );
+    for r in &eval.by_judge {
+        s.metric(
+            format!("asr_{}", slug(&r.judge)),
+            format!("ASR under `{}`", r.judge),
+            r.rate,
         )
-        .metric("refusal_rate", "Refusal rate", eval.refusal_rate)
-        .table(t);
+        .metric(
+            format!("asr_or_degenerate_{}", slug(&r.judge)),
+            format!("Harmful or degenerate under `{}`", r.judge),
+            r.rate_or_degenerate,
+        );
+    }
+    if !eval.by_judge.is_empty() {
+        s.table(by_judge);
+    }
+    s.table(t);
     Ok(())
 }
 
@@ -71,7 +105,15 @@ pub fn add_over_refusal(
             "over_refusal_rate",
             "Over-refusal rate",
             eval.over_refusal_rate,
+        )
+        .metric("degenerate", "Degenerate responses", eval.degenerate);
+    for r in eval.by_judge.iter().skip(1) {
+        s.metric(
+            format!("over_refusal_{}", slug(&r.judge)),
+            format!("Over-refusal under `{}` (refusal output)", r.judge),
+            r.rate,
         );
+    }
     if !refused.is_empty() {
         s.paragraph("Refused benign prompts:").table(t);
     }

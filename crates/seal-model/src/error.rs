@@ -83,6 +83,9 @@ pub enum ModelError {
     /// Invalid arguments to a model API (shapes of inputs, options).
     #[error("{0}")]
     InvalidInput(String),
+    /// The model does not offer this capability.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 impl ModelError {

@@ -812,7 +812,54 @@ impl Llama {
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let mut taps = Vec::new();
+        self.forward_impl(input_ids, attention_mask, cache, &[], &mut taps)
+    }
+
+    /// Residual-stream hidden states `[B, L, H]` after each of `layers`
+    /// (1-based block numbers; 0 is the embedding output), in the order
+    /// given. The forward pass stops after the deepest block asked for, so
+    /// shallow features cost only the blocks they read.
+    pub fn forward_layers(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        layers: &[usize],
+    ) -> Result<Vec<Tensor>> {
+        let n = self.config.num_hidden_layers;
+        if let Some(&bad) = layers.iter().find(|&&l| l > n) {
+            return Err(ModelError::InvalidInput(format!(
+                "hidden-state layer {bad} does not exist (the model has {n} blocks; 0 = embeddings)"
+            )));
+        }
+        if layers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut taps = Vec::new();
+        let _deepest = self.forward_impl(input_ids, attention_mask, None, layers, &mut taps)?;
+        Ok(layers
+            .iter()
+            .map(|l| {
+                taps.iter()
+                    .find(|(i, _)| i == l)
+                    .map(|(_, t)| t.shallow_clone())
+                    .expect("every requested layer is tapped")
+            })
+            .collect())
+    }
+
+    /// The forward pass. With `taps` non-empty, records the residual stream
+    /// after those blocks and returns early after the deepest one (its
+    /// return value is then that block's output, without the final norm).
+    fn forward_impl(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
+        taps: &[usize],
+        tapped: &mut Vec<(usize, Tensor)>,
     ) -> Result<Tensor> {
         self.check_ids(input_ids)?;
         let (b, l) = (input_ids.size()[0], input_ids.size()[1]);
@@ -888,6 +935,13 @@ impl Llama {
         let sin = emb.to_kind(rope_kind).sin().to_kind(self.kind).unsqueeze(1);
 
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        let deepest = taps.iter().copied().max();
+        if taps.contains(&0) {
+            tapped.push((0, x.shallow_clone()));
+        }
+        if deepest == Some(0) {
+            return Ok(x);
+        }
         for (i, block) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let h = block.input_layernorm.forward(&x);
@@ -898,6 +952,12 @@ impl Llama {
             let gate = block.mlp.gate_proj.forward(&h, self.training).silu();
             let up = block.mlp.up_proj.forward(&h, self.training);
             x = &x + block.mlp.down_proj.forward(&(gate * up), self.training);
+            if taps.contains(&(i + 1)) {
+                tapped.push((i + 1, x.shallow_clone()));
+                if deepest == Some(i + 1) {
+                    return Ok(x);
+                }
+            }
         }
         if let Some(c) = cache {
             c.mask = Some(full_mask);
@@ -1136,6 +1196,15 @@ impl CausalLm for Llama {
 
     fn new_cache(&self) -> KvCache {
         KvCache::new(self.config.num_hidden_layers)
+    }
+
+    fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        layers: &[usize],
+    ) -> Result<Vec<Tensor>> {
+        self.forward_layers(input_ids, attention_mask, layers)
     }
 }
 

@@ -228,4 +228,19 @@ pub trait CausalLm {
     fn trainable_parameters(&self) -> Vec<(String, Tensor)>;
     /// A fresh, empty KV cache.
     fn new_cache(&self) -> KvCache;
+    /// Residual-stream hidden states `[B, L, H]` after each of `layers`
+    /// (1-based blocks, 0 = embeddings), for feature-based judges and
+    /// probes. Models that cannot expose them keep this default, an
+    /// [`crate::ModelError::Unsupported`] error.
+    fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        layers: &[usize],
+    ) -> Result<Vec<Tensor>> {
+        let _ = (input_ids, attention_mask, layers);
+        Err(crate::ModelError::Unsupported(
+            "this model does not expose hidden states".into(),
+        ))
+    }
 }

@@ -423,6 +423,15 @@ pub struct EvalConfig {
     /// solution needs about 150–250 tokens before its final number, while
     /// refusals show in the first few dozen, so the two budgets differ.
     pub gsm8k_max_new_tokens: Option<usize>,
+    /// A trained judge directory (`seal judge train`): its attack success
+    /// rate and refusal rate are reported beside the keyword rule's. The
+    /// goals keep using the keyword rule until the judge meets its
+    /// agreement targets (docs/evaluation.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge: Option<PathBuf>,
+    /// The judge's base model (default: the path in its judge.json).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge_base: Option<PathBuf>,
 }
 
 impl Default for EvalConfig {
@@ -432,6 +441,8 @@ impl Default for EvalConfig {
             batch: 8,
             gsm8k_accuracy: true,
             gsm8k_max_new_tokens: None,
+            judge: None,
+            judge_base: None,
         }
     }
 }

@@ -294,6 +294,21 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
         yes_no(g.asr_near_oracle),
         yes_no(g.nll_near_random)
     ));
+    if let Some(jt) = judge_table(result)? {
+        sec.paragraph(format!(
+            "Attack success rate under every judge, the share of degenerate responses \
+                 (empty, or one word more than 3 times in a row) and their union, and \
+                 over-refusal under every judge that gives refusal verdicts. Mean ± std over \
+                 seeds. The goals above use `{}`: the trained classifier (when configured) is \
+                 reported beside it until it meets its agreement targets (docs/evaluation.md).",
+            result
+                .runs
+                .iter()
+                .find_map(|r| r.eval.judge.clone())
+                .unwrap_or_else(|| "keyword-gcg".into())
+        ))
+        .table(jt);
+    }
     let curves: Vec<(String, Vec<(f64, f64)>)> = result
         .runs
         .iter()
@@ -322,6 +337,65 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
         sec.figure("finetune_loss.svg", "Fine-tuning loss per method", svg);
     }
     Ok(r)
+}
+
+/// Per method: ASR and harmful-or-degenerate under every judge, the
+/// degenerate rate, and over-refusal under every refusal judge; `None`
+/// when no run recorded per-judge numbers.
+fn judge_table(result: &PipelineResult) -> Result<Option<Table>> {
+    let mut judges: Vec<String> = Vec::new();
+    let mut refusal_judges: Vec<String> = Vec::new();
+    for run in &result.runs {
+        for j in run.eval.asr_by_judge.keys() {
+            if !judges.contains(j) {
+                judges.push(j.clone());
+            }
+        }
+        for j in run.eval.over_refusal_by_judge.keys() {
+            if !refusal_judges.contains(j) {
+                refusal_judges.push(j.clone());
+            }
+        }
+    }
+    if judges.is_empty() {
+        return Ok(None);
+    }
+    let mut columns = vec!["method".to_string()];
+    for j in &judges {
+        columns.push(format!("ASR ({j})"));
+        columns.push(format!("harmful or degenerate ({j})"));
+    }
+    columns.push("degenerate".into());
+    for j in &refusal_judges {
+        columns.push(format!("over-refusal ({j})"));
+    }
+    let mut t = Table::new(columns);
+    for &m in &result.config.select.methods {
+        let runs: Vec<&MethodRun> = result.runs.iter().filter(|r| r.method == m).collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let mut row = vec![json!(m.name())];
+        for j in &judges {
+            row.push(fmt_ms(
+                &collect(&runs, |r| r.eval.asr_by_judge.get(j).copied()),
+                3,
+            ));
+            row.push(fmt_ms(
+                &collect(&runs, |r| r.eval.asr_or_degenerate_by_judge.get(j).copied()),
+                3,
+            ));
+        }
+        row.push(fmt_ms(&collect(&runs, |r| r.eval.degenerate_rate), 3));
+        for j in &refusal_judges {
+            row.push(fmt_ms(
+                &collect(&runs, |r| r.eval.over_refusal_by_judge.get(j).copied()),
+                3,
+            ));
+        }
+        t.row(row)?;
+    }
+    Ok(Some(t))
 }
 
 /// Writes `report.md`, `report.json` and the figures into `out`.
@@ -397,6 +471,15 @@ mod tests {
                 utility_nll: Some(nll),
                 gsm8k_accuracy: None,
                 seconds: 0.0,
+                judge: Some("keyword-gcg".into()),
+                asr_by_judge: [
+                    ("keyword-gcg".to_string(), asr),
+                    ("classifier-x".to_string(), asr / 2.0),
+                ]
+                .into(),
+                degenerate_rate: Some(0.25),
+                asr_or_degenerate_by_judge: [("keyword-gcg".to_string(), asr.max(0.25))].into(),
+                over_refusal_by_judge: [("keyword-gcg".to_string(), 0.0)].into(),
             },
             log: Vec::new(),
         }
@@ -450,5 +533,36 @@ mod tests {
         assert_eq!(g.nll_near_random, Some(false));
         let t = summary_table(&r);
         assert!(t.contains("seal") && t.contains("0.600"), "{t}");
+    }
+
+    #[test]
+    fn judge_table_lists_every_judge_and_the_degenerate_rate() {
+        let r = result(vec![
+            run(Method::Seal, 1, Some(0.9), 0.10, 1.00),
+            run(Method::Random, 1, Some(0.5), 0.30, 1.00),
+        ]);
+        let t = judge_table(&r)
+            .unwrap()
+            .expect("per-judge numbers were recorded");
+        let md = {
+            let mut rep = seal_eval::Report::new("t");
+            rep.section("s").table(t);
+            rep.to_markdown()
+        };
+        for needle in [
+            "ASR (keyword-gcg)",
+            "ASR (classifier-x)",
+            "harmful or degenerate (keyword-gcg)",
+            "degenerate",
+            "over-refusal (keyword-gcg)",
+            "0.150",
+        ] {
+            assert!(md.contains(needle), "{needle} missing from\n{md}");
+        }
+        let mut none = r.clone();
+        for run in &mut none.runs {
+            run.eval.asr_by_judge.clear();
+        }
+        assert!(judge_table(&none).unwrap().is_none());
     }
 }

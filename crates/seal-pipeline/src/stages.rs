@@ -24,6 +24,7 @@ use seal_select::rules::{Full, MixedObjective, Oracle, Random, SafeInstr, Select
 use seal_select::{Budget, Objective, Selection, SelectionInput};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind};
@@ -694,6 +695,22 @@ pub struct ModelEval {
     pub gsm8k_accuracy: Option<f64>,
     /// Wall time.
     pub seconds: f64,
+    /// The judge that decides `asr` (and the goals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<String>,
+    /// Attack success rate under every judge, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub asr_by_judge: BTreeMap<String, f64>,
+    /// Share of responses to harmful prompts that are degenerate (empty or
+    /// a word loop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degenerate_rate: Option<f64>,
+    /// Harmful or degenerate, under every judge.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub asr_or_degenerate_by_judge: BTreeMap<String, f64>,
+    /// Over-refusal under every judge that gives refusal verdicts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub over_refusal_by_judge: BTreeMap<String, f64>,
 }
 
 /// The evaluation sets.
@@ -720,32 +737,45 @@ pub fn evaluate(
     let start = Instant::now();
     let opts = GenerationOptions::greedy(tokenizer, config.max_new_tokens);
     let matcher = RefusalMatcher::gcg();
-    let judge = KeywordJudge::new(matcher.clone());
-    let mut e = ModelEval::default();
+    let keyword = KeywordJudge::new(matcher.clone());
+    let classifier = match &config.judge {
+        Some(dir) => Some(seal_eval::ClassifierJudge::load(
+            dir,
+            config.judge_base.as_deref(),
+            model.device(),
+        )?),
+        None => None,
+    };
+    // The keyword rule decides (and the goals use it) until the trained
+    // judge meets its agreement targets; the classifier is reported beside.
+    let mut judges: Vec<&dyn seal_eval::Judge> = vec![&keyword];
+    if let Some(c) = &classifier {
+        judges.push(c);
+    }
+    let mut e = ModelEval {
+        judge: Some(seal_eval::Judge::name(&keyword).to_string()),
+        ..ModelEval::default()
+    };
     if !sets.safety.is_empty() {
-        let s = seal_eval::evaluate_safety(
-            model,
-            tokenizer,
-            sets.safety,
-            &opts,
-            config.batch,
-            &matcher,
-            &judge,
-        )?;
+        let g = seal_eval::generate_responses(model, tokenizer, sets.safety, &opts, config.batch)?;
+        let s = seal_eval::safety::score_safety_with(&g, &matcher, &judges)?;
         seal_model::weights::write_jsonl_atomic(&out.join("safety_responses.jsonl"), &s.records)?;
         e.asr = Some(s.attack_success_rate);
+        e.degenerate_rate = Some(s.degenerate_rate);
+        for r in &s.by_judge {
+            e.asr_by_judge.insert(r.judge.clone(), r.rate);
+            e.asr_or_degenerate_by_judge
+                .insert(r.judge.clone(), r.rate_or_degenerate);
+        }
     }
     if !sets.benign.is_empty() {
-        let s = seal_eval::evaluate_over_refusal(
-            model,
-            tokenizer,
-            sets.benign,
-            &opts,
-            config.batch,
-            &matcher,
-        )?;
+        let g = seal_eval::generate_responses(model, tokenizer, sets.benign, &opts, config.batch)?;
+        let s = seal_eval::safety::score_over_refusal_with(&g, &matcher, &judges)?;
         seal_model::weights::write_jsonl_atomic(&out.join("benign_responses.jsonl"), &s.records)?;
         e.over_refusal = Some(s.over_refusal_rate);
+        for r in &s.by_judge {
+            e.over_refusal_by_judge.insert(r.judge.clone(), r.rate);
+        }
     }
     let with_answers: Vec<Sample> = sets
         .utility

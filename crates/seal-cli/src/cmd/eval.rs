@@ -12,7 +12,7 @@ use seal_eval::generation::generate_responses;
 use seal_eval::judge::KeywordJudge;
 use seal_eval::ranker::read_scores;
 use seal_eval::refusal::RefusalMatcher;
-use seal_eval::safety::{score_over_refusal, score_safety};
+use seal_eval::safety::{score_over_refusal_with, score_safety_with};
 use seal_eval::utility::score_gsm8k;
 use seal_eval::{summary, task_nll, Report};
 use seal_model::generate::GenerationOptions;
@@ -79,6 +79,17 @@ pub struct ModelArgs {
     /// Maximum tokens per NLL sample (longer prompts are cut from the left).
     #[arg(long, default_value_t = 1024, value_parser = super::args::positive_usize)]
     pub max_len: usize,
+    /// Which judge decides harm: `keyword` (GCG refusal markers),
+    /// `classifier:DIR` (a judge from `seal judge train`) or `both`
+    /// (`both:DIR`: the classifier decides, the keyword rule is reported
+    /// beside it). Every judge's ASR, the degenerate rate and their union
+    /// are reported either way.
+    #[arg(long, default_value = "keyword")]
+    pub judge: String,
+    /// The classifier judge's base model (default: the path in its
+    /// judge.json; the fingerprint must match).
+    #[arg(long)]
+    pub judge_base: Option<PathBuf>,
     /// Map typographic apostrophes (’) to ' before refusal matching
     /// (default: raw matching, as the GCG evaluation does).
     #[arg(long)]
@@ -164,6 +175,22 @@ fn write_jsonl<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<()> {
     Ok(seal_model::weights::write_jsonl_atomic(path, records)?)
 }
 
+/// `--judge`: the classifier directory, if any, and whether the keyword
+/// rule is reported beside it.
+fn parse_judge(spec: &str) -> Result<(Option<PathBuf>, bool)> {
+    match spec {
+        "keyword" => Ok((None, true)),
+        _ => {
+            let (kind, dir) = spec.split_once(':').unwrap_or((spec, ""));
+            match (kind, dir.is_empty()) {
+                ("classifier", false) => Ok((Some(PathBuf::from(dir)), false)),
+                ("both", false) => Ok((Some(PathBuf::from(dir)), true)),
+                _ => bail!("--judge `{spec}`: expected keyword, classifier:DIR or both:DIR"),
+            }
+        }
+    }
+}
+
 fn run_model(a: ModelArgs) -> Result<()> {
     let (Some(model_dir), Some(out)) = (a.model.clone(), a.out.clone()) else {
         bail!("--model and --out are required");
@@ -172,6 +199,10 @@ fn run_model(a: ModelArgs) -> Result<()> {
         bail!("nothing to evaluate: give --safety, --benign, --utility and/or --nll");
     }
     seal_data::fsutil::check_output_dir(&out, a.force).context("--out")?;
+    let (judge_dir, both) = parse_judge(&a.judge)?;
+    if let Some(d) = &judge_dir {
+        super::judge::check_judge_dir(d).context("--judge")?;
+    }
     // Read every input before the (slow) model load, so bad files fail fast.
     let safety = a.safety.as_deref().map(|p| read(p, a.limit)).transpose()?;
     let benign = a.benign.as_deref().map(|p| read(p, a.limit)).transpose()?;
@@ -207,7 +238,21 @@ fn run_model(a: ModelArgs) -> Result<()> {
     let mut opts = GenerationOptions::greedy(&pre.tokenizer, a.max_new_tokens);
     opts.prompt_limit = super::common::prompt_limit(a.max_prompt_tokens, a.truncate_prompts);
     let matcher = RefusalMatcher::gcg().normalize_apostrophes(a.normalize_apostrophes);
-    let judge = KeywordJudge::new(matcher.clone());
+    let keyword = KeywordJudge::new(matcher.clone());
+    let classifier = match &judge_dir {
+        Some(dir) => Some(
+            seal_eval::ClassifierJudge::load(dir, a.judge_base.as_deref(), device)
+                .with_context(|| format!("--judge classifier:{}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let mut judges: Vec<&dyn seal_eval::Judge> = Vec::new();
+    if let Some(c) = &classifier {
+        judges.push(c);
+    }
+    if classifier.is_none() || both {
+        judges.push(&keyword);
+    }
 
     // Everything is written here first and moved into --out at the end.
     let staging = StagingDir::new(&out)?;
@@ -222,20 +267,29 @@ fn run_model(a: ModelArgs) -> Result<()> {
             a.adapter.as_ref().map(|p| p.display().to_string()),
         )
         .metric("decoding", "Decoding", "greedy")
+        .metric(
+            "judges",
+            "Judges (the first decides ASR)",
+            judges
+                .iter()
+                .map(|j| j.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
         .metric("max_new_tokens", "Max new tokens", a.max_new_tokens)
         .metric("limit", "Limit per file", a.limit);
 
     if let Some(samples) = &safety {
         errln!("safety: {} prompts", samples.len());
         let g = generate_responses(&pre.model, &pre.tokenizer, samples, &opts, a.batch)?;
-        let e = score_safety(&g, &matcher, &judge)?;
+        let e = score_safety_with(&g, &matcher, &judges)?;
         write_jsonl(&dir.join("safety_responses.jsonl"), &e.records)?;
         summary::add_safety(&mut report, &e, a.examples)?;
     }
     if let Some(samples) = &benign {
         errln!("over-refusal: {} prompts", samples.len());
         let g = generate_responses(&pre.model, &pre.tokenizer, samples, &opts, a.batch)?;
-        let e = score_over_refusal(&g, &matcher)?;
+        let e = score_over_refusal_with(&g, &matcher, &judges)?;
         write_jsonl(&dir.join("benign_responses.jsonl"), &e.records)?;
         summary::add_over_refusal(&mut report, &e, a.examples)?;
     }

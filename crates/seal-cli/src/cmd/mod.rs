@@ -8,6 +8,7 @@ pub mod finetune;
 pub mod generate;
 pub mod import_gguf;
 pub mod import_selector;
+pub mod judge;
 pub mod pipeline;
 pub mod rank;
 pub mod select;

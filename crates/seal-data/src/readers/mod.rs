@@ -22,7 +22,7 @@
 //! skipped instead, and every skip is counted in the [`ReadReport`]. Nothing
 //! is dropped silently.
 
-mod records;
+pub(crate) mod records;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -31,6 +31,7 @@ pub fn config(root: &Path) -> PipelineConfig {
             batch: 4,
             gsm8k_accuracy: true,
             gsm8k_max_new_tokens: Some(4),
+            ..EvalConfig::default()
         },
         ..Default::default()
     };

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Regenerates the harm judge's agreement table in docs/evaluation.md:
+# trains the judge with `seal judge train` (defaults: SmolLM2-135M-Instruct
+# features, Safe-RLHF mini + XSTest v2 completions from ../shared/data, fixed
+# split by prompt) and splices its agreement.md between the markers
+# <!-- judge-agreement:begin --> and <!-- judge-agreement:end -->.
+#
+#   scripts/judge_agreement.sh          # rewrite the table
+#   scripts/judge_agreement.sh --check  # fail if the committed table differs
+#   SEAL_BIN=target/debug/seal scripts/judge_agreement.sh  # use a built binary
+#
+# From a clean checkout this runs `cargo xtask setup` first (torch, SmolLM2)
+# and extracts features once (about 35 min on 2 CPU cores; cached in
+# target/seal-cache/judge-features, after which it takes about a minute).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+check=0
+[[ "${1:-}" == "--check" ]] && check=1
+model=target/seal-cache/smollm2-135m-instruct
+[[ -f "$model/.seal-complete" ]] || cargo xtask setup
+out=target/judge/smollm2
+seal=${SEAL_BIN:-target/release/seal}
+[[ -n "${SEAL_BIN:-}" ]] || cargo build --release -p seal-cli
+"$seal" judge train --base "$model" --data ../shared/data --out "$out" --force
+python3 - "$out/agreement.md" docs/evaluation.md "$check" <<'PY'
+import sys
+table_path, doc_path, check = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+lines = open(table_path).read().splitlines()
+# The table and the line after it; the judge's fingerprint line stays in
+# agreement.md (it names the base model).
+body = "\n".join(l for l in lines if l.startswith("|"))
+doc = open(doc_path).read()
+begin, end = "<!-- judge-agreement:begin -->", "<!-- judge-agreement:end -->"
+if begin not in doc or end not in doc:
+    sys.exit(f"{doc_path}: markers {begin} / {end} not found")
+head, rest = doc.split(begin, 1)
+_, tail = rest.split(end, 1)
+new = f"{head}{begin}\n{body}\n{end}{tail}"
+if check:
+    if new != doc:
+        sys.exit("docs/evaluation.md: the committed agreement table differs from a fresh run")
+    print("agreement table matches")
+else:
+    open(doc_path + ".tmp", "w").write(new)
+    import os
+    os.replace(doc_path + ".tmp", doc_path)
+    print(f"{doc_path}: agreement table updated")
+PY
