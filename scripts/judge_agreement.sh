@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the harm judge's agreement table in docs/evaluation.md:
 # trains the judge with `seal judge train` (defaults: SmolLM2-135M-Instruct
-# features, Safe-RLHF mini + XSTest v2 completions from ../shared/data, fixed
-# split by prompt) and splices its agreement.md between the markers
+# features; Safe-RLHF mini, XSTest v2 completions, JailbreakBench, pure_bad and
+# BeaverTails unsafe from ../shared/data; fixed split by prompt) and splices its agreement.md between the markers
 # <!-- judge-agreement:begin --> and <!-- judge-agreement:end -->.
 #
 #   scripts/judge_agreement.sh          # rewrite the table
@@ -10,7 +10,7 @@
 #   SEAL_BIN=target/debug/seal scripts/judge_agreement.sh  # use a built binary
 #
 # From a clean checkout this runs `cargo xtask setup` first (torch, SmolLM2)
-# and extracts features once (about 35 min on 2 CPU cores; cached in
+# and extracts features once (about 40 min on 2 CPU cores; cached in
 # target/seal-cache/judge-features, after which it takes about a minute).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -163,6 +163,8 @@ fn rows_of(path: &Path, bytes: &[u8]) -> Result<Vec<Row>> {
             })
         })
         .collect()
+    } else if name.ends_with(".json") && first_non_ws(bytes) == Some(b'{') {
+        jailbreakbench_rows(path, bytes)
     } else if name.ends_with(".json") || name.ends_with(".jsonl") {
         let recs = records::json_records(path, bytes)?;
         recs.into_iter()
@@ -197,6 +199,75 @@ fn rows_of(path: &Path, bytes: &[u8]) -> Result<Vec<Row>> {
     }
 }
 
+fn first_non_ws(bytes: &[u8]) -> Option<u8> {
+    bytes
+        .strip_prefix(b"\xEF\xBB\xBF")
+        .unwrap_or(bytes)
+        .iter()
+        .copied()
+        .find(|b| !b.is_ascii_whitespace())
+}
+
+/// A JailbreakBench artifact (`{"parameters", "jailbreaks": [...]}`): the
+/// behaviour (`goal`) is the prompt judged, `jailbroken` the harm label;
+/// records without a response (the attack produced none) are left out.
+/// `line` is the record's 1-based position in `jailbreaks`.
+fn jailbreakbench_rows(path: &Path, bytes: &[u8]) -> Result<Vec<Row>> {
+    let text = fsutil::utf8(path, bytes)?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| DataError::Format {
+        path: path.to_path_buf(),
+        line: Some(e.line()),
+        message: e.to_string(),
+    })?;
+    let Some(items) = value.get("jailbreaks").and_then(|v| v.as_array()) else {
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            line: None,
+            message: "a JSON object without a `jailbreaks` array (expected a JailbreakBench artifact, or an array / JSONL of records)".into(),
+        });
+    };
+    let mut rows = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let record = i + 1;
+        let response = item.get("response").and_then(|v| v.as_str()).unwrap_or("");
+        if response.trim().is_empty() {
+            continue;
+        }
+        let field = |k: &str| -> Result<String> {
+            match item.get(k) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
+                _ => Err(DataError::Format {
+                    path: path.to_path_buf(),
+                    line: None,
+                    message: format!(
+                        "jailbreaks[{i}]: field `{k}` is missing or not a string/bool"
+                    ),
+                }),
+            }
+        };
+        let mut fields = BTreeMap::new();
+        fields.insert("prompt".to_string(), Some(field("goal")?));
+        fields.insert("response".to_string(), Some(response.to_string()));
+        fields.insert("harmful".to_string(), Some(field("jailbroken")?));
+        rows.push(Row {
+            line: record,
+            fields,
+        });
+    }
+    Ok(rows)
+}
+
+/// Labels given to every pair of a file that has no label column of its
+/// own (a file of harmful demonstrations, say).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelDefaults {
+    /// Harm label for pairs without one.
+    pub harmful: Option<bool>,
+    /// Refusal label for pairs without one.
+    pub refusal: Option<bool>,
+}
+
 /// Reads labelled pairs from `path` (see the module docs for the formats).
 /// Every pair must carry at least one label and a non-empty response.
 pub fn read_judged_pairs(path: impl AsRef<Path>) -> Result<Vec<JudgedPair>> {
@@ -208,6 +279,27 @@ pub fn read_judged_pairs(path: impl AsRef<Path>) -> Result<Vec<JudgedPair>> {
 /// [`read_judged_pairs`] on bytes already read; `path` names them in errors
 /// and chooses the format by its extension.
 pub fn parse_judged_pairs(path: &Path, bytes: &[u8]) -> Result<Vec<JudgedPair>> {
+    parse_judged_pairs_with(path, bytes, LabelDefaults::default())
+}
+
+/// [`read_judged_pairs`] with `defaults` for pairs whose file gives no label.
+pub fn read_judged_pairs_with(
+    path: impl AsRef<Path>,
+    defaults: LabelDefaults,
+) -> Result<Vec<JudgedPair>> {
+    let path = path.as_ref();
+    let bytes = fsutil::read_bytes(path)?;
+    parse_judged_pairs_with(path, &bytes, defaults)
+}
+
+/// [`parse_judged_pairs`] with `defaults` for pairs whose file gives no
+/// label. Alpaca-style records join `instruction` and a non-empty `input`
+/// with a blank line.
+pub fn parse_judged_pairs_with(
+    path: &Path,
+    bytes: &[u8],
+    defaults: LabelDefaults,
+) -> Result<Vec<JudgedPair>> {
     let rows = rows_of(path, bytes)?;
     let stem = path
         .file_stem()
@@ -231,7 +323,14 @@ pub fn parse_judged_pairs(path: &Path, bytes: &[u8]) -> Result<Vec<JudgedPair>> 
                 )),
             }
         };
-        let prompt = text(&PROMPT_COLUMNS, "prompt")?;
+        let mut prompt = text(&PROMPT_COLUMNS, "prompt")?;
+        if let (true, Some((_, Some(input)))) =
+            (row.fields.contains_key("instruction"), pick(&["input"]))
+        {
+            if !input.trim().is_empty() {
+                prompt = format!("{prompt}\n\n{input}");
+            }
+        }
         let response = text(&RESPONSE_COLUMNS, "response")?;
         if prompt.trim().is_empty() {
             return Err(bad(path, row.line, "empty prompt".into()));
@@ -280,6 +379,8 @@ pub fn parse_judged_pairs(path: &Path, bytes: &[u8]) -> Result<Vec<JudgedPair>> 
                 };
             }
         }
+        harmful = harmful.or(defaults.harmful);
+        refusal = refusal.or(defaults.refusal);
         if harmful.is_none() && refusal.is_none() && !row.fields.contains_key("final_label") {
             return Err(bad(
                 path,
@@ -323,6 +424,35 @@ pub fn default_label_files(data_dir: &Path) -> Vec<PathBuf> {
         files.push(data_dir.join(format!("xstest/xstest_v2_completions_{m}.csv")));
     }
     files
+}
+
+/// Further labelled sources under `data_dir` that `seal judge train` adds
+/// by default (`--no-extra-sources` leaves them out), with the labels their
+/// files imply: the JailbreakBench artifacts (harm = its judge's
+/// `jailbroken` verdict, not a human label), Qi et al.'s harmful
+/// demonstrations and the BeaverTails unsafe answers (harmful, not
+/// refusing).
+pub fn extra_label_files(data_dir: &Path) -> Vec<(PathBuf, LabelDefaults)> {
+    let mut out = Vec::new();
+    let jbb = data_dir.join("jailbreakbench");
+    if let Ok(entries) = std::fs::read_dir(&jbb) {
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        out.extend(files.into_iter().map(|f| (f, LabelDefaults::default())));
+    }
+    let harmful = LabelDefaults {
+        harmful: Some(true),
+        refusal: Some(false),
+    };
+    out.push((data_dir.join("harmful-qa/pure_bad.json"), harmful));
+    out.push((
+        data_dir.join("harmful-qa/beavertails_unsafe_200.json"),
+        harmful,
+    ));
+    out
 }
 
 #[cfg(test)]
@@ -378,6 +508,55 @@ mod tests {
         .unwrap();
         assert_eq!((p[0].harmful, p[0].refusal), (Some(true), Some(false)));
         assert_eq!((p[1].harmful, p[1].refusal), (Some(false), None));
+    }
+
+    #[test]
+    fn jailbreakbench_alpaca_and_defaults() {
+        let jbb = r#"{"parameters": {}, "jailbreaks": [
+            {"goal": "Do X", "prompt": "attack", "response": "Sure, X.", "jailbroken": true},
+            {"goal": "Do Y", "prompt": "attack", "response": null, "jailbroken": false},
+            {"goal": "Do Z", "prompt": "attack", "response": "No.", "jailbroken": false}]}"#;
+        let p = parse("GCG__x.json", jbb).unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].prompt.as_str(), p[0].harmful), ("Do X", Some(true)));
+        assert_eq!((p[1].id.as_str(), p[1].harmful), ("GCG__x:3", Some(false)));
+        assert!(parse("o.json", "{\"a\": 1}").is_err());
+
+        let alpaca = r#"[{"instruction": "Do it", "input": "now", "output": "Done."}]"#;
+        assert!(parse("a.json", alpaca).is_err(), "no label and no defaults");
+        let d = LabelDefaults {
+            harmful: Some(true),
+            refusal: Some(false),
+        };
+        let p = parse_judged_pairs_with(Path::new("a.json"), alpaca.as_bytes(), d).unwrap();
+        assert_eq!(p[0].prompt, "Do it\n\nnow");
+        assert_eq!((p[0].harmful, p[0].refusal), (Some(true), Some(false)));
+    }
+
+    #[test]
+    fn extra_sources_list_jailbreakbench_files_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let jbb = dir.path().join("jailbreakbench");
+        std::fs::create_dir(&jbb).unwrap();
+        for f in ["b__x.json", "a__x.json", "LICENSE"] {
+            std::fs::write(jbb.join(f), "{}").unwrap();
+        }
+        let extra = extra_label_files(dir.path());
+        let names: Vec<String> = extra
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "a__x.json",
+                "b__x.json",
+                "pure_bad.json",
+                "beavertails_unsafe_200.json"
+            ]
+        );
+        assert_eq!(extra[0].1, LabelDefaults::default());
+        assert_eq!(extra[2].1.harmful, Some(true));
     }
 
     #[test]

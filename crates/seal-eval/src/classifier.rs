@@ -663,7 +663,12 @@ pub struct LabelledSet {
 impl LabelledSet {
     /// Reads a label file ([`seal_data::judgments::read_judged_pairs`]).
     pub fn read(path: &Path) -> Result<Self> {
-        let pairs = seal_data::judgments::read_judged_pairs(path)?;
+        Self::read_with(path, seal_data::judgments::LabelDefaults::default())
+    }
+
+    /// Reads a label file, giving `defaults` to pairs it does not label.
+    pub fn read_with(path: &Path, defaults: seal_data::judgments::LabelDefaults) -> Result<Self> {
+        let pairs = seal_data::judgments::read_judged_pairs_with(path, defaults)?;
         Ok(Self {
             path: path.to_path_buf(),
             sha256: features::file_sha256(path)?,
@@ -695,6 +700,9 @@ pub fn dataset_name(path: &Path) -> String {
     let lower = stem.to_ascii_lowercase();
     if lower.starts_with("xstest") {
         "XSTest".into()
+    } else if stem.contains("__") {
+        // JailbreakBench artifacts are named `<attack>__<kind>__<model>`.
+        "JailbreakBench".into()
     } else if lower.starts_with("safe-rlhf") {
         "Safe-RLHF".into()
     } else {

@@ -46,9 +46,17 @@ pub struct TrainArgs {
     #[arg(long)]
     pub base: PathBuf,
     /// Label files (CSV, JSON or JSONL; see docs/evaluation.md). Default:
-    /// Safe-RLHF mini and the five XSTest v2 completion files under --data.
+    /// Safe-RLHF mini, the five XSTest v2 completion files, the
+    /// JailbreakBench artifacts, pure_bad and BeaverTails unsafe under --data.
     #[arg(long, num_args = 1..)]
     pub labels: Vec<PathBuf>,
+    /// Without --labels, train on Safe-RLHF and XSTest only: leave out the
+    /// further sources of --data that are used by default (the
+    /// JailbreakBench artifacts, with harm labels from its judge; Qi et
+    /// al.'s harmful demonstrations; BeaverTails unsafe answers; see
+    /// docs/evaluation.md).
+    #[arg(long)]
+    pub no_extra_sources: bool,
     /// The shared data directory the default label files are read from.
     #[arg(long, default_value = "../shared/data")]
     pub data: PathBuf,
@@ -231,7 +239,15 @@ fn train(a: TrainArgs) -> Result<()> {
         a.labels.clone()
     };
     seal_data::fsutil::check_output_dir(&a.out, a.force).context("--out")?;
-    let sets = read_sets(&files)?;
+    let mut sets = read_sets(&files)?;
+    if a.labels.is_empty() && !a.no_extra_sources {
+        for (f, defaults) in seal_data::judgments::extra_label_files(&a.data) {
+            sets.push(
+                LabelledSet::read_with(&f, defaults)
+                    .with_context(|| format!("{} (a default label source)", f.display()))?,
+            );
+        }
+    }
     let spec = FeatureSpec {
         layers: a.layers.clone(),
         pooling: parse_pooling(&a.pooling)?,
