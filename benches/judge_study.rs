@@ -7,7 +7,11 @@
 //!
 //! Run: `cargo bench -p seal-benches --bench judge_study` (needs
 //! `cargo xtask setup`'s SmolLM2 and `../shared/data`). `SEAL_STUDY_STEP`
-//! (default 2) sets the spacing of the layers extracted.
+//! (default 2) sets the spacing of the layers extracted,
+//! `SEAL_STUDY_MAX_LAYER` the deepest, `SEAL_STUDY_FRAMING=judge_prompt` the
+//! framing, `SEAL_STUDY_FILES=N` the number of label files extracted,
+//! `SEAL_STUDY_ONLY=TEXT` the head variants fitted, and
+//! `SEAL_STUDY_PHASE=heads` skips extraction.
 
 use anyhow::{Context, Result};
 use seal_eval::features::{self, FeatureCache, FeatureSpec, Pooling};
@@ -24,9 +28,21 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
+    let env = |k: &str| std::env::var(k).ok();
+    let max_layer: usize = env("SEAL_STUDY_MAX_LAYER")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let framing = match env("SEAL_STUDY_FRAMING").as_deref() {
+        Some("judge_prompt") => features::Framing::JudgePrompt,
+        _ => features::Framing::Chat,
+    };
+    let files_limit: usize = env("SEAL_STUDY_FILES")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(usize::MAX);
     let spec = FeatureSpec {
-        layers: (1..=30).filter(|l| l % step == 0).collect(),
+        layers: (1..=max_layer).filter(|l| l % step == 0).collect(),
         pooling: vec![Pooling::ResponseMean, Pooling::Last],
+        framing,
         ..FeatureSpec::default()
     };
     let cache = FeatureCache::new(seal_model::fixtures::cache_dir().join("judge-features"));
@@ -38,7 +54,10 @@ fn main() -> Result<()> {
         "matmul peak (f32, 2048², {} threads): {peak:.1} GFLOP/s",
         tch::get_num_threads()
     );
-    for file in seal_data::judgments::default_label_files(&data) {
+    for file in seal_data::judgments::default_label_files(&data)
+        .into_iter()
+        .take(files_limit)
+    {
         let pairs = seal_data::judgments::read_judged_pairs(&file)?;
         let queries: Vec<HarmQuery<'_>> = pairs
             .iter()

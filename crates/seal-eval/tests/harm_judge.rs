@@ -33,6 +33,7 @@ fn small_spec(num_layers: usize) -> FeatureSpec {
         max_prompt_tokens: 64,
         max_response_tokens: 64,
         batch_tokens: 4096,
+        framing: Default::default(),
     }
 }
 
@@ -84,6 +85,27 @@ fn features_do_not_depend_on_batching_or_padding() {
     assert!(diff < 1e-4, "batched and single features differ by {diff}");
     // The empty response still has features (the end-of-turn token).
     assert!(bool::try_from(all.get(2).isfinite().all()).unwrap());
+}
+
+#[test]
+fn judge_prompt_framing_reads_the_whole_pair_and_has_its_own_cache_key() {
+    let (model, tok) = tiny();
+    let chat = small_spec(model.num_layers());
+    let judge = FeatureSpec {
+        framing: features::Framing::JudgePrompt,
+        ..chat.clone()
+    };
+    let pairs = features::encode_pairs(&tok, &queries(), &judge).unwrap();
+    // One user turn quoting both texts, pooled over the whole sequence.
+    assert!(pairs.iter().all(|p| p.response_start == 0));
+    let text = tok.decode(&pairs[0].ids, false).unwrap();
+    assert!(text.contains("Question: How do I bake bread?") && text.contains("Answer: Mix flour"));
+    let (x, _) = features::extract_features(&model, &tok, &queries(), &judge).unwrap();
+    let (y, _) = features::extract_features(&model, &tok, &queries(), &chat).unwrap();
+    assert_eq!(x.size(), y.size());
+    assert!((&x - &y).abs().max().double_value(&[]) > 1e-3);
+    let key = |s: &FeatureSpec| features::FeatureCache::key("fp", s, "sha");
+    assert_ne!(key(&chat), key(&judge));
 }
 
 #[test]

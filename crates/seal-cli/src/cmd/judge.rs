@@ -66,6 +66,10 @@ pub struct TrainArgs {
     /// Poolings: mean (over the response), last (end-of-turn token).
     #[arg(long, value_delimiter = ',', default_value = "mean,last")]
     pub pooling: Vec<String>,
+    /// How pairs are shown to the model: chat (prompt and response as a
+    /// conversation) or judge-prompt (one turn asking for a verdict).
+    #[arg(long, default_value = "chat", value_parser = ["chat", "judge-prompt"])]
+    pub framing: String,
     /// Prompt tokens kept (cut from the left).
     #[arg(long, default_value_t = FeatureSpec::default().max_prompt_tokens, value_parser = super::args::positive_usize)]
     pub max_prompt_tokens: usize,
@@ -254,6 +258,11 @@ fn train(a: TrainArgs) -> Result<()> {
         max_prompt_tokens: a.max_prompt_tokens,
         max_response_tokens: a.max_response_tokens,
         batch_tokens: a.batch_tokens,
+        framing: if a.framing == "judge-prompt" {
+            features::Framing::JudgePrompt
+        } else {
+            features::Framing::Chat
+        },
     };
     let device = super::common::runtime(a.base_args.threads, &a.base_args.device)?;
     let pre = super::common::load_model(&a.base, device)?;
