@@ -15,7 +15,6 @@
 
 use anyhow::{Context, Result};
 use seal_eval::features::{self, FeatureCache, FeatureSpec, Pooling};
-use seal_eval::judge::HarmQuery;
 use seal_model::{LoadOptions, Pretrained};
 
 fn main() -> Result<()> {
@@ -58,15 +57,9 @@ fn main() -> Result<()> {
         .into_iter()
         .take(files_limit)
     {
-        let pairs = seal_data::judgments::read_judged_pairs(&file)?;
-        let queries: Vec<HarmQuery<'_>> = pairs
-            .iter()
-            .map(|p| HarmQuery {
-                prompt: &p.prompt,
-                response: &p.response,
-            })
-            .collect();
-        let key = FeatureCache::key(&fingerprint, &spec, &features::file_sha256(&file)?);
+        let set = seal_eval::classifier::LabelledSet::read(&file)?;
+        let queries = set.queries();
+        let key = FeatureCache::key(&fingerprint, &spec, &set.sha256);
         let mut last = std::time::Instant::now();
         let (_, stats) = features::cached_blocks(
             &pre.model,
@@ -131,6 +124,17 @@ fn heads(
         blocks.push(b);
     }
     let mean_last = vec![Pooling::ResponseMean, Pooling::Last];
+    // The MLP the study started with, and the shipped default (a small,
+    // heavily regularised MLP).
+    let mlp256 = HeadConfig {
+        hidden: 256,
+        lr: 1e-3,
+        dropout: 0.3,
+        weight_decay: 0.05,
+        ..HeadConfig::default()
+    };
+    let strong = HeadConfig::default();
+    let l12_20 = vec![12, 16, 20];
     let candidates: Vec<(&str, Vec<usize>, Vec<Pooling>, HeadConfig)> = vec![
         (
             "probe: L10,20,30 mean, logistic",
@@ -138,86 +142,66 @@ fn heads(
             vec![Pooling::ResponseMean],
             HeadConfig {
                 hidden: 0,
-                ..HeadConfig::default()
+                ..mlp256.clone()
             },
         ),
         (
             "L10,20,30 mean+last, MLP",
             vec![10, 20, 30],
             mean_last.clone(),
-            HeadConfig::default(),
+            mlp256.clone(),
         ),
         (
-            "default: L8,12,16,20,24,30, MLP",
-            FeatureSpec::default().layers,
+            "six blocks L8-30, MLP",
+            vec![8, 12, 16, 20, 24, 30],
             mean_last.clone(),
-            HeadConfig::default(),
+            mlp256.clone(),
         ),
         (
             "all even layers, MLP",
             full.layers.clone(),
             mean_last.clone(),
-            HeadConfig::default(),
+            mlp256.clone(),
         ),
         (
             "shallow: L8,12,16, MLP",
             vec![8, 12, 16],
             mean_last.clone(),
-            HeadConfig::default(),
+            mlp256.clone(),
         ),
         (
             "shallow: L12,16,20, MLP",
-            vec![12, 16, 20],
+            l12_20.clone(),
             mean_last.clone(),
-            HeadConfig::default(),
+            mlp256,
         ),
         (
             "L12,16,20, small MLP, strong regularisation",
-            vec![12, 16, 20],
+            l12_20.clone(),
             mean_last.clone(),
-            HeadConfig {
-                hidden: 64,
-                lr: 3e-4,
-                dropout: 0.5,
-                weight_decay: 0.5,
-                ..HeadConfig::default()
-            },
+            strong.clone(),
         ),
         (
             "L12,16,20, logistic, strong decay",
-            vec![12, 16, 20],
+            l12_20.clone(),
             mean_last.clone(),
             HeadConfig {
                 hidden: 0,
-                lr: 3e-4,
-                dropout: 0.5,
                 weight_decay: 1.0,
-                ..HeadConfig::default()
+                ..strong.clone()
             },
         ),
         (
             "L10-22 even, small MLP, strong regularisation",
             vec![10, 12, 14, 16, 18, 20, 22],
             mean_last.clone(),
-            HeadConfig {
-                hidden: 64,
-                lr: 3e-4,
-                dropout: 0.5,
-                weight_decay: 0.5,
-                ..HeadConfig::default()
-            },
+            strong.clone(),
         ),
         (
             "L12,16,20 mean only, small MLP, strong regularisation",
-            vec![12, 16, 20],
+            l12_20,
             vec![Pooling::ResponseMean],
-            HeadConfig {
-                hidden: 64,
-                lr: 3e-4,
-                dropout: 0.5,
-                weight_decay: 0.5,
-                ..HeadConfig::default()
-            },
+            strong,
         ),
     ];
     let only = std::env::var("SEAL_STUDY_ONLY").ok();

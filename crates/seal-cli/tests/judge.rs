@@ -42,7 +42,7 @@ fn train_eval_and_use_a_judge() {
     labels(&csv);
     let judge = root.path().join("judge");
     let cache = root.path().join("cache");
-    let o = seal(&[
+    let train: [&dyn AsRef<std::ffi::OsStr>; 14] = [
         &"judge",
         &"train",
         &"--base",
@@ -57,7 +57,8 @@ fn train_eval_and_use_a_judge() {
         &cache,
         &"--out",
         &judge,
-    ]);
+    ];
+    let o = seal(&train);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains("| labels (test) | harmful | keyword-gcg |"),
@@ -73,23 +74,7 @@ fn train_eval_and_use_a_judge() {
         assert!(judge.join(f).is_file(), "{f}");
     }
     // Features were cached: a second run reads them.
-    let o = seal(&[
-        &"judge",
-        &"train",
-        &"--base",
-        &base,
-        &"--labels",
-        &csv,
-        &"--layers",
-        &"1,2",
-        &"--epochs",
-        &"20",
-        &"--cache",
-        &cache,
-        &"--out",
-        &judge,
-        &"--force",
-    ]);
+    let o = seal(&[&train[..], &[&"--force"]].concat());
     assert!(text(&o).contains("read from the cache"), "{}", text(&o));
 
     let ev = root.path().join("ev");

@@ -604,9 +604,7 @@ impl ClassifierJudge {
             queries,
             &self.card.features,
         )?;
-        let p = self.head.predict(&x)?.to_kind(Kind::Double);
-        let flat: Vec<f64> = Vec::<f64>::try_from(p.reshape([-1]))?;
-        Ok(flat.chunks(2).map(|c| [c[0], c[1]]).collect())
+        probabilities_of(&self.head, &x)
     }
 }
 
@@ -668,10 +666,11 @@ impl LabelledSet {
 
     /// Reads a label file, giving `defaults` to pairs it does not label.
     pub fn read_with(path: &Path, defaults: seal_data::judgments::LabelDefaults) -> Result<Self> {
-        let pairs = seal_data::judgments::read_judged_pairs_with(path, defaults)?;
+        let bytes = seal_data::fsutil::read_bytes(path)?;
+        let pairs = seal_data::judgments::parse_judged_pairs_with(path, &bytes, defaults)?;
         Ok(Self {
             path: path.to_path_buf(),
-            sha256: features::file_sha256(path)?,
+            sha256: features::sha256_hex(&bytes),
             dataset: dataset_name(path),
             pairs,
         })
@@ -832,10 +831,9 @@ pub fn train_judge(
         epochs_run: log.len(),
         best_epoch,
     };
-    let probs = sets
+    let probs = features
         .iter()
-        .zip(features)
-        .map(|(_, x)| probabilities_of(&head, x))
+        .map(|x| probabilities_of(&head, x))
         .collect::<Result<Vec<_>>>()?;
     let matcher = crate::refusal::RefusalMatcher::gcg();
     for split in [Split::Test, Split::Train] {

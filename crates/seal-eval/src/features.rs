@@ -252,6 +252,15 @@ pub struct ExtractStats {
 }
 
 impl ExtractStats {
+    /// Adds another extraction's counts and time to these.
+    pub fn add(&mut self, other: &ExtractStats) {
+        self.pairs += other.pairs;
+        self.tokens += other.tokens;
+        self.padded_tokens += other.padded_tokens;
+        self.batches += other.batches;
+        self.seconds += other.seconds;
+    }
+
     /// Pairs per second.
     pub fn pairs_per_second(&self) -> f64 {
         self.pairs as f64 / self.seconds.max(1e-9)
@@ -446,19 +455,12 @@ pub fn base_model_fingerprint(dir: &Path) -> Result<String> {
         h.update([0u8]);
         std::io::copy(&mut file, &mut h).map_err(|e| EvalError::io(f, e))?;
     }
-    Ok(format!("sha256:{}", hex(&h.finalize())))
+    Ok(format!("sha256:{:x}", h.finalize()))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// SHA-256 of a file's bytes, as hex.
-pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| EvalError::io(path, e))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut file, &mut h).map_err(|e| EvalError::io(path, e))?;
-    Ok(hex(&h.finalize()))
+/// SHA-256 of `bytes`, as hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// An on-disk cache of pooled feature blocks, one safetensors file per
@@ -491,7 +493,8 @@ impl FeatureCache {
         if spec.framing != Framing::Chat {
             h.update(format!("\0{:?}", spec.framing).as_bytes());
         }
-        hex(&h.finalize()[..16])
+        // 128 bits are plenty for a cache file name.
+        format!("{:x}", h.finalize())[..32].to_string()
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -515,14 +518,13 @@ impl FeatureCache {
             .collect()
     }
 
-    /// Adds `blocks` to those stored under `key` (atomic rewrite).
+    /// Replaces what is stored under `key` with `blocks` (atomic rewrite).
     pub fn store(&self, key: &str, blocks: &FeatureBlocks) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(|e| EvalError::io(&self.dir, e))?;
-        let mut all = self.load(key)?;
-        for (n, t) in blocks {
-            all.insert(n.clone(), t.shallow_clone());
-        }
-        let tensors: Vec<(String, Tensor)> = all.into_iter().collect();
+        let tensors: Vec<(String, Tensor)> = blocks
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
         seal_model::weights::save_safetensors(&self.path(key), &tensors, None)?;
         Ok(())
     }
@@ -530,7 +532,6 @@ impl FeatureCache {
 
 /// Features of `queries` under `spec`, read from `cache` where every block
 /// is stored under `key` and computed (and stored) otherwise.
-#[allow(clippy::too_many_arguments)]
 pub fn cached_blocks(
     model: &dyn CausalLm,
     tokenizer: &TextTokenizer,
@@ -539,20 +540,23 @@ pub fn cached_blocks(
     cache: Option<(&FeatureCache, &str)>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(FeatureBlocks, Option<ExtractStats>)> {
-    if let Some((c, key)) = cache {
-        let have = c.load(key)?;
-        let complete = spec.block_names().iter().all(|n| {
-            have.get(n)
-                .is_some_and(|t| t.size().first() == Some(&(queries.len() as i64)))
-        });
-        if complete {
-            return Ok((have, None));
-        }
+    let mut have = match cache {
+        Some((c, key)) => c.load(key)?,
+        None => FeatureBlocks::new(),
+    };
+    let complete = spec.block_names().iter().all(|n| {
+        have.get(n)
+            .is_some_and(|t| t.size().first() == Some(&(queries.len() as i64)))
+    });
+    if complete {
+        return Ok((have, None));
     }
     let pairs = encode_pairs(tokenizer, queries, spec)?;
     let (blocks, stats) = extract_blocks(model, &pairs, spec, progress)?;
+    // Blocks of other specs already stored stay beside the new ones.
+    have.extend(blocks.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
     if let Some((c, key)) = cache {
-        c.store(key, &blocks)?;
+        c.store(key, &have)?;
     }
     Ok((blocks, Some(stats)))
 }

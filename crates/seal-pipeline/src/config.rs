@@ -528,6 +528,12 @@ impl PipelineConfig {
         if let Some(p) = c.model.gguf.as_mut() {
             resolve(p);
         }
+        for p in [c.eval.judge.as_mut(), c.eval.judge_base.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            resolve(p);
+        }
         c.validate()?;
         Ok(c)
     }

@@ -254,6 +254,9 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
         benign: &data.eval_benign,
         utility: &data.eval_utility,
     };
+    // Loaded once: its base model and fingerprint serve every evaluation.
+    let classifier = stages::load_judge(&config.eval, device)?;
+    let judge = classifier.as_ref().map(|c| c as &dyn seal_eval::Judge);
 
     let base_eval = match &previous {
         Some(p) => p.base_eval.clone(),
@@ -269,6 +272,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
                 &config.eval,
                 config.max_len,
                 &base_eval_dir,
+                judge,
             )?
         }
     };
@@ -303,6 +307,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
                 &config.eval,
                 config.max_len,
                 &dir,
+                judge,
             )?;
             (Some(a), Some(e), d)
         }
@@ -520,6 +525,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
                 &config.eval,
                 config.max_len,
                 &dir,
+                judge,
             )?;
             tracing::info!(
                 seed,

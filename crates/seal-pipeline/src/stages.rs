@@ -681,6 +681,21 @@ pub fn score_auroc(scores: &[f64], labels: &[Option<Label>]) -> Result<Option<f6
     Ok(seal_eval::ranker::auroc(&benign, &harmful)?)
 }
 
+/// The trained judge of `config.judge`, if any, on `device`.
+pub fn load_judge(
+    config: &EvalConfig,
+    device: Device,
+) -> Result<Option<seal_eval::ClassifierJudge>> {
+    Ok(match &config.judge {
+        Some(dir) => Some(seal_eval::ClassifierJudge::load(
+            dir,
+            config.judge_base.as_deref(),
+            device,
+        )?),
+        None => None,
+    })
+}
+
 /// A model's evaluation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelEval {
@@ -725,7 +740,9 @@ pub struct EvalSets<'a> {
 }
 
 /// Evaluates `model`: safety, over-refusal, utility NLL and (optionally)
-/// GSM8K accuracy; responses go to `out` as JSONL.
+/// GSM8K accuracy; responses go to `out` as JSONL. `judge` (e.g. the
+/// configured [`seal_eval::ClassifierJudge`], loaded once per run with
+/// [`load_judge`]) is reported beside the keyword rule.
 pub fn evaluate(
     model: &Llama,
     tokenizer: &TextTokenizer,
@@ -733,25 +750,16 @@ pub fn evaluate(
     config: &EvalConfig,
     max_len: usize,
     out: &Path,
+    judge: Option<&dyn seal_eval::Judge>,
 ) -> Result<ModelEval> {
     let start = Instant::now();
     let opts = GenerationOptions::greedy(tokenizer, config.max_new_tokens);
     let matcher = RefusalMatcher::gcg();
     let keyword = KeywordJudge::new(matcher.clone());
-    let classifier = match &config.judge {
-        Some(dir) => Some(seal_eval::ClassifierJudge::load(
-            dir,
-            config.judge_base.as_deref(),
-            model.device(),
-        )?),
-        None => None,
-    };
     // The keyword rule decides (and the goals use it) until the trained
     // judge meets its agreement targets; the classifier is reported beside.
     let mut judges: Vec<&dyn seal_eval::Judge> = vec![&keyword];
-    if let Some(c) = &classifier {
-        judges.push(c);
-    }
+    judges.extend(judge);
     let mut e = ModelEval {
         judge: Some(seal_eval::Judge::name(&keyword).to_string()),
         ..ModelEval::default()

@@ -223,11 +223,7 @@ fn features_of(
                     tokens_per_s = format!("{:.0}", s.tokens_per_second()),
                     "features computed"
                 );
-                total.pairs += s.pairs;
-                total.tokens += s.tokens;
-                total.padded_tokens += s.padded_tokens;
-                total.batches += s.batches;
-                total.seconds += s.seconds;
+                total.add(s);
             }
             None => tracing::info!(file = %set.path.display(), "features read from the cache"),
         }
