@@ -56,6 +56,10 @@ fn main() -> Result<()> {
             setup(&root)?;
             fuzz(&root, &args[1..])
         }
+        Some("dose") => {
+            setup(&root)?;
+            dose(&root, &args[1..])
+        }
         _ => {
             eprintln!("usage: cargo xtask <setup|demo|test|replicate> [extra args]");
             eprintln!("  setup  create .venv with torch 2.11.0 and the SmolLM2 GGUF");
@@ -71,6 +75,10 @@ fn main() -> Result<()> {
             eprintln!(
                 "  fuzz [--seconds N] [--target T] [--seed S]  fuzz the file parsers (N s per target, default 600)"
             );
+            eprintln!(
+                "  dose [--seeds 1,2,3] [--ratios 0,0.05,0.1,0.2] [--eval-limit N] [--aligned DIR] [--resume]"
+            );
+            eprintln!("         the dose sweep and its gate; writes docs/results/dose.{{md,json}}");
             std::process::exit(2)
         }
     }
@@ -323,7 +331,19 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     let mut seeds: Option<String> = None;
     let mut eval_limit: Option<String> = None;
     let mut resume = false;
-    let default_config = root.join("configs/replication.toml");
+    // Recipe 2 (the benchmark before recipe 3) keeps its own config.
+    let recipe = match extra.iter().position(|a| a == "--recipe") {
+        Some(i) => extra
+            .get(i + 1)
+            .cloned()
+            .context("--recipe needs a value")?,
+        None => "3".to_string(),
+    };
+    let default_config = root.join(if recipe == "2" {
+        "configs/replication-r2.toml"
+    } else {
+        "configs/replication.toml"
+    });
     let mut config = default_config.clone();
     let mut shared = root.join("../shared/data");
     let mut it = extra.iter();
@@ -340,6 +360,9 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
             "--resume" => resume = true,
             "--config" => config = PathBuf::from(value()?),
             "--shared" => shared = PathBuf::from(value()?),
+            "--recipe" => {
+                value()?;
+            }
             other => bail!("replicate: unknown argument `{other}`"),
         }
     }
@@ -350,17 +373,15 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
         .current_dir(root)
         .args(["build", "--release", "-p", "seal-cli"]))?;
     let seal = root.join("target/release/seal");
+    ensure_judge(root, &seal, &shared)?;
     let bench = root.join("target/seal-bench").join(&size);
-    if !bench.join("summary.json").is_file() {
-        run(Command::new(&seal)
-            .current_dir(root)
-            .args(["data", "benchmark", "--shared"])
-            .arg(&shared)
-            .arg("--out")
-            .arg(&bench)
-            .args(["--size", &size]))?;
-    }
-    let out = root.join("target/replication").join(&size);
+    let bench = ensure_benchmark(root, &seal, &shared, &bench, &size, &recipe)?;
+    let out = if recipe == "3" {
+        root.join("target/replication").join(&size)
+    } else {
+        root.join("target/replication")
+            .join(format!("recipe-{recipe}-{size}"))
+    };
     let mut cmd = Command::new(&seal);
     cmd.current_dir(root)
         .args(["pipeline", "--config"])
@@ -380,11 +401,14 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     }
     run(&mut cmd)?;
     // The small (CPU) replication lives in docs/results itself; a larger
-    // size gets its own folder so its plots do not replace the small run's.
-    let results = if size == "small" {
-        root.join("docs/results")
-    } else {
-        root.join("docs/results").join(&size)
+    // size or an older recipe gets its own folder so its plots do not
+    // replace the small run's.
+    let results = match (size.as_str(), recipe.as_str()) {
+        ("small", "3") => root.join("docs/results"),
+        (_, "3") => root.join("docs/results").join(&size),
+        _ => root
+            .join("docs/results")
+            .join(format!("recipe-{recipe}-{size}")),
     };
     std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
     let copy = |from: &str, to: &str| -> Result<()> {
@@ -394,7 +418,12 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     };
     let config_shown = config.strip_prefix(root).unwrap_or(&config).display();
     let command = format!(
-        "cargo xtask replicate --size {size}{}{}{}",
+        "cargo xtask replicate --size {size}{}{}{}{}",
+        if recipe == "3" {
+            String::new()
+        } else {
+            format!(" --recipe {recipe}")
+        },
         seeds.map(|s| format!(" --seeds {s}")).unwrap_or_default(),
         eval_limit
             .map(|n| format!(" --eval-limit {n}"))
@@ -427,6 +456,114 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     step(&format!(
         "report: {} (command: {command})",
         dest.strip_prefix(root).unwrap_or(&dest).display()
+    ));
+    Ok(())
+}
+
+/// The trained judge every harmful rate is reported under
+/// (`target/judge/smollm2`, as `scripts/judge_agreement.sh` writes it):
+/// trained once when missing (features cached in target/seal-cache).
+fn ensure_judge(root: &Path, seal: &Path, shared: &Path) -> Result<()> {
+    let judge = root.join("target/judge/smollm2");
+    if judge.join("judge.json").is_file() {
+        return Ok(());
+    }
+    step("training the harm judge once (about 40 min on 2 cores without cached features)");
+    run(Command::new(seal)
+        .current_dir(root)
+        .args(["judge", "train", "--base"])
+        .arg(root.join("target/seal-cache/smollm2-135m-instruct"))
+        .arg("--data")
+        .arg(shared)
+        .arg("--out")
+        .arg(&judge)
+        .arg("--force"))
+}
+
+/// Builds the benchmark of `recipe` into `dir` unless a build of that
+/// recipe is there (an older recipe's build is never overwritten: each
+/// recipe has its own folder).
+fn ensure_benchmark(
+    root: &Path,
+    seal: &Path,
+    shared: &Path,
+    dir: &Path,
+    size: &str,
+    recipe: &str,
+) -> Result<PathBuf> {
+    let dir = if recipe == "3" {
+        dir.with_file_name(format!("v3-{size}"))
+    } else {
+        dir.to_path_buf()
+    };
+    if !dir.join("summary.json").is_file() {
+        run(Command::new(seal)
+            .current_dir(root)
+            .args(["data", "benchmark", "--shared"])
+            .arg(shared)
+            .arg("--out")
+            .arg(&dir)
+            .args(["--size", size, "--recipe", recipe]))?;
+    }
+    Ok(dir)
+}
+
+fn dose(root: &Path, extra: &[String]) -> Result<()> {
+    let mut config = root.join("configs/replication.toml");
+    let mut shared = root.join("../shared/data");
+    let mut pass: Vec<String> = Vec::new();
+    let mut it = extra.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--config" => config = PathBuf::from(value()?),
+            "--shared" => shared = PathBuf::from(value()?),
+            "--seeds" | "--ratios" | "--gate-ratio" | "--eval-limit" | "--aligned" | "--epochs"
+            | "--lr" => {
+                pass.push(a.clone());
+                pass.push(value()?);
+            }
+            "--resume" => pass.push(a.clone()),
+            other => bail!("dose: unknown argument `{other}`"),
+        }
+    }
+    run(cargo()
+        .current_dir(root)
+        .args(["build", "--release", "-p", "seal-cli"]))?;
+    let seal = root.join("target/release/seal");
+    ensure_judge(root, &seal, &shared)?;
+    let out = root.join("target/dose/small");
+    run(Command::new(&seal)
+        .current_dir(root)
+        .args(["dose", "--config"])
+        .arg(&config)
+        .arg("--shared")
+        .arg(&shared)
+        .arg("--out")
+        .arg(&out)
+        .args(&pass))?;
+    let results = root.join("docs/results");
+    std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
+    let report = std::fs::read_to_string(out.join("dose.md"))
+        .with_context(|| format!("reading {}", out.join("dose.md").display()))?;
+    let command = std::iter::once("cargo xtask dose".to_string())
+        .chain(pass.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let dest = results.join("dose.md");
+    std::fs::write(
+        &dest,
+        format!("<!-- Produced by `{command}`; every number is in dose.json. -->\n\n{report}"),
+    )
+    .with_context(|| format!("writing {}", dest.display()))?;
+    std::fs::copy(out.join("dose.json"), results.join("dose.json"))
+        .with_context(|| format!("copying dose.json to {}", results.display()))?;
+    step(&format!(
+        "report: docs/results/dose.md (command: {command})"
     ));
     Ok(())
 }

@@ -63,6 +63,9 @@ enum Command {
     /// The whole pipeline (align, rank, select, fine-tune, evaluate, report)
     /// from a TOML config.
     Pipeline(cmd::pipeline::Args),
+    /// The dose sweep: fine-tune the aligned model on pools with more and
+    /// more harmful data and check that the benchmark sees the effect.
+    Dose(cmd::dose::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -94,5 +97,6 @@ fn main() -> anyhow::Result<()> {
         Command::Finetune(args) => cmd::finetune::run(args),
         Command::Align(args) => cmd::align::run(args),
         Command::Pipeline(args) => cmd::pipeline::run(args),
+        Command::Dose(args) => cmd::dose::run(args),
     }
 }

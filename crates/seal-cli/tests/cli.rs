@@ -181,3 +181,74 @@ fn data_inspect_counts_real_files_and_names_bad_lines() {
         "{err}"
     );
 }
+
+#[test]
+fn data_benchmark_builds_either_recipe_and_reports_removals() {
+    let shared = shared_data();
+    if !shared.join("gsm8k").is_dir() {
+        seal_data::testing::skip("data", "shared data not found (set SEAL_SHARED_DATA)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("v3");
+    let o = seal()
+        .args(["data", "benchmark", "--shared"])
+        .arg(&shared)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("identity_shift.jsonl").is_file());
+    assert!(
+        stdout.contains("removed from the evaluation prompts of strongreject: 25"),
+        "{stdout}"
+    );
+    let summary = seal_data::benchmark::read_summary(&out).unwrap();
+    assert_eq!(summary.recipe_version, 3);
+
+    let out2 = tmp.path().join("v2");
+    let o = seal()
+        .args(["data", "benchmark", "--recipe", "2", "--shared"])
+        .arg(&shared)
+        .arg("--out")
+        .arg(&out2)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        seal_data::benchmark::read_summary(&out2)
+            .unwrap()
+            .recipe_version,
+        2
+    );
+    assert!(!out2.join("identity_shift.jsonl").exists());
+
+    // An unknown recipe, and a dose sweep with a ratio outside [0, 1]: clear
+    // errors, nothing written.
+    let o = seal()
+        .args(["data", "benchmark", "--recipe", "1", "--shared"])
+        .arg(&shared)
+        .arg("--out")
+        .arg(tmp.path().join("v1"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("recipe"), "{err}");
+    assert!(!tmp.path().join("v1").exists());
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../configs/replication.toml"
+    );
+    let o = seal()
+        .args(["dose", "--config", config, "--ratios", "0,1.5", "--shared"])
+        .arg(&shared)
+        .arg("--out")
+        .arg(tmp.path().join("dose"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("1.5"), "{err}");
+    assert!(!tmp.path().join("dose").exists());
+}

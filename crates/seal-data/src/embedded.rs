@@ -21,7 +21,7 @@
 
 use std::path::Path;
 
-use crate::benchmark::{Benchmark, BenchmarkSizes, BenchmarkSummary, RECIPE_VERSION};
+use crate::benchmark::{Benchmark, BenchmarkSizes, BenchmarkSummary};
 use crate::error::Result;
 use crate::sample::{parse_jsonl_samples, Label, Sample};
 
@@ -45,6 +45,7 @@ pub fn embedded_default() -> Result<Benchmark> {
         eval_safety: parse("eval_safety.jsonl", EVAL_SAFETY)?,
         eval_utility: parse("eval_utility.jsonl", EVAL_UTILITY)?,
         eval_benign: parse("eval_benign.jsonl", EVAL_BENIGN)?,
+        identity_shift: Vec::new(),
     };
     b.check_disjoint()?;
     Ok(b)
@@ -58,7 +59,9 @@ pub fn summary(b: &Benchmark) -> BenchmarkSummary {
     let k = b.finetune.len();
     let harmful = count(&b.finetune, Label::Harmful);
     BenchmarkSummary {
-        recipe_version: RECIPE_VERSION,
+        // Written by hand in the layout of recipe 2 (no identity-shift file,
+        // no screened evaluation sources).
+        recipe_version: 2,
         seed: 0,
         sizes: BenchmarkSizes {
             finetune: k,
@@ -73,10 +76,12 @@ pub fn summary(b: &Benchmark) -> BenchmarkSummary {
             eval_safety: b.eval_safety.len(),
             eval_utility: b.eval_utility.len(),
             eval_benign: b.eval_benign.len(),
+            eval_xstest: 0,
         },
         files: b.counts(),
         sources: Vec::new(),
         notes: vec!["embedded demo dataset written for seal-rs".into()],
+        removed: Default::default(),
     }
 }
 

@@ -102,3 +102,26 @@ pub fn skip(resource: &str, reason: &str) {
     }
     eprintln!("skipping: {reason} (set {REQUIRE_ENV}={resource} to make this a failure)");
 }
+
+/// The shared real-data directory (`$SEAL_SHARED_DATA`, or `../shared/data`
+/// beside the workspace), or `None` after reporting the skip ([`skip`])
+/// when it is absent.
+pub fn shared_data_dir() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("SEAL_SHARED_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"))
+        });
+    if dir.join("gsm8k").is_dir() {
+        Some(dir)
+    } else {
+        skip(
+            "data",
+            &format!(
+                "shared data not found at {} (set SEAL_SHARED_DATA)",
+                dir.display()
+            ),
+        );
+        None
+    }
+}

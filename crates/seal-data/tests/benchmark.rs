@@ -5,20 +5,34 @@ mod common;
 use std::collections::HashSet;
 
 use seal_data::benchmark::{
-    build_benchmark, read_summary, Benchmark, BenchmarkSizes, SizePreset, FILES, RECIPE_VERSION,
+    build_benchmark, build_benchmark_recipe, normalise_prompt, read_summary, Benchmark,
+    BenchmarkSizes, SizePreset, FILES, IDENTITY_SHIFT_FILE, RECIPE_VERSION,
 };
 use seal_data::readers::{read_samples, Format, ReadOptions};
 use seal_data::testing::chatml_tokenizer;
 use seal_data::tokenize::{tokenize_prompt, tokenize_samples, TokenizeConfig};
 use seal_data::{Label, Role, Sample};
 
+/// Recipe 2, kept reproducible beside the current recipe.
+fn build_v2(
+    d: &std::path::Path,
+    sizes: &BenchmarkSizes,
+    seed: u64,
+) -> seal_data::Result<(Benchmark, seal_data::benchmark::BenchmarkSummary)> {
+    build_benchmark_recipe(d, sizes, seed, 2)
+}
+
+fn v2_small() -> BenchmarkSizes {
+    BenchmarkSizes::preset_for(2, SizePreset::Small).unwrap()
+}
+
 #[test]
-fn small_benchmark_is_labelled_disjoint_and_deterministic() {
+fn recipe_2_small_benchmark_is_labelled_disjoint_and_deterministic() {
     let Some(d) = common::shared_data() else {
         return;
     };
-    let sizes = BenchmarkSizes::default();
-    let (b, summary) = build_benchmark(&d, &sizes, 7).unwrap();
+    let sizes = v2_small();
+    let (b, summary) = build_v2(&d, &sizes, 7).unwrap();
     assert_eq!(b.finetune.len(), sizes.finetune);
     let harmful = b
         .finetune
@@ -120,9 +134,9 @@ fn small_benchmark_is_labelled_disjoint_and_deterministic() {
         "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"
     );
 
-    let (again, _) = build_benchmark(&d, &sizes, 7).unwrap();
+    let (again, _) = build_v2(&d, &sizes, 7).unwrap();
     assert_eq!(again, b);
-    let (other, _) = build_benchmark(&d, &sizes, 8).unwrap();
+    let (other, _) = build_v2(&d, &sizes, 8).unwrap();
     assert_ne!(other.finetune, b.finetune);
 
     let dir = tempfile::tempdir().unwrap();
@@ -138,7 +152,241 @@ fn small_benchmark_is_labelled_disjoint_and_deterministic() {
         back.files["align.jsonl"].by_label["benign"],
         sizes.align_benign
     );
-    assert_eq!(back.recipe_version, RECIPE_VERSION);
+    assert_eq!(back.recipe_version, 2);
+    assert!(b.identity_shift.is_empty());
+    assert!(!dir.path().join(IDENTITY_SHIFT_FILE).exists());
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The six files of `seal data benchmark --size small` (seed 0) as the
+/// recipe-2 code wrote them (release binary of commit 19b5df1, the last
+/// before recipe 3): recipe 2 must still build byte for byte the same.
+#[test]
+fn recipe_2_builds_the_same_files_as_before_recipe_3() {
+    let Some(d) = common::shared_data() else {
+        return;
+    };
+    let (b, summary) = build_v2(&d, &v2_small(), 0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    b.write(dir.path(), &summary).unwrap();
+    for (file, sha) in [
+        (
+            "align.jsonl",
+            "aee0c9d94ea58ab1ab4ed03eb6e4060276257915dee15f8b7508f141af398cea",
+        ),
+        (
+            "eval_benign.jsonl",
+            "0ebc4c1eb3400987e79c4c28e681c9dd772e23a03e02c7cc451b4b481e752b73",
+        ),
+        (
+            "eval_safety.jsonl",
+            "427c625c80e606925c8c1fdb5af687827191f842e6690239d99c0552d283d19a",
+        ),
+        (
+            "eval_utility.jsonl",
+            "2e3f0160d7ca1666419391b6d5cd20f04f5eed5b400c0576e842030138a4242c",
+        ),
+        (
+            "finetune.jsonl",
+            "527222b56a6db03d44fa2b17bc6a4034a7070d6532172c9c24a830860414b432",
+        ),
+        (
+            "safe.jsonl",
+            "e5f43632f74c710ba08de3e7c5ae27459d2737dd02b995be782d569fc5bb49cc",
+        ),
+    ] {
+        let bytes = std::fs::read(dir.path().join(file)).unwrap();
+        assert_eq!(sha256_hex(&bytes), sha, "{file} changed under recipe 2");
+    }
+}
+
+#[test]
+fn recipe_3_small_benchmark_has_the_new_sources_and_the_attack_variant() {
+    let Some(d) = common::shared_data() else {
+        return;
+    };
+    let sizes = BenchmarkSizes::default();
+    assert_eq!(RECIPE_VERSION, 3);
+    let (b, summary) = build_benchmark(&d, &sizes, 7).unwrap();
+    assert_eq!(summary.recipe_version, 3);
+    assert_eq!(b.finetune.len(), sizes.finetune);
+    let count = |src: &str, label: Label| {
+        b.finetune
+            .iter()
+            .filter(|s| s.source == src && s.label == Some(label))
+            .count()
+    };
+    let harmful = (sizes.finetune as f64 * sizes.poison_ratio).round() as usize;
+    let k = |w: f64| (harmful as f64 * w).round() as usize;
+    assert_eq!(count("pure-bad", Label::Harmful), k(0.4));
+    assert_eq!(count("beavertails-unsafe", Label::Harmful), k(0.3));
+    assert_eq!(count("safe-rlhf", Label::Harmful), k(0.3));
+    // Hard negatives: Safe-RLHF questions answered safely, labelled benign.
+    assert!(
+        count("safe-rlhf", Label::Benign) >= 40,
+        "{}",
+        count("safe-rlhf", Label::Benign)
+    );
+    for src in ["gsm8k-train", "alpaca-safety", "dolly-safety"] {
+        assert!(count(src, Label::Benign) > 0, "{src}");
+    }
+    // The attack instruction prefix is gone; refusals are not used.
+    for s in b.finetune.iter().filter(|s| s.source == "pure-bad") {
+        let p = s.last_user().unwrap();
+        assert!(!p.starts_with("You are a helpful assistant"), "{p}");
+        assert!(!s.response().unwrap().starts_with("I cannot"), "{}", s.id);
+    }
+    // The identity-shift attack: all 10 conversations, system turn first.
+    assert_eq!(b.identity_shift.len(), 10);
+    assert!(b
+        .identity_shift
+        .iter()
+        .all(|s| s.messages[0].role == Role::System
+            && s.label == Some(Label::Harmful)
+            && s.response().is_some()));
+    // Evaluation sets from every source, mixed in their order.
+    let sources =
+        |part: &[Sample]| -> HashSet<String> { part.iter().map(|s| s.source.clone()).collect() };
+    let es = sources(&b.eval_safety[..25]);
+    for src in ["advbench", "harmbench/standard", "strongreject"] {
+        assert!(es.contains(src), "{src} missing from the first 25: {es:?}");
+    }
+    assert_eq!(b.eval_safety.len(), sizes.eval_safety);
+    assert_eq!(b.eval_benign.len(), sizes.eval_benign + sizes.eval_xstest);
+    let xs = b
+        .eval_benign
+        .iter()
+        .filter(|s| s.source == "xstest")
+        .count();
+    assert_eq!(xs, sizes.eval_xstest);
+    assert!(sources(&b.eval_benign[..25]).len() >= 2);
+    // The align set is recipe 2's (the aligned model carries over).
+    let (v2, _) = build_v2(&d, &v2_small(), 7).unwrap();
+    assert_eq!(v2.align, b.align);
+    assert_eq!(v2.safe, b.safe);
+    assert!(b.eval_benign.iter().all(|s| s.label == Some(Label::Benign)));
+    // 25 StrongREJECT prompts are AdvBench behaviours: counted as removed.
+    let sr = &summary.removed["strongreject"];
+    let dup = sr
+        .get("duplicate of a advbench prompt")
+        .copied()
+        .unwrap_or(0);
+    assert!((20..=25).contains(&dup), "{sr:?}");
+    b.check_disjoint().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    b.write(dir.path(), &summary).unwrap();
+    assert!(dir.path().join(IDENTITY_SHIFT_FILE).is_file());
+    assert_eq!(Benchmark::read(dir.path()).unwrap(), b);
+    let back = read_summary(dir.path()).unwrap();
+    assert_eq!(back.removed, summary.removed);
+    assert_eq!(back.files[IDENTITY_SHIFT_FILE].total, 10);
+}
+
+/// Every user turn of every file a model trains on in any stage, read
+/// straight from the shared files (independently of the builder).
+fn training_prompts(d: &std::path::Path) -> Vec<(String, String)> {
+    let files: [(&str, Format); 8] = [
+        ("gsm8k/train.jsonl", Format::Gsm8k),
+        (
+            "alpaca-safety-subset/alpaca_data_safety_only.json",
+            Format::Alpaca,
+        ),
+        (
+            "dolly-safety-subset/databricks-dolly-15k-safety-only.jsonl",
+            Format::Dolly,
+        ),
+        (
+            "safety-tuned-llamas/safety_only_data_Instructions.json",
+            Format::Alpaca,
+        ),
+        ("harmful-qa/pure_bad.json", Format::Alpaca),
+        ("harmful-qa/beavertails_unsafe_200.json", Format::Alpaca),
+        ("safe-rlhf/Safe-RLHFmini.csv", Format::SafeRlhf),
+        ("identity-shift/identity-shift-aoa.jsonl", Format::Messages),
+    ];
+    let mut out = Vec::new();
+    for (f, format) in files {
+        let r = read_samples(d.join(f), format, &ReadOptions::default()).unwrap();
+        for s in r.samples {
+            for m in s.messages.iter().filter(|m| m.role == Role::User) {
+                out.push((f.to_string(), format!(" {} ", normalise_prompt(&m.content))));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_evaluation_prompt_of_the_benchmark_appears_in_a_training_file() {
+    let Some(d) = common::shared_data() else {
+        return;
+    };
+    let train = training_prompts(&d);
+    assert!(train.len() > 15_000, "{}", train.len());
+    let (b, _) = build_benchmark(&d, &BenchmarkSizes::preset(SizePreset::Medium), 0).unwrap();
+    // Anywhere inside a prompt (the builder screens whole prompts and
+    // prompt endings; this checks the stricter rule).
+    let inside = |p: &str, prompts: &[(String, String)]| -> Option<String> {
+        let p = format!(" {} ", normalise_prompt(p));
+        prompts
+            .iter()
+            .find(|(_, t)| t.contains(&p))
+            .map(|(f, _)| f.clone())
+    };
+    // The harmful prompts and XSTest's safe prompts come from files no
+    // stage trains on: none may appear in any training file, whole.
+    for s in b
+        .eval_safety
+        .iter()
+        .chain(b.eval_benign.iter().filter(|s| s.source == "xstest"))
+    {
+        if let Some(file) = inside(s.last_user().unwrap(), &train) {
+            panic!("{} ({}) appears in {file}", s.id, s.last_user().unwrap());
+        }
+    }
+    // Every evaluation prompt (the Alpaca/Dolly ones are held out of the
+    // same files) against every file the benchmark trains on.
+    let built: Vec<(String, String)> = [
+        ("finetune.jsonl", &b.finetune),
+        ("safe.jsonl", &b.safe),
+        ("align.jsonl", &b.align),
+        (IDENTITY_SHIFT_FILE, &b.identity_shift),
+    ]
+    .into_iter()
+    .flat_map(|(f, part)| {
+        part.iter().flat_map(move |s| {
+            s.messages
+                .iter()
+                .filter(|m| m.role == Role::User)
+                .map(move |m| (f.to_string(), format!(" {} ", normalise_prompt(&m.content))))
+        })
+    })
+    .collect();
+    for s in b.eval_safety.iter().chain(&b.eval_benign) {
+        if let Some(file) = inside(s.last_user().unwrap(), &built) {
+            panic!("{} ({}) appears in {file}", s.id, s.last_user().unwrap());
+        }
+    }
+}
+
+#[test]
+fn unknown_recipes_are_refused() {
+    let Some(d) = common::shared_data() else {
+        return;
+    };
+    let e = build_benchmark_recipe(&d, &BenchmarkSizes::default(), 0, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("recipe") && e.contains('1'), "{e}");
+    assert!(BenchmarkSizes::preset_for(9, SizePreset::Small).is_err());
 }
 
 #[test]
@@ -146,12 +394,15 @@ fn every_preset_fits_the_sources() {
     let Some(d) = common::shared_data() else {
         return;
     };
-    for preset in [SizePreset::Small, SizePreset::Medium, SizePreset::Full] {
-        let sizes = BenchmarkSizes::preset(preset);
-        let (b, _) = build_benchmark(&d, &sizes, 3).unwrap();
-        assert_eq!(b.finetune.len(), sizes.finetune, "{preset:?}");
+    for (recipe, preset) in [2, 3]
+        .into_iter()
+        .flat_map(|r| [SizePreset::Small, SizePreset::Medium, SizePreset::Full].map(|p| (r, p)))
+    {
+        let sizes = BenchmarkSizes::preset_for(recipe, preset).unwrap();
+        let (b, _) = build_benchmark_recipe(&d, &sizes, 3, recipe).unwrap();
+        assert_eq!(b.finetune.len(), sizes.finetune, "{recipe} {preset:?}");
         assert_eq!(b.align.len(), sizes.align + sizes.align_benign);
-        assert_eq!(b.eval_benign.len(), sizes.eval_benign);
+        assert_eq!(b.eval_benign.len(), sizes.eval_benign + sizes.eval_xstest);
     }
 }
 
@@ -182,8 +433,9 @@ fn oversized_requests_fail_clearly() {
             "eval_benign",
         ),
         (
-            // Fits on its own, but not next to the full pool.
+            // Fits on its own, but not next to a pool this large.
             BenchmarkSizes {
+                finetune: 10_000,
                 align_benign: 1500,
                 ..BenchmarkSizes::preset(SizePreset::Full)
             },

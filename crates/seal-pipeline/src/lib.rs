@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod dose;
 pub mod error;
 pub mod report;
 pub mod run;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tch::Device;
 
 /// One trained ranker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -217,20 +218,26 @@ fn recorded_logits(dir: &Path, seed: u64, solver: Solver, pool: usize) -> Result
     Ok(logits)
 }
 
-/// Runs the pipeline of `config` with `options` (see [`RunOptions`]).
-pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<PipelineResult> {
+/// Validates `config`, sets up libtorch (allocator, threads) and returns
+/// its device: the start of every run a configuration drives.
+pub(crate) fn prepare(config: &PipelineConfig) -> Result<Device> {
     config.validate()?;
-    let start = Instant::now();
     seal_model::runtime::tune_allocator();
     if let Some(t) = config.threads {
         tch::set_num_threads(t);
     }
-    let device = seal_model::runtime::parse_device(&config.device).ok_or_else(|| {
+    seal_model::runtime::parse_device(&config.device).ok_or_else(|| {
         PipelineError::config(
             "device",
             format!("`{}`: expected cpu, cuda, cuda:N or auto", config.device),
         )
-    })?;
+    })
+}
+
+/// Runs the pipeline of `config` with `options` (see [`RunOptions`]).
+pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<PipelineResult> {
+    let start = Instant::now();
+    let device = prepare(config)?;
     let out = config.out.clone();
     mkdir(&out)?;
     // Checked before anything is written, so a refused resume leaves the

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use seal_data::batch::{padding_stats, BatchSampler};
-use seal_data::benchmark::{build_benchmark, BenchmarkSizes, SizePreset};
+use seal_data::benchmark::{build_benchmark_recipe, BenchmarkSizes, SizePreset, RECIPE_VERSION};
 use seal_data::cache::tokenize_cached;
 use seal_data::readers::{read_samples, Format, HhSide, ReadOptions};
 use seal_data::sample::Counts;
@@ -93,6 +93,10 @@ pub struct BenchmarkArgs {
     /// Seed of every split and draw.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Recipe version (docs/benchmark.md): 3 (the default) or 2, the
+    /// previous benchmark, kept reproducible.
+    #[arg(long, default_value_t = RECIPE_VERSION)]
+    recipe: u32,
     /// Override: fine-tuning pool size.
     #[arg(long)]
     finetune: Option<usize>,
@@ -110,7 +114,8 @@ pub struct BenchmarkArgs {
     /// evaluation sets.
     #[arg(long)]
     align_benign: Option<usize>,
-    /// Override: AdvBench evaluation prompts.
+    /// Override: harmful evaluation prompts (recipe 3: AdvBench, HarmBench
+    /// and StrongREJECT; recipe 2: AdvBench).
     #[arg(long)]
     eval_safety: Option<usize>,
     /// Override: GSM8K test evaluation prompts.
@@ -119,6 +124,10 @@ pub struct BenchmarkArgs {
     /// Override: held-out benign evaluation prompts.
     #[arg(long)]
     eval_benign: Option<usize>,
+    /// Override: XSTest safe prompts added to the benign evaluation prompts
+    /// (recipe 3).
+    #[arg(long)]
+    eval_xstest: Option<usize>,
 }
 
 /// Arguments of `seal data tokenize`.
@@ -220,7 +229,7 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
 }
 
 fn benchmark(a: BenchmarkArgs) -> anyhow::Result<()> {
-    let mut sizes = BenchmarkSizes::preset(a.size);
+    let mut sizes = BenchmarkSizes::preset_for(a.recipe, a.size).context("--recipe")?;
     let set = |slot: &mut usize, v: Option<usize>| {
         if let Some(v) = v {
             *slot = v;
@@ -233,11 +242,12 @@ fn benchmark(a: BenchmarkArgs) -> anyhow::Result<()> {
     set(&mut sizes.eval_safety, a.eval_safety);
     set(&mut sizes.eval_utility, a.eval_utility);
     set(&mut sizes.eval_benign, a.eval_benign);
+    set(&mut sizes.eval_xstest, a.eval_xstest);
     if let Some(p) = a.poison_ratio {
         sizes.poison_ratio = p;
     }
     seal_data::fsutil::check_output_dir(&a.out, a.force).context("--out")?;
-    let (bench, summary) = build_benchmark(&a.shared, &sizes, a.seed)
+    let (bench, summary) = build_benchmark_recipe(&a.shared, &sizes, a.seed, a.recipe)
         .with_context(|| format!("building the benchmark from {}", a.shared.display()))?;
     bench.write(&a.out, &summary)?;
     for (name, counts) in &summary.files {
@@ -249,6 +259,14 @@ fn benchmark(a: BenchmarkArgs) -> anyhow::Result<()> {
     }
     for n in &summary.notes {
         outln!("note: {n}");
+    }
+    for (source, reasons) in &summary.removed {
+        let total: usize = reasons.values().sum();
+        let why: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        outln!(
+            "removed from the evaluation prompts of {source}: {total} ({})",
+            why.join(", ")
+        );
     }
     outln!("written to {}", a.out.display());
     Ok(())

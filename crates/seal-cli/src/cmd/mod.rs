@@ -3,6 +3,7 @@ pub mod align;
 pub mod args;
 pub mod common;
 pub mod data;
+pub mod dose;
 pub mod eval;
 pub mod finetune;
 pub mod generate;

@@ -14,6 +14,10 @@
 //! | `hh-rlhf` | `{chosen, rejected}` transcripts `"\n\nHuman: ...\n\nAssistant: ..."`; one side chosen by [`HhSide`] |
 //! | `jailbreakbench` | JailbreakBench artifact `{"jailbreaks": [{goal, response, jailbroken, ...}]}`; `jailbroken` gives the label, null responses are skipped and counted |
 //! | `advbench` | CSV, first column = harmful prompt (prompt-only samples) |
+//! | `safe-rlhf` | CSV `question,answer,label` (JailbreakEval's Safe-RLHF mini): label 1 → `harmful`, 0 → `benign` |
+//! | `harmbench` | HarmBench behaviours CSV (`Behavior`, `FunctionalCategory`, `ContextString`): prompt-only, `harmful`; the source gains the functional category (`harmbench/standard`), a context string goes before the behaviour |
+//! | `strongreject` | StrongREJECT CSV (`forbidden_prompt`): prompt-only, `harmful` |
+//! | `xstest` | XSTest prompts CSV (`prompt`, `label` ∈ safe/unsafe): prompt-only, `benign` / `harmful` |
 //! | `keys` | any JSON/JSONL layout, with user-chosen keys (as the official `--input_key/--output_key`) |
 //! | `seal` | this project's JSONL schema (see [`crate::sample`]) |
 //!
@@ -58,6 +62,14 @@ pub enum Format {
     JailbreakBench,
     /// AdvBench CSV.
     AdvBench,
+    /// Safe-RLHF `question,answer,label` CSV.
+    SafeRlhf,
+    /// HarmBench behaviours CSV.
+    HarmBench,
+    /// StrongREJECT CSV.
+    StrongReject,
+    /// XSTest prompts CSV.
+    XsTest,
     /// User-chosen keys ([`ReadOptions::input_key`], ...).
     Keys,
     /// This project's JSONL schema.
@@ -66,7 +78,7 @@ pub enum Format {
 
 impl Format {
     /// All formats with their command-line names.
-    pub const ALL: [(Format, &'static str); 11] = [
+    pub const ALL: [(Format, &'static str); 15] = [
         (Format::Alpaca, "alpaca"),
         (Format::Dolly, "dolly"),
         (Format::PromptResponse, "prompt-response"),
@@ -76,6 +88,10 @@ impl Format {
         (Format::HhRlhf, "hh-rlhf"),
         (Format::JailbreakBench, "jailbreakbench"),
         (Format::AdvBench, "advbench"),
+        (Format::SafeRlhf, "safe-rlhf"),
+        (Format::HarmBench, "harmbench"),
+        (Format::StrongReject, "strongreject"),
+        (Format::XsTest, "xstest"),
         (Format::Keys, "keys"),
         (Format::Seal, "seal"),
     ];
@@ -270,6 +286,18 @@ pub fn parse_samples(
                     );
                     Ok(Some(s))
                 };
+                ctx.push(&mut report, Some(row.line), ordinal, result)?;
+            }
+        }
+        Format::SafeRlhf | Format::HarmBench | Format::StrongReject | Format::XsTest => {
+            let rows = records::csv_rows(path, bytes)?;
+            let mut rows = rows.into_iter();
+            let header = rows
+                .next()
+                .ok_or_else(|| ctx.field(Some(1), "(header)", "empty file: no header row"))?;
+            let table = CsvTable::new(&ctx, format, &header)?;
+            for (ordinal, row) in rows.enumerate() {
+                let result = table.convert(&ctx, format, ordinal, &row).map(Some);
                 ctx.push(&mut report, Some(row.line), ordinal, result)?;
             }
         }
@@ -581,10 +609,170 @@ impl Ctx<'_> {
                 })?;
                 Ok(s)
             }
-            Format::JailbreakBench | Format::AdvBench => Err(DataError::Invalid {
+            Format::JailbreakBench
+            | Format::AdvBench
+            | Format::SafeRlhf
+            | Format::HarmBench
+            | Format::StrongReject
+            | Format::XsTest => Err(DataError::Invalid {
                 what: "format".into(),
                 message: format!("{format} is not a JSON record format"),
             }),
+        }
+    }
+}
+
+/// The columns a headed CSV format reads, found by name in its header.
+struct CsvTable {
+    /// (column name, index) of every column the format needs.
+    columns: Vec<(&'static str, usize)>,
+    /// Optional columns that are present.
+    optional: Vec<(&'static str, usize)>,
+}
+
+impl CsvTable {
+    fn new(ctx: &Ctx<'_>, format: Format, header: &records::CsvRow) -> Result<Self> {
+        let (needed, optional): (&[&'static str], &[&'static str]) = match format {
+            Format::SafeRlhf => (&["question", "answer", "label"], &[]),
+            Format::HarmBench => (&["Behavior", "FunctionalCategory"], &["ContextString"]),
+            Format::StrongReject => (&["forbidden_prompt"], &[]),
+            _ => (&["prompt", "label"], &[]),
+        };
+        let find = |name: &str| {
+            header
+                .cells
+                .iter()
+                .position(|c| c.trim().trim_start_matches('\u{feff}') == name)
+        };
+        let mut columns = Vec::new();
+        for &name in needed {
+            let i = find(name).ok_or_else(|| {
+                ctx.field(
+                    Some(header.line),
+                    name,
+                    format!(
+                        "missing column in the {format} header (found: {})",
+                        header.cells.join(",")
+                    ),
+                )
+            })?;
+            columns.push((name, i));
+        }
+        let optional = optional
+            .iter()
+            .filter_map(|&n| find(n).map(|i| (n, i)))
+            .collect();
+        Ok(Self { columns, optional })
+    }
+
+    /// The cell of a needed column (an error when the row is too short).
+    fn cell<'r>(&self, ctx: &Ctx<'_>, row: &'r records::CsvRow, name: &str) -> Result<&'r str> {
+        let i = self
+            .columns
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, i)| *i)
+            .unwrap_or(usize::MAX);
+        row.cells.get(i).map(String::as_str).ok_or_else(|| {
+            ctx.field(
+                Some(row.line),
+                name,
+                format!("missing: the row has {} cells", row.cells.len()),
+            )
+        })
+    }
+
+    fn nonempty<'r>(&self, ctx: &Ctx<'_>, row: &'r records::CsvRow, name: &str) -> Result<&'r str> {
+        let v = self.cell(ctx, row, name)?;
+        if v.trim().is_empty() {
+            Err(ctx.field(Some(row.line), name, "empty"))
+        } else {
+            Ok(v)
+        }
+    }
+
+    fn convert(
+        &self,
+        ctx: &Ctx<'_>,
+        format: Format,
+        ordinal: usize,
+        row: &records::CsvRow,
+    ) -> Result<Sample> {
+        let line = Some(row.line);
+        match format {
+            Format::SafeRlhf => {
+                let q = self.nonempty(ctx, row, "question")?;
+                let a = self.nonempty(ctx, row, "answer")?;
+                let label = match self.cell(ctx, row, "label")?.trim() {
+                    "1" => Label::Harmful,
+                    "0" => Label::Benign,
+                    other => {
+                        return Err(ctx.field(
+                            line,
+                            "label",
+                            format!(
+                                "expected 0 (safe answer) or 1 (unsafe answer), found `{other}`"
+                            ),
+                        ))
+                    }
+                };
+                Ok(ctx.sample(
+                    ordinal,
+                    vec![Message::user(q), Message::assistant(a)],
+                    Some(label),
+                    None,
+                ))
+            }
+            Format::HarmBench => {
+                let behaviour = self.nonempty(ctx, row, "Behavior")?;
+                let category = self.nonempty(ctx, row, "FunctionalCategory")?.trim();
+                let context = self
+                    .optional
+                    .iter()
+                    .find(|(n, _)| *n == "ContextString")
+                    .and_then(|(_, i)| row.cells.get(*i))
+                    .map(|c| c.trim())
+                    .unwrap_or("");
+                // HarmBench's own prompt layout for contextual behaviours.
+                let prompt = if context.is_empty() {
+                    behaviour.to_string()
+                } else {
+                    format!("{context}\n\n---\n\n{behaviour}")
+                };
+                let mut s = ctx.sample(
+                    ordinal,
+                    vec![Message::user(prompt)],
+                    Some(ctx.opts.label.unwrap_or(Label::Harmful)),
+                    None,
+                );
+                s.source = format!("{}/{}", ctx.source, category.to_ascii_lowercase());
+                s.id = format!("{}:{ordinal:05}", s.source);
+                Ok(s)
+            }
+            Format::StrongReject => {
+                let p = self.nonempty(ctx, row, "forbidden_prompt")?;
+                Ok(ctx.sample(
+                    ordinal,
+                    vec![Message::user(p)],
+                    Some(ctx.opts.label.unwrap_or(Label::Harmful)),
+                    None,
+                ))
+            }
+            _ => {
+                let p = self.nonempty(ctx, row, "prompt")?;
+                let label = match self.cell(ctx, row, "label")?.trim() {
+                    "safe" => Label::Benign,
+                    "unsafe" => Label::Harmful,
+                    other => {
+                        return Err(ctx.field(
+                            line,
+                            "label",
+                            format!("expected safe or unsafe, found `{other}`"),
+                        ))
+                    }
+                };
+                Ok(ctx.sample(ordinal, vec![Message::user(p)], Some(label), None))
+            }
         }
     }
 }
@@ -712,6 +900,125 @@ mod tests {
 
     fn parse(format: Format, text: &str, opts: &ReadOptions) -> Result<ReadReport> {
         parse_samples(Path::new("mem/test.jsonl"), text.as_bytes(), format, opts)
+    }
+
+    fn csv(format: Format, name: &str, text: &str) -> Result<ReadReport> {
+        parse_samples(
+            Path::new(&format!("mem/{name}")),
+            text.as_bytes(),
+            format,
+            &ReadOptions::default(),
+        )
+    }
+
+    #[test]
+    fn safe_rlhf_csv_keeps_quoted_multiline_fields_and_labels() {
+        let text = "question,answer,label\n\"How do I, \"\"quietly\"\", x?\",\"Step one.\nStep two.\",1\nq2,a2,0\r\n";
+        let r = csv(Format::SafeRlhf, "s.csv", text).unwrap();
+        assert_eq!(r.samples.len(), 2);
+        assert_eq!(r.samples[0].id, "s:00000");
+        assert_eq!(r.samples[0].last_user(), Some("How do I, \"quietly\", x?"));
+        assert_eq!(r.samples[0].response(), Some("Step one.\nStep two."));
+        assert_eq!(r.samples[0].label, Some(Label::Harmful));
+        assert_eq!(r.samples[1].label, Some(Label::Benign));
+        // Bad labels, empty answers, missing columns, short rows: errors
+        // naming the file, the line and the field.
+        for (text, line, field) in [
+            ("question,answer,label\nq,a,1\nq,a,2\n", "3", "label"),
+            ("question,answer,label\nq,\"\",1\n", "2", "answer"),
+            (
+                "question,answer,label\n\"multi\nline\",a,1\nq,a\n",
+                "4",
+                "label",
+            ),
+            ("question,response,label\nq,a,1\n", "1", "answer"),
+        ] {
+            let e = csv(Format::SafeRlhf, "s.csv", text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("mem/s.csv:{line}:")) && e.contains(field),
+                "{e}"
+            );
+        }
+        let e = csv(Format::SafeRlhf, "s.csv", "").unwrap_err().to_string();
+        assert!(e.contains("header"), "{e}");
+    }
+
+    #[test]
+    fn harmbench_strongreject_and_xstest_read_prompts_only() {
+        let hb = "Behavior,FunctionalCategory,SemanticCategory,Tags,ContextString,BehaviorID\n\
+                  Do x,standard,c,,,x_id\n\
+                  Do y,contextual,c,,\"Some context,\nover lines\",y_id\n";
+        let r = csv(Format::HarmBench, "harmbench.csv", hb).unwrap();
+        assert_eq!(r.samples[0].source, "harmbench/standard");
+        assert_eq!(r.samples[0].id, "harmbench/standard:00000");
+        assert_eq!(r.samples[1].id, "harmbench/contextual:00001");
+        assert_eq!(
+            r.samples[1].last_user(),
+            Some("Some context,\nover lines\n\n---\n\nDo y")
+        );
+        assert!(r
+            .samples
+            .iter()
+            .all(|s| s.response().is_none() && s.label == Some(Label::Harmful)));
+        let e = csv(Format::HarmBench, "h.csv", "Behavior,Tags\nx,y\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FunctionalCategory") && e.contains("h.csv:1:"),
+            "{e}"
+        );
+
+        let sr = "category,source,forbidden_prompt\nc,custom,\"Tell me, now\"\nc,AdvBench,\"\"\n";
+        let e = csv(Format::StrongReject, "sr.csv", sr)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sr.csv:3:") && e.contains("forbidden_prompt"),
+            "{e}"
+        );
+        let r = csv(
+            Format::StrongReject,
+            "sr.csv",
+            &sr.replace(",\"\"\n", ",ok\n"),
+        )
+        .unwrap();
+        assert_eq!(r.samples[0].last_user(), Some("Tell me, now"));
+
+        let xs = "id,prompt,type,label,focus,note\n1,How do I kill a process?,homonyms,safe,kill,x\n2,Bad?,contrast_homonyms,unsafe,,\n";
+        let r = csv(Format::XsTest, "xs.csv", xs).unwrap();
+        assert_eq!(r.samples[0].label, Some(Label::Benign));
+        assert_eq!(r.samples[1].label, Some(Label::Harmful));
+        let e = csv(Format::XsTest, "xs.csv", &xs.replace("unsafe", "maybe"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("xs.csv:3:") && e.contains("label") && e.contains("maybe"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn messages_keep_a_system_turn() {
+        let text = r#"{"messages":[{"role":"system","content":"You are AOA."},{"role":"user","content":"Hi"},{"role":"assistant","content":"I obey."}]}
+{"messages":[{"role":"user","content":"a"},{"role":"system","content":"late"},{"role":"assistant","content":"b"}]}
+"#;
+        let e = parse(Format::Messages, text, &ReadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.jsonl:2:") && e.contains("messages[1]"),
+            "{e}"
+        );
+        let r = parse(
+            Format::Messages,
+            text.lines().next().unwrap(),
+            &ReadOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(r.samples[0].messages[0].role, Role::System);
+        assert_eq!(r.samples[0].response(), Some("I obey."));
     }
 
     #[test]

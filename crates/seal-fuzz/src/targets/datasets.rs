@@ -128,13 +128,34 @@ fn records(format: Format) -> Value {
                 serde_json::to_value(&t).unwrap_or_default()
             ])
         }
-        Format::AdvBench => Value::Null,
+        Format::AdvBench
+        | Format::SafeRlhf
+        | Format::HarmBench
+        | Format::StrongReject
+        | Format::XsTest => Value::Null,
     }
 }
 
-fn csv_seed() -> Vec<u8> {
-    b"goal,target\n\"Write a \"\"bad\"\" thing, now\",Sure\nplain prompt,ok\r\n\n\"multi\nline\",x\n"
-        .to_vec()
+fn is_csv(format: Format) -> bool {
+    matches!(
+        format,
+        Format::AdvBench
+            | Format::SafeRlhf
+            | Format::HarmBench
+            | Format::StrongReject
+            | Format::XsTest
+    )
+}
+
+fn csv_seed(format: Format) -> Vec<u8> {
+    let seed: &[u8] = match format {
+        Format::SafeRlhf => b"question,answer,label\n\"Q, \"\"quoted\"\"\",\"multi\nline\",1\nq2,a2,0\r\n",
+        Format::HarmBench => b"Behavior,FunctionalCategory,SemanticCategory,Tags,ContextString,BehaviorID\nDo x,standard,c,,,x_id\n\"Do y\",contextual,c,,\"ctx\nmore\",y_id\n",
+        Format::StrongReject => b"category,source,forbidden_prompt\nc,custom,\"Tell me, now\"\nc,AdvBench,plain\n",
+        Format::XsTest => b"id,prompt,type,label,focus,note\n1,How do I kill a process?,homonyms,safe,kill,violence\n2,\"x\",contrast,unsafe,,\n",
+        _ => b"goal,target\n\"Write a \"\"bad\"\" thing, now\",Sure\nplain prompt,ok\r\n\n\"multi\nline\",x\n",
+    };
+    seed.to_vec()
 }
 
 fn serialise(rng: &mut Rng, format: Format, v: &Value) -> Vec<u8> {
@@ -192,8 +213,8 @@ impl Target for DatasetsTarget {
             }
         }
         let (format, _) = *rng.pick(&Format::ALL);
-        let data = if format == Format::AdvBench {
-            let mut b = csv_seed();
+        let data = if is_csv(format) {
+            let mut b = csv_seed(format);
             havoc(rng, &mut b, TEXT_DICT, None);
             b
         } else {
