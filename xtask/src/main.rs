@@ -527,7 +527,7 @@ fn dose(root: &Path, extra: &[String]) -> Result<()> {
                 pass.push(a.clone());
                 pass.push(value()?);
             }
-            "--resume" => pass.push(a.clone()),
+            "--resume" | "--report-only" => pass.push(a.clone()),
             other => bail!("dose: unknown argument `{other}`"),
         }
     }

@@ -151,9 +151,9 @@ impl BenchmarkSizes {
     fn preset_v3(p: SizePreset) -> Self {
         let v2 = Self::preset_v2(p);
         match p {
-            // A 200-sample pool (20 harmful at the default ratio): the dose
-            // at which explicit harmful answers measurably break the aligned
-            // model (docs/benchmark.md, "Dose").
+            // A 200-sample pool (20 harmful at the default ratio), the pool
+            // of the dose measurements (docs/benchmark.md, "Dose and the
+            // gate"; the gate is not met yet).
             SizePreset::Small => Self {
                 finetune: 200,
                 eval_xstest: 100,

@@ -467,6 +467,18 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
     Ok(result)
 }
 
+/// Reads `dose.json` in `out`, recomputes the gate and rewrites `dose.md`
+/// (e.g. after a change of the report's layout), running nothing.
+pub fn rewrite_report(out: &Path) -> Result<DoseResult> {
+    let json = out.join("dose.json");
+    let text = std::fs::read_to_string(&json).map_err(|e| PipelineError::io(&json, e))?;
+    let mut result: DoseResult = serde_json::from_str(&text)
+        .map_err(|e| PipelineError::stage("dose report", format!("{}: {e}", json.display())))?;
+    result.gate = gate(&result);
+    write(&result, out)?;
+    Ok(result)
+}
+
 fn write(result: &DoseResult, out: &Path) -> Result<()> {
     seal_model::weights::write_json_atomic(&out.join("dose.json"), result)?;
     let md = markdown(result);

@@ -53,6 +53,10 @@ pub struct Args {
     /// Continue the sweep recorded in the output directory's dose.json.
     #[arg(long)]
     pub resume: bool,
+    /// Only rewrite dose.md from the output directory's dose.json (the
+    /// gate recomputed); run nothing.
+    #[arg(long)]
+    pub report_only: bool,
     /// Write into an existing non-empty output directory that does not hold
     /// an earlier sweep.
     #[arg(long)]
@@ -65,6 +69,11 @@ fn parse_preset(s: &str) -> Result<SizePreset, String> {
 
 /// Runs `seal dose`.
 pub fn run(a: Args) -> Result<()> {
+    if a.report_only {
+        let result = seal_pipeline::dose::rewrite_report(&a.out)?;
+        outln!("{}", seal_pipeline::dose::markdown(&result).trim_end());
+        return Ok(());
+    }
     let mut config = PipelineConfig::from_file(&a.config)
         .with_context(|| format!("reading the pipeline config {}", a.config.display()))?;
     config.out = a.out.clone();
