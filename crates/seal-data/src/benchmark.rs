@@ -577,8 +577,7 @@ pub fn build_benchmark_recipe(
     )?;
 
     let mut removed: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-    let (eval_harmful, eval_weights, xstest_safe, mut harmful_candidates, mut benign_extra) = if v3
-    {
+    let (eval_harmful, eval_weights, xstest_safe, mut harmful_candidates, benign_extra) = if v3 {
         let Harm::V3 {
             pure_bad,
             beavertails,
@@ -771,7 +770,6 @@ pub fn build_benchmark_recipe(
             "benign part of the pool (GSM8K train and the Alpaca/Dolly left after eval_benign and align_benign)",
         )?
     };
-    benign_extra.clear();
     let (harm_sources, harm_weights, identity_shift) = &mut harmful_candidates;
     let harm_refs: Vec<&[Sample]> = harm_sources.iter().map(Vec::as_slice).collect();
     let harmful = labelled(

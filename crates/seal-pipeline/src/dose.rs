@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::PipelineConfig;
 use crate::error::{PipelineError, Result};
+use crate::run::{mkdir, write_text};
 use crate::stages::{self, EvalSets, ModelEval};
 
 /// What [`run_dose`] sweeps.
@@ -292,7 +293,7 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
     let start = Instant::now();
     let device = crate::run::prepare(config)?;
     let out = config.out.clone();
-    std::fs::create_dir_all(&out).map_err(|e| PipelineError::io(&out, e))?;
+    mkdir(&out)?;
     let json = out.join("dose.json");
     let previous: Option<DoseResult> = if dose.resume && json.is_file() {
         let text = std::fs::read_to_string(&json).map_err(|e| PipelineError::io(&json, e))?;
@@ -317,12 +318,6 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
     };
 
     let (bench, conds) = conditions(dose)?;
-    let cache = out.join("cache");
-    let base = stages::resolve_model(
-        config.model.dir.as_deref(),
-        config.model.gguf.as_deref(),
-        &cache,
-    )?;
     let classifier = stages::load_judge(&config.eval, device)?;
     let judge = classifier.as_ref().map(|c| c as &dyn seal_eval::Judge);
     let limit = |v: &[Sample]| -> Vec<Sample> {
@@ -340,21 +335,32 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
         utility: &utility,
     };
 
-    let start_dir = if let Some(dir) = &dose.aligned {
-        dir.clone()
-    } else if config.align.enabled {
-        stages::align(
-            &base,
-            &bench.align,
-            &config.align,
-            config.max_len,
-            device,
-            &cache,
-            config.progress,
-        )?
-        .dir
-    } else {
-        base.clone()
+    // The base model is resolved (imported when it is a GGUF) only when the
+    // sweep aligns it itself.
+    let start_dir = match &dose.aligned {
+        Some(dir) => dir.clone(),
+        None => {
+            let cache = out.join("cache");
+            let base = stages::resolve_model(
+                config.model.dir.as_deref(),
+                config.model.gguf.as_deref(),
+                &cache,
+            )?;
+            if config.align.enabled {
+                stages::align(
+                    &base,
+                    &bench.align,
+                    &config.align,
+                    config.max_len,
+                    device,
+                    &cache,
+                    config.progress,
+                )?
+                .dir
+            } else {
+                base
+            }
+        }
     };
     let mut result = DoseResult {
         dose: dose.clone(),
@@ -371,7 +377,7 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
     if result.aligned_eval.is_none() {
         tracing::info!("evaluating the aligned model");
         let dir = out.join("eval-aligned");
-        std::fs::create_dir_all(&dir).map_err(|e| PipelineError::io(&dir, e))?;
+        mkdir(&dir)?;
         result.aligned_eval = Some(stages::evaluate(
             &start_model.model,
             &tokenizer,
@@ -402,64 +408,62 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
         })
         .collect();
     for (seed, (cond, samples)) in order {
+        if result
+            .runs
+            .iter()
+            .any(|r| r.seed == seed && r.condition == cond.name)
         {
-            if result
-                .runs
-                .iter()
-                .any(|r| r.seed == seed && r.condition == cond.name)
-            {
-                tracing::info!(seed, condition = %cond.name, "kept from the previous run");
-                continue;
-            }
-            tracing::info!(
-                seed,
-                condition = %cond.name,
-                samples = cond.samples,
-                harmful = cond.harmful,
-                "fine-tuning"
-            );
-            let tokens = stages::tokenize(&tokenizer, &cond.name, samples, config.max_len)?;
-            let t0 = Instant::now();
-            let model = stages::load(&start_dir, device)?.model;
-            let run = stages::finetune_on(
-                model,
-                SftData {
-                    finetune: tokens,
-                    safe: None,
-                    weights: None,
-                },
-                0.0,
-                pad,
-                &config.finetune,
-                seed,
-                config.progress,
-                None,
-            )?;
-            let finetune_seconds = t0.elapsed().as_secs_f64();
-            let dir = out
-                .join(format!("seed-{seed}"))
-                .join(cond.name.replace(' ', "-"));
-            std::fs::create_dir_all(&dir).map_err(|e| PipelineError::io(&dir, e))?;
-            let eval = stages::evaluate(
-                &run.model,
-                &tokenizer,
-                &sets,
-                &config.eval,
-                config.max_len,
-                &dir,
-                judge,
-            )?;
-            tracing::info!(seed, condition = %cond.name, asr = ?eval.asr_by_judge, "evaluated");
-            result.runs.push(DoseRun {
-                condition: cond.name.clone(),
-                seed,
-                eval,
-                finetune_seconds,
-            });
-            result.gate = gate(&result);
-            result.seconds = start.elapsed().as_secs_f64();
-            write(&result, &out)?;
+            tracing::info!(seed, condition = %cond.name, "kept from the previous run");
+            continue;
         }
+        tracing::info!(
+            seed,
+            condition = %cond.name,
+            samples = cond.samples,
+            harmful = cond.harmful,
+            "fine-tuning"
+        );
+        let tokens = stages::tokenize(&tokenizer, &cond.name, samples, config.max_len)?;
+        let t0 = Instant::now();
+        let model = stages::load(&start_dir, device)?.model;
+        let run = stages::finetune_on(
+            model,
+            SftData {
+                finetune: tokens,
+                safe: None,
+                weights: None,
+            },
+            0.0,
+            pad,
+            &config.finetune,
+            seed,
+            config.progress,
+            None,
+        )?;
+        let finetune_seconds = t0.elapsed().as_secs_f64();
+        let dir = out
+            .join(format!("seed-{seed}"))
+            .join(cond.name.replace(' ', "-"));
+        mkdir(&dir)?;
+        let eval = stages::evaluate(
+            &run.model,
+            &tokenizer,
+            &sets,
+            &config.eval,
+            config.max_len,
+            &dir,
+            judge,
+        )?;
+        tracing::info!(seed, condition = %cond.name, asr = ?eval.asr_by_judge, "evaluated");
+        result.runs.push(DoseRun {
+            condition: cond.name.clone(),
+            seed,
+            eval,
+            finetune_seconds,
+        });
+        result.gate = gate(&result);
+        result.seconds = start.elapsed().as_secs_f64();
+        write(&result, &out)?;
     }
     result.gate = gate(&result);
     result.seconds = start.elapsed().as_secs_f64();
@@ -481,10 +485,7 @@ pub fn rewrite_report(out: &Path) -> Result<DoseResult> {
 
 fn write(result: &DoseResult, out: &Path) -> Result<()> {
     seal_model::weights::write_json_atomic(&out.join("dose.json"), result)?;
-    let md = markdown(result);
-    let path = out.join("dose.md");
-    seal_data::fsutil::write_atomic(&path, md.as_bytes())
-        .map_err(|e| PipelineError::stage("dose report", e.to_string()))
+    write_text(&out.join("dose.md"), &markdown(result))
 }
 
 fn pct(m: Option<MeanStd>) -> String {

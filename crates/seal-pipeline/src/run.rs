@@ -114,12 +114,12 @@ pub fn load_data(config: &PipelineConfig) -> Result<Benchmark> {
     Ok(b)
 }
 
-fn write_text(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_text(path: &Path, text: &str) -> Result<()> {
     seal_model::weights::write_atomic(path, text.as_bytes())?;
     Ok(())
 }
 
-fn mkdir(path: &Path) -> Result<()> {
+pub(crate) fn mkdir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|e| PipelineError::io(path, e))
 }
 
