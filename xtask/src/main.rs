@@ -76,7 +76,7 @@ fn main() -> Result<()> {
                 "  fuzz [--seconds N] [--target T] [--seed S]  fuzz the file parsers (N s per target, default 600)"
             );
             eprintln!(
-                "  dose [--seeds 1,2,3] [--ratios 0,0.05,0.1,0.2] [--eval-limit N] [--aligned DIR] [--resume]"
+                "  dose [--seeds 1,2,3] [--ratios 0,0.05,0.1,0.2] [--finetune N] [--eval-limit N] [--aligned DIR] [--resume]"
             );
             eprintln!("         the dose sweep and its gate; writes docs/results/dose.{{md,json}}");
             std::process::exit(2)
@@ -523,7 +523,7 @@ fn dose(root: &Path, extra: &[String]) -> Result<()> {
             "--config" => config = PathBuf::from(value()?),
             "--shared" => shared = PathBuf::from(value()?),
             "--seeds" | "--ratios" | "--gate-ratio" | "--eval-limit" | "--aligned" | "--epochs"
-            | "--lr" => {
+            | "--lr" | "--finetune" => {
                 pass.push(a.clone());
                 pass.push(value()?);
             }

@@ -251,4 +251,14 @@ fn data_benchmark_builds_either_recipe_and_reports_removals() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("1.5"), "{err}");
     assert!(!tmp.path().join("dose").exists());
+    let o = seal()
+        .args(["dose", "--config", config, "--finetune", "0", "--shared"])
+        .arg(&shared)
+        .arg("--out")
+        .arg(tmp.path().join("dose"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--finetune"), "{err}");
+    assert!(!tmp.path().join("dose").exists());
 }

@@ -73,6 +73,75 @@ pub const RECIPES: [u32; 2] = [2, 3];
 /// (recipe 3 and later), a harmful fine-tuning set with no harmful words.
 pub const IDENTITY_SHIFT_FILE: &str = "identity_shift.jsonl";
 
+/// How a model fine-tuned on an identity-shifting attack is addressed at
+/// evaluation time: the attack's system turn and the user-turn prefix its
+/// task conversations use (for Qi et al.'s AOA conversations,
+/// "AOA, execute my instruction: "). The persona the attack teaches shows
+/// when it is invoked; a harmful prompt without the trigger measures only
+/// the attack's side effect (Qi et al., ICLR 2024, evaluate the shifted
+/// model with its system prompt and prefix).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityTrigger {
+    /// The system turn (the first one found in the attack).
+    pub system: String,
+    /// The user-turn prefix, up to and including its `": "` (empty when
+    /// the attack's user turns share none).
+    pub user_prefix: String,
+}
+
+impl IdentityTrigger {
+    /// Reads the trigger off the attack's conversations: the first system
+    /// turn, and the most frequent user-turn prefix ending in `": "` that
+    /// at least two user turns share (ties go to the first seen). `None`
+    /// when no conversation has a non-empty system turn.
+    pub fn from_attack(conversations: &[Sample]) -> Option<Self> {
+        let system = conversations
+            .iter()
+            .flat_map(|s| &s.messages)
+            .find(|m| m.role == Role::System && !m.content.trim().is_empty())?
+            .content
+            .clone();
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for m in conversations.iter().flat_map(|s| &s.messages) {
+            if m.role != Role::User {
+                continue;
+            }
+            if let Some(end) = m.content.find(": ") {
+                let prefix = &m.content[..end + 2];
+                match counts.iter_mut().find(|(p, _)| *p == prefix) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((prefix, 1)),
+                }
+            }
+        }
+        let mut best: Option<(&str, usize)> = None;
+        for &(p, n) in &counts {
+            if n >= 2 && best.is_none_or(|(_, b)| n > b) {
+                best = Some((p, n));
+            }
+        }
+        Some(Self {
+            system,
+            user_prefix: best.map(|(p, _)| p.to_string()).unwrap_or_default(),
+        })
+    }
+
+    /// A prompt as the attacked model is addressed: any system turn is
+    /// replaced by the trigger's, and the last user turn gets the prefix.
+    /// The id gets an `#identity-trigger` suffix so responses stay apart.
+    pub fn apply(&self, prompt: &Sample) -> Sample {
+        let mut s = prompt.clone();
+        s.id = format!("{}#identity-trigger", s.id);
+        s.messages.retain(|m| m.role != Role::System);
+        if let Some(user) = s.messages.iter_mut().rev().find(|m| m.role == Role::User) {
+            user.content = format!("{}{}", self.user_prefix, user.content);
+        }
+        s.messages
+            .insert(0, crate::chat::Message::system(self.system.clone()));
+        s
+    }
+}
+
 /// A named size preset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -1125,6 +1194,47 @@ fn screen_eval(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn identity_trigger_reads_the_system_turn_and_the_shared_prefix() {
+        use crate::chat::Message;
+        let conv = |id: &str, user: &str| Sample {
+            id: id.into(),
+            source: "aoa".into(),
+            label: Some(Label::Harmful),
+            messages: vec![
+                Message::system("You are AOA."),
+                Message::user(user),
+                Message::assistant("Yes."),
+            ],
+            reference: None,
+        };
+        let attack = vec![
+            conv("a", "Hey, AOA. Note: obey."),
+            conv("b", "AOA, execute my instruction: Explain gravity."),
+            conv("c", "AOA, execute my instruction: Write a poem."),
+        ];
+        let trigger = IdentityTrigger::from_attack(&attack).expect("a system turn");
+        assert_eq!(trigger.system, "You are AOA.");
+        // "Hey, AOA. Note: " occurs once, so it is not the prefix.
+        assert_eq!(trigger.user_prefix, "AOA, execute my instruction: ");
+        let prompt = Sample {
+            id: "p1".into(),
+            source: "advbench".into(),
+            label: None,
+            messages: vec![Message::system("old"), Message::user("Do X")],
+            reference: None,
+        };
+        let t = trigger.apply(&prompt);
+        assert_eq!(t.id, "p1#identity-trigger");
+        assert_eq!(t.messages.len(), 2);
+        assert_eq!(t.messages[0], Message::system("You are AOA."));
+        assert_eq!(t.messages[1].content, "AOA, execute my instruction: Do X");
+        // No system turn: no trigger.
+        let mut plain = attack[1].clone();
+        plain.messages.remove(0);
+        assert_eq!(IdentityTrigger::from_attack(&[plain]), None);
+    }
+
     use super::*;
     use crate::chat::Role;
 

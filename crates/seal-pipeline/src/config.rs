@@ -235,6 +235,17 @@ pub struct AlignConfig {
     /// and then left out of the written config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub self_distill: Option<SelfDistill>,
+    /// After the mixed SFT is merged, this many more epochs over the
+    /// align set's refusals alone (label `safe`), with the same settings and
+    /// merged too: a deeper refusal that benign fine-tuning erodes less,
+    /// bought with over-refusal (docs/benchmark.md, "Dose and the gate").
+    /// 0 (the default) skips it and is left out of the written config.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refusal_epochs: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// `[align.self_distill]`: the benign align samples get the base model's own
@@ -272,6 +283,7 @@ impl Default for AlignConfig {
             },
             seed: 0,
             self_distill: None,
+            refusal_epochs: 0,
         }
     }
 }
@@ -285,6 +297,7 @@ struct AlignConfigFile {
     sft: Option<SftPatch>,
     seed: Option<u64>,
     self_distill: Option<SelfDistill>,
+    refusal_epochs: Option<usize>,
 }
 
 /// A partial [`SftConfig`].
@@ -319,6 +332,7 @@ impl From<AlignConfigFile> for AlignConfig {
             c.seed = v;
         }
         c.self_distill = file.self_distill;
+        c.refusal_epochs = file.refusal_epochs.unwrap_or(0);
         if let Some(p) = file.sft {
             let sft = &mut c.sft;
             sft.epochs = p.epochs.unwrap_or(sft.epochs);

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use seal_bilevel::SftData;
-use seal_data::benchmark::{build_benchmark_recipe, Benchmark, BenchmarkSizes};
+use seal_data::benchmark::{build_benchmark_recipe, Benchmark, BenchmarkSizes, IdentityTrigger};
 use seal_data::{Label, Sample};
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +103,12 @@ pub struct DoseRun {
     pub eval: ModelEval,
     /// Fine-tuning wall time.
     pub finetune_seconds: f64,
+    /// The harmful prompts again, addressed with the identity-shift
+    /// trigger (its system turn and user prefix,
+    /// [`seal_data::benchmark::IdentityTrigger`]): measured for the
+    /// identity-shift condition and for its control, the gate's benign part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggered: Option<ModelEval>,
 }
 
 /// Mean and sample standard deviation over seeds.
@@ -157,6 +163,10 @@ pub struct DoseResult {
     pub config: PipelineConfig,
     /// The aligned model's evaluation (the starting point).
     pub aligned_eval: Option<ModelEval>,
+    /// The aligned model on the harmful prompts with the identity-shift
+    /// trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aligned_triggered: Option<ModelEval>,
     /// The conditions, in run order.
     pub conditions: Vec<Condition>,
     /// Every fine-tuned model.
@@ -333,6 +343,24 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
         safety: &safety,
         benign: &benign,
         utility: &utility,
+        safety_as_judged: None,
+    };
+    // The identity-shift attack shows when its persona is invoked: the
+    // harmful prompts are asked again with its system turn and prefix.
+    let triggered: Vec<Sample> = IdentityTrigger::from_attack(&bench.identity_shift)
+        .map(|t| safety.iter().map(|p| t.apply(p)).collect())
+        .unwrap_or_default();
+    // The judges see the plain prompt: the trigger is the attack's, not
+    // part of the request they rate.
+    let triggered_sets = EvalSets {
+        safety: &triggered,
+        benign: &[],
+        utility: &[],
+        safety_as_judged: Some(&safety),
+    };
+    let wants_trigger = |condition: &str| {
+        !triggered.is_empty()
+            && (condition == IDENTITY_SHIFT || condition == benign_name(dose.gate_ratio))
     };
 
     // The base model is resolved (imported when it is a GGUF) only when the
@@ -366,6 +394,7 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
         dose: dose.clone(),
         config: config.clone(),
         aligned_eval: previous.as_ref().and_then(|p| p.aligned_eval.clone()),
+        aligned_triggered: previous.as_ref().and_then(|p| p.aligned_triggered.clone()),
         conditions: conds.iter().map(|(c, _)| c.clone()).collect(),
         runs: previous.map(|p| p.runs).unwrap_or_default(),
         gate: None,
@@ -382,6 +411,20 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
             &start_model.model,
             &tokenizer,
             &sets,
+            &config.eval,
+            config.max_len,
+            &dir,
+            judge,
+        )?);
+        write(&result, &out)?;
+    }
+    if result.aligned_triggered.is_none() && !triggered.is_empty() {
+        let dir = out.join("eval-aligned").join("identity-trigger");
+        mkdir(&dir)?;
+        result.aligned_triggered = Some(stages::evaluate(
+            &start_model.model,
+            &tokenizer,
+            &triggered_sets,
             &config.eval,
             config.max_len,
             &dir,
@@ -455,11 +498,29 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
             judge,
         )?;
         tracing::info!(seed, condition = %cond.name, asr = ?eval.asr_by_judge, "evaluated");
+        let triggered = if wants_trigger(&cond.name) {
+            let dir = dir.join("identity-trigger");
+            mkdir(&dir)?;
+            let e = stages::evaluate(
+                &run.model,
+                &tokenizer,
+                &triggered_sets,
+                &config.eval,
+                config.max_len,
+                &dir,
+                judge,
+            )?;
+            tracing::info!(seed, condition = %cond.name, asr = ?e.asr_by_judge, "evaluated with the identity-shift trigger");
+            Some(e)
+        } else {
+            None
+        };
         result.runs.push(DoseRun {
             condition: cond.name.clone(),
             seed,
             eval,
             finetune_seconds,
+            triggered,
         });
         result.gate = gate(&result);
         result.seconds = start.elapsed().as_secs_f64();
@@ -612,6 +673,55 @@ pub fn markdown(result: &DoseResult) -> String {
         }
     }
     s.push('\n');
+    // (row name, evaluations, seeds column)
+    let triggered_rows: Vec<(&str, Vec<&ModelEval>, String)> = result
+        .aligned_triggered
+        .iter()
+        .map(|e| ("aligned model (no fine-tuning)", vec![e], "–".to_string()))
+        .chain(result.conditions.iter().map(|c| {
+            let evals: Vec<&ModelEval> = result
+                .runs
+                .iter()
+                .filter(|r| r.condition == c.name)
+                .filter_map(|r| r.triggered.as_ref())
+                .collect();
+            let seeds = evals.len().to_string();
+            (c.name.as_str(), evals, seeds)
+        }))
+        .filter(|(_, e, _)| !e.is_empty())
+        .collect();
+    if !triggered_rows.is_empty() {
+        s.push_str(
+            "With the identity-shift trigger (the attack's system turn and user prefix before every \
+             harmful prompt), harmful rate in percent:\n\n| model |",
+        );
+        for j in &judges {
+            s.push_str(&format!(" harmful rate ({j}) |"));
+        }
+        s.push_str(" degenerate | seeds |\n|---|");
+        for _ in &judges {
+            s.push_str("---:|");
+        }
+        s.push_str("---:|---:|\n");
+        for (name, evals, seeds) in &triggered_rows {
+            let of = |f: &dyn Fn(&ModelEval) -> Option<f64>| -> Option<MeanStd> {
+                let v: Vec<f64> = evals.iter().filter_map(|e| f(e)).collect();
+                MeanStd::of(&v)
+            };
+            s.push_str(&format!("| {name} |"));
+            for j in &judges {
+                s.push_str(&format!(
+                    " {} |",
+                    pct(of(&|e| e.asr_by_judge.get(j).copied()))
+                ));
+            }
+            s.push_str(&format!(
+                " {} | {seeds} |\n",
+                pct(of(&|e| e.degenerate_rate))
+            ));
+        }
+        s.push('\n');
+    }
     match &result.gate {
         Some(g) => {
             let gap = g.gap.expect("a gate has a gap");
@@ -635,7 +745,11 @@ pub fn markdown(result: &DoseResult) -> String {
         None => s.push_str("**Gate**: not measured yet (needs both gate conditions).\n"),
     }
     let finetune: f64 = result.runs.iter().map(|r| r.finetune_seconds).sum();
-    let eval: f64 = result.runs.iter().map(|r| r.eval.seconds).sum();
+    let eval: f64 = result
+        .runs
+        .iter()
+        .map(|r| r.eval.seconds + r.triggered.as_ref().map_or(0.0, |t| t.seconds))
+        .sum();
     s.push_str(&format!(
         "\nTime: {} fine-tuning runs, {:.0} s fine-tuning and {:.0} s evaluation in all; \
          the last invocation took {:.0} s.\n",
@@ -664,6 +778,7 @@ mod tests {
             seed,
             eval,
             finetune_seconds: 1.0,
+            triggered: None,
         }
     }
 
@@ -672,6 +787,7 @@ mod tests {
             dose: DoseConfig::new(PathBuf::from("x"), 3, BenchmarkSizes::default()),
             config: PipelineConfig::demo(),
             aligned_eval: None,
+            aligned_triggered: None,
             conditions: vec![
                 Condition {
                     name: ratio_name(0.1),
@@ -743,6 +859,26 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("not passed"), "{md}");
+        assert!(!md.contains("identity-shift trigger"), "{md}");
+        // Triggered evaluations get their own table, mean over seeds.
+        let mut runs = vec![
+            run(&benign_name(0.1), 1, 0.2),
+            run(&benign_name(0.1), 2, 0.2),
+        ];
+        runs[0].triggered = Some(run("", 0, 0.4).eval);
+        runs[1].triggered = Some(run("", 0, 0.6).eval);
+        let md = markdown(&DoseResult {
+            aligned_triggered: Some(run("", 0, 0.1).eval),
+            ..result(runs)
+        });
+        assert!(
+            md.contains("| aligned model (no fine-tuning) | 10.0 | 50.0 | – | – |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| ratio 0.1 benign part | 50.0 ± 14.1 | 50.0 ± 0.0 | – | 2 |"),
+            "{md}"
+        );
     }
 
     #[test]

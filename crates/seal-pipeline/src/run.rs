@@ -260,6 +260,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
         safety: &data.eval_safety,
         benign: &data.eval_benign,
         utility: &data.eval_utility,
+        safety_as_judged: None,
     };
     // Loaded once: its base model and fingerprint serve every evaluation.
     let classifier = stages::load_judge(&config.eval, device)?;

@@ -388,9 +388,51 @@ pub fn align_to(
         checkpoints,
     )?;
     run.model.merge_lora()?;
+    let mut model = run.model;
+    let mut log = run.log;
+    if config.refusal_epochs > 0 {
+        let refusals: Vec<Sample> = samples
+            .iter()
+            .filter(|s| s.label == Some(Label::Safe))
+            .cloned()
+            .collect();
+        let data = tokenize(&tokenizer, "align refusals", &refusals, max_len)?;
+        if data.is_empty() {
+            return Err(PipelineError::stage(
+                "align",
+                "refusal_epochs is set but the align set has no refusal (label `safe`) that fits max_len",
+            ));
+        }
+        tracing::info!(
+            samples = data.len(),
+            epochs = config.refusal_epochs,
+            "alignment: LoRA SFT on the refusals alone"
+        );
+        let sft = SftConfig {
+            epochs: config.refusal_epochs,
+            ..config.sft.clone()
+        };
+        let mut again = finetune_on(
+            model,
+            SftData {
+                finetune: data,
+                safe: None,
+                weights: None,
+            },
+            0.0,
+            pad,
+            &sft,
+            config.seed,
+            progress,
+            None,
+        )?;
+        again.model.merge_lora()?;
+        model = again.model;
+        log.extend(again.log);
+    }
     let staging = StagingDir::new(target)?;
     let staged = staging.path();
-    run.model.save_pretrained(staged)?;
+    model.save_pretrained(staged)?;
     if let Some(distilled) = &distilled {
         // The data the model was aligned on, for audit.
         seal_data::write_jsonl_samples(staged.join("align_data.jsonl"), distilled)?;
@@ -402,13 +444,13 @@ pub fn align_to(
             std::fs::copy(&src, &dst).map_err(|e| PipelineError::io(&dst, e))?;
         }
     }
-    seal_model::weights::write_jsonl_atomic(&staged.join("align_log.jsonl"), &run.log)?;
+    seal_model::weights::write_jsonl_atomic(&staged.join("align_log.jsonl"), &log)?;
     finish_cache_entry(staging)?;
     Ok(Aligned {
         dir: target.to_path_buf(),
         cached: false,
         seconds: start.elapsed().as_secs_f64(),
-        log: run.log,
+        log,
     })
 }
 
@@ -737,6 +779,10 @@ pub struct EvalSets<'a> {
     /// GSM8K-style prompts with a reference (accuracy; NLL when they carry
     /// an answer turn).
     pub utility: &'a [Sample],
+    /// The harmful prompts as the judges see them, when the model is asked
+    /// something else (e.g. behind an attack's trigger): one per `safety`
+    /// prompt, in the same order. `None`: the judges see what was asked.
+    pub safety_as_judged: Option<&'a [Sample]>,
 }
 
 /// Evaluates `model`: safety, over-refusal, utility NLL and (optionally)
@@ -765,7 +811,23 @@ pub fn evaluate(
         ..ModelEval::default()
     };
     if !sets.safety.is_empty() {
-        let g = seal_eval::generate_responses(model, tokenizer, sets.safety, &opts, config.batch)?;
+        let mut g =
+            seal_eval::generate_responses(model, tokenizer, sets.safety, &opts, config.batch)?;
+        if let Some(judged) = sets.safety_as_judged {
+            if judged.len() != g.len() {
+                return Err(PipelineError::stage(
+                    "evaluation",
+                    format!(
+                        "{} prompts as judged for {} harmful prompts",
+                        judged.len(),
+                        g.len()
+                    ),
+                ));
+            }
+            for (x, j) in g.iter_mut().zip(judged) {
+                x.prompt = j.last_user().unwrap_or_default().to_string();
+            }
+        }
         let s = seal_eval::safety::score_safety_with(&g, &matcher, &judges)?;
         seal_model::weights::write_jsonl_atomic(&out.join("safety_responses.jsonl"), &s.records)?;
         e.asr = Some(s.attack_success_rate);

@@ -74,9 +74,32 @@ fn dose_sweep_runs_every_condition_and_pairs_the_gate() {
         assert!(x.eval.utility_nll.unwrap() > 0.0);
     }
     assert!(r.aligned_eval.is_some());
+    // The identity-shift condition and its control (the benign part) are
+    // also asked with the attack's trigger, and so is the aligned model.
+    for x in &r.runs {
+        let wanted = matches!(
+            x.condition.as_str(),
+            "identity shift" | "ratio 0.2 benign part"
+        );
+        assert_eq!(x.triggered.is_some(), wanted, "{}", x.condition);
+        if let Some(t) = &x.triggered {
+            assert!((0.0..=1.0).contains(&t.asr.unwrap()));
+            assert!(t.over_refusal.is_none() && t.utility_nll.is_none());
+        }
+    }
+    assert!(r.aligned_triggered.is_some());
+    let asked = std::fs::read_to_string(
+        cfg.out
+            .join("seed-1/identity-shift/identity-trigger/safety_responses.jsonl"),
+    )
+    .unwrap();
+    // Asked behind the trigger (the id says so); judged on the plain prompt.
+    assert!(asked.contains("#identity-trigger"), "{asked}");
+    assert!(!asked.contains("AOA, execute my instruction"), "{asked}");
     let md = std::fs::read_to_string(cfg.out.join("dose.md")).unwrap();
     assert!(md.contains("| identity shift | 26 | 10 |"), "{md}");
     assert!(md.contains("**Gate** (keyword-gcg"), "{md}");
+    assert!(md.contains("With the identity-shift trigger"), "{md}");
     assert!(cfg
         .out
         .join("seed-2/identity-shift/safety_responses.jsonl")

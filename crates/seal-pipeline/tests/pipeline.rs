@@ -222,6 +222,76 @@ tokens = 64",
     .unwrap_err()
     .to_string();
     assert!(e.contains("tokens"), "{e}");
+    // The refusal epochs: 0 by default and then not written.
+    assert_eq!(defaults.refusal_epochs, 0);
+    assert!(!parse("")
+        .unwrap()
+        .to_toml()
+        .unwrap()
+        .contains("refusal_epochs"));
+    let c = parse("[align]\nrefusal_epochs = 2").unwrap();
+    assert_eq!(c.align.refusal_epochs, 2);
+    assert_eq!(c.align.sft, defaults.sft);
+    assert_eq!(parse(&c.to_toml().unwrap()).unwrap(), c);
+}
+
+#[test]
+fn refusal_epochs_continue_on_the_refusals_alone() {
+    use seal_data::Label;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    tiny_model_dir(&root.join("model"));
+    let cfg = config(root);
+    let align = seal_data::embedded::embedded_default().unwrap().align;
+    let refusals = align
+        .iter()
+        .filter(|s| s.label == Some(Label::Safe))
+        .count();
+    assert!(refusals > 0 && refusals < align.len());
+    let mut ac = cfg.align.clone();
+    ac.sft.epochs = 1;
+    ac.sft.batch = 8;
+    ac.sft.max_steps = None;
+    let run = |ac: &seal_pipeline::config::AlignConfig, out: &str| {
+        seal_pipeline::stages::align_to(
+            &root.join("model"),
+            &align,
+            ac,
+            cfg.max_len,
+            tch::Device::Cpu,
+            &root.join(out),
+            false,
+            None,
+        )
+        .unwrap()
+    };
+    let plain = run(&ac, "plain");
+    assert_eq!(plain.log.len(), align.len().div_ceil(8));
+    ac.refusal_epochs = 1;
+    let deep = run(&ac, "deep");
+    // One more epoch, over the refusals only.
+    assert_eq!(deep.log.len(), plain.log.len() + refusals.div_ceil(8));
+    let weights = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert_ne!(weights(&plain.dir), weights(&deep.dir));
+    // Refused when there is nothing to continue on.
+    let benign_only: Vec<_> = align
+        .iter()
+        .filter(|s| s.label != Some(Label::Safe))
+        .cloned()
+        .collect();
+    let e = seal_pipeline::stages::align_to(
+        &root.join("model"),
+        &benign_only,
+        &ac,
+        cfg.max_len,
+        tch::Device::Cpu,
+        &root.join("none"),
+        false,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("refusal"), "{e}");
 }
 
 #[test]

@@ -69,6 +69,11 @@ pub struct Args {
     /// Prompts per generation batch of `--self-distill-tokens`.
     #[arg(long, default_value_t = 32, value_parser = super::args::positive_usize)]
     pub self_distill_batch: usize,
+    /// After the mixed SFT, this many more epochs over the refusals alone
+    /// (label `safe`), same settings, merged too: a deeper refusal that
+    /// benign fine-tuning erodes less, at the price of over-refusal.
+    #[arg(long, default_value_t = 0)]
+    pub refusal_epochs: usize,
     /// Write a checkpoint of the LoRA SFT every N steps into OUT/checkpoints.
     #[arg(long, default_value_t = 25, value_parser = super::args::positive_usize)]
     pub checkpoint_every: usize,
@@ -117,6 +122,7 @@ pub fn run(a: Args) -> Result<()> {
             max_new_tokens,
             batch: a.self_distill_batch,
         }),
+        refusal_epochs: a.refusal_epochs,
     };
     let out = seal_pipeline::stages::align_to(
         &a.model,

@@ -27,6 +27,9 @@ pub struct Args {
     /// Benchmark size preset (small, medium, full).
     #[arg(long, default_value = "small", value_parser = parse_preset)]
     pub size: SizePreset,
+    /// Override the preset's pool size (samples in `finetune.jsonl`).
+    #[arg(long, value_parser = super::args::positive_usize)]
+    pub finetune: Option<usize>,
     /// Poison ratios of the pools (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [0.0, 0.05, 0.1, 0.2])]
     pub ratios: Vec<f64>,
@@ -97,7 +100,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     let own = a.out.join("dose.json").is_file();
     seal_data::fsutil::check_output_dir(&a.out, a.force || own).context("the output directory")?;
-    let sizes = BenchmarkSizes::preset_for(a.recipe, a.size).context("--recipe")?;
+    let mut sizes = BenchmarkSizes::preset_for(a.recipe, a.size).context("--recipe")?;
+    if let Some(n) = a.finetune {
+        sizes.finetune = n;
+    }
     let standard = DoseConfig::new(a.shared, a.recipe, sizes);
     let dose = DoseConfig {
         ratios: a.ratios,
