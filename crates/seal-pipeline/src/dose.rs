@@ -16,7 +16,12 @@
 //!   has one (recipe 3).
 //!
 //! Each model is evaluated like a pipeline method (harmful rate under every
-//! judge, degenerate rate, over-refusal, held-out task NLL). The gate
+//! judge, degenerate rate, over-refusal, held-out task NLL). The
+//! identity-shift model, its control (the benign part) and the aligned
+//! model also answer the harmful prompts behind the attack's trigger
+//! ([`IdentityTrigger`]: its system turn and user prefix), as Qi et al.
+//! evaluate the attack; the judges rate those answers against the plain
+//! prompt. The gate
 //! compares the whole pool with its benign part at the gate ratio, paired by
 //! seed, under the trained judge when one is configured.
 //!
