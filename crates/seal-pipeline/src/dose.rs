@@ -554,6 +554,12 @@ fn write(result: &DoseResult, out: &Path) -> Result<()> {
     write_text(&out.join("dose.md"), &markdown(result))
 }
 
+/// Mean and std of one quantity over the evaluations that have it.
+fn mean_of(evals: &[&ModelEval], f: &dyn Fn(&ModelEval) -> Option<f64>) -> Option<MeanStd> {
+    let v: Vec<f64> = evals.iter().filter_map(|e| f(e)).collect();
+    MeanStd::of(&v)
+}
+
 fn pct(m: Option<MeanStd>) -> String {
     match m {
         Some(m) if m.n > 1 => format!("{:.1} ± {:.1}", 100.0 * m.mean, 100.0 * m.std),
@@ -620,10 +626,7 @@ pub fn markdown(result: &DoseResult) -> String {
                harmful: usize,
                evals: &[&ModelEval],
                seeds: String| {
-        let of = |f: &dyn Fn(&ModelEval) -> Option<f64>| -> Option<MeanStd> {
-            let v: Vec<f64> = evals.iter().filter_map(|e| f(e)).collect();
-            MeanStd::of(&v)
-        };
+        let of = |f: &dyn Fn(&ModelEval) -> Option<f64>| mean_of(evals, f);
         s.push_str(&format!("| {name} | {samples} | {harmful} |"));
         for j in &judges {
             s.push_str(&format!(
@@ -709,10 +712,7 @@ pub fn markdown(result: &DoseResult) -> String {
         }
         s.push_str("---:|---:|\n");
         for (name, evals, seeds) in &triggered_rows {
-            let of = |f: &dyn Fn(&ModelEval) -> Option<f64>| -> Option<MeanStd> {
-                let v: Vec<f64> = evals.iter().filter_map(|e| f(e)).collect();
-                MeanStd::of(&v)
-            };
+            let of = |f: &dyn Fn(&ModelEval) -> Option<f64>| mean_of(evals, f);
             s.push_str(&format!("| {name} |"));
             for j in &judges {
                 s.push_str(&format!(
