@@ -57,6 +57,15 @@ struct LoraFactors {
     dropout: f64,
 }
 
+/// How [`Llama::build`] fills the base weights.
+#[derive(Clone, Copy)]
+enum WeightInit {
+    /// N(0, 0.02), drawn from the (seeded) global generator.
+    Random,
+    /// Zeros: a checkpoint overwrites every weight right after.
+    Overwritten,
+}
+
 /// A linear layer `y = x Wᵀ + b` with an optional LoRA branch.
 struct Linear {
     weight: Tensor,
@@ -65,15 +74,8 @@ struct Linear {
 }
 
 impl Linear {
-    fn new(p: &nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Self {
-        let weight = p.var(
-            "weight",
-            &[out_dim, in_dim],
-            nn::Init::Randn {
-                mean: 0.,
-                stdev: 0.02,
-            },
-        );
+    fn new(p: &nn::Path, in_dim: i64, out_dim: i64, bias: bool, init: nn::Init) -> Self {
+        let weight = p.var("weight", &[out_dim, in_dim], init);
         let bias = bias.then(|| p.var("bias", &[out_dim], nn::Init::Const(0.)));
         Self {
             weight,
@@ -336,7 +338,7 @@ impl Llama {
         let _lock = seeded_init_lock();
         tch::manual_seed(seed);
         let mut vs = nn::VarStore::new(device);
-        let model = Self::build(config, &mut vs, kind)?;
+        let model = Self::build(config, &mut vs, kind, WeightInit::Random)?;
         Ok(model)
     }
 
@@ -357,7 +359,7 @@ impl Llama {
     ) -> Result<Self> {
         check_base_shapes(config, weights)?;
         let mut vs = nn::VarStore::new(opts.device);
-        let model = Self::build(config, &mut vs, opts.kind)?;
+        let model = Self::build(config, &mut vs, opts.kind, WeightInit::Overwritten)?;
         let _guard = tch::no_grad_guard();
         for (name, mut var) in model.base.variables() {
             let t = weights.load(&name, &var.size(), opts.kind, opts.device)?;
@@ -366,7 +368,12 @@ impl Llama {
         Ok(model)
     }
 
-    fn build(config: &LlamaConfig, vs: &mut nn::VarStore, kind: Kind) -> Result<Self> {
+    fn build(
+        config: &LlamaConfig,
+        vs: &mut nn::VarStore,
+        kind: Kind,
+        weight_init: WeightInit,
+    ) -> Result<Self> {
         if !matches!(
             kind,
             Kind::Float | Kind::Double | Kind::BFloat16 | Kind::Half
@@ -380,16 +387,19 @@ impl Llama {
         let q_dim = (c.num_attention_heads * c.head_dim) as i64;
         let kv_dim = (c.num_key_value_heads * c.head_dim) as i64;
         let inter = c.intermediate_size as i64;
-        let root = vs.root();
-        let m = &root / "model";
-        let embed_tokens = (&m / "embed_tokens").var(
-            "weight",
-            &[c.vocab_size as i64, h],
-            nn::Init::Randn {
+        // Weights about to be overwritten by a checkpoint start at zero: no
+        // draw from libtorch's global generator, which a concurrently seeded
+        // `Llama::random` or `add_lora` would otherwise see consumed.
+        let init = match weight_init {
+            WeightInit::Random => nn::Init::Randn {
                 mean: 0.,
                 stdev: 0.02,
             },
-        );
+            WeightInit::Overwritten => nn::Init::Const(0.),
+        };
+        let root = vs.root();
+        let m = &root / "model";
+        let embed_tokens = (&m / "embed_tokens").var("weight", &[c.vocab_size as i64, h], init);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = &m / "layers" / i;
@@ -398,10 +408,10 @@ impl Llama {
             layers.push(Block {
                 input_layernorm: RmsNorm::new(&(&p / "input_layernorm"), h, c.rms_norm_eps),
                 self_attn: Attention {
-                    q_proj: Linear::new(&(&a / "q_proj"), h, q_dim, c.qkv_bias),
-                    k_proj: Linear::new(&(&a / "k_proj"), h, kv_dim, c.qkv_bias),
-                    v_proj: Linear::new(&(&a / "v_proj"), h, kv_dim, c.qkv_bias),
-                    o_proj: Linear::new(&(&a / "o_proj"), q_dim, h, c.o_bias),
+                    q_proj: Linear::new(&(&a / "q_proj"), h, q_dim, c.qkv_bias, init),
+                    k_proj: Linear::new(&(&a / "k_proj"), h, kv_dim, c.qkv_bias, init),
+                    v_proj: Linear::new(&(&a / "v_proj"), h, kv_dim, c.qkv_bias, init),
+                    o_proj: Linear::new(&(&a / "o_proj"), q_dim, h, c.o_bias, init),
                     n_heads: c.num_attention_heads as i64,
                     n_kv_heads: c.num_key_value_heads as i64,
                     head_dim: c.head_dim as i64,
@@ -412,9 +422,9 @@ impl Llama {
                     c.rms_norm_eps,
                 ),
                 mlp: Mlp {
-                    gate_proj: Linear::new(&(&mp / "gate_proj"), h, inter, c.mlp_bias),
-                    up_proj: Linear::new(&(&mp / "up_proj"), h, inter, c.mlp_bias),
-                    down_proj: Linear::new(&(&mp / "down_proj"), inter, h, c.mlp_bias),
+                    gate_proj: Linear::new(&(&mp / "gate_proj"), h, inter, c.mlp_bias, init),
+                    up_proj: Linear::new(&(&mp / "up_proj"), h, inter, c.mlp_bias, init),
+                    down_proj: Linear::new(&(&mp / "down_proj"), inter, h, c.mlp_bias, init),
                 },
             });
         }
@@ -422,14 +432,7 @@ impl Llama {
         let lm_head = if c.tie_word_embeddings {
             embed_tokens.shallow_clone()
         } else {
-            (&root / "lm_head").var(
-                "weight",
-                &[c.vocab_size as i64, h],
-                nn::Init::Randn {
-                    mean: 0.,
-                    stdev: 0.02,
-                },
-            )
+            (&root / "lm_head").var("weight", &[c.vocab_size as i64, h], init)
         };
         // Variables are created in f32; convert in place so every shallow
         // clone taken above sees the new dtype.
