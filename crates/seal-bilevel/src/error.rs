@@ -56,6 +56,18 @@ pub enum BilevelError {
         /// The last complete checkpoint directory.
         checkpoint: Option<PathBuf>,
     },
+    /// The conjugate-gradient inverse met a direction of non-positive
+    /// curvature of the damped lower-level Hessian: `θ` is not at a strict
+    /// local minimum of the lower level, so the implicit hypergradient is
+    /// undefined there (returning the partial solution would be silently
+    /// wrong, a zero vector at the first iteration).
+    #[error("non-positive curvature pᵀ(H + δI)p = {curvature:e} at conjugate-gradient iteration {iteration}: the lower level is not at a strict minimum; raise the damping δ or take more inner steps")]
+    NonPositiveCurvature {
+        /// The CG iteration (0-based).
+        iteration: usize,
+        /// `pᵀ(H + δI)p` along the search direction.
+        curvature: f64,
+    },
     /// Invalid arguments or configuration.
     #[error("invalid {what}: {message}")]
     Invalid {

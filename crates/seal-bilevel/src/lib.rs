@@ -43,7 +43,7 @@ pub use problem::LowerLevel;
 pub use ranker::{Activation, Ranker, RankerConfig, RankerOptimizer, RankerOptimizerKind};
 pub use schedule::{LambdaSchedule, Schedule};
 pub use solver::{
-    Implicit, ImplicitConfig, InverseMethod, SealPenalty, SealPenaltyFull, Solver, StepBatch,
-    StepStats,
+    FullPenaltyConfig, Implicit, ImplicitConfig, InverseMethod, SealPenalty, SealPenaltyFull,
+    Solver, StepBatch, StepContext, StepStats,
 };
 pub use train::{TrainConfig, TrainReport, Trainer};

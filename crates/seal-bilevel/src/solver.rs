@@ -15,16 +15,23 @@
 //!   whose loss stays high under it (those that conflict with safety) are
 //!   pushed down.
 //! * [`SealPenaltyFull`] (the paper's Algorithm 1, V-PBGD-style): an
-//!   auxiliary copy `θ̂` ([`LowerLevel::fork`]) takes a step on the weighted
-//!   fine-tuning loss `mean(w_i·ℓ_i(θ̂))`; the model step is as above; the
-//!   ranker step minimises `mean(w(ω)_i·(ℓ_i(θ) − ℓ_i(θ̂)))`, the gradient of
-//!   the penalty `g(θ, ω) − g(θ̂, ω)`. Three passes per step instead of two.
+//!   auxiliary copy `θ̂` ([`LowerLevel::fork`]) tracks the lower level's
+//!   solution `argmin_θ g(θ, ω)`: it starts from a task solution (warm-start
+//!   steps on the pool, or given parameters), takes `inner_steps` steps on
+//!   the weighted fine-tuning loss `mean(w_i·ℓ_i(θ̂))` per outer step, and
+//!   its losses are read after them. The model step is as above; the ranker
+//!   step minimises `mean(w(ω)_i·(ℓ_i(θ) − ℓ_i(θ̂)))`, the gradient of the
+//!   penalty `g(θ, ω) − v(ω)` when `θ̂` is the minimiser (Danskin), checked
+//!   exactly on the ridge problem. See [`FullPenaltyConfig`].
 //! * [`Implicit`]: `inner_steps` lower-level steps on `mean(w_i·ℓ_i)`, then
 //!   the implicit-function-theorem hypergradient
 //!   `−∇²_{ωθ}g · (∇²_{θθ}g)⁻¹ ∇_θ f` with Hessian-vector products (double
 //!   backward) and a conjugate-gradient or Neumann-series inverse
 //!   ([`implicit_hypergradient`]). For small models and for checking the
-//!   penalty methods; LMs need [`seal_model::AttentionImpl::Math`].
+//!   penalty methods; LMs need [`seal_model::AttentionImpl::Math`]. A
+//!   direction of non-positive curvature stops the conjugate gradient with
+//!   [`BilevelError::NonPositiveCurvature`] rather than a silently partial
+//!   (at first, zero) hypergradient.
 //!
 //! Every solver checks losses and gradient norms before it updates anything:
 //! a NaN or infinity is returned as [`BilevelError::NonFinite`].
@@ -283,28 +290,109 @@ impl<P: LowerLevel> Solver<P> for SealPenalty {
     }
 }
 
+/// Settings of the full penalty method's auxiliary copy `θ̂`
+/// ([`SealPenaltyFull`]).
+///
+/// The penalty's ranker gradient `∇_ω g(θ, ω) − ∇_ω g(θ̂, ω)` is the
+/// gradient of `g(θ, ω) − v(ω)`, with `v(ω) = min_θ g(θ, ω)` the lower
+/// level's value, only when `θ̂` is (close to) that minimiser. A `θ̂` that
+/// starts as the model's own function and takes one step per outer step
+/// measures how fast each sample is learnt instead, which inverts the
+/// ranking. The defaults therefore start `θ̂` from a task solution, take
+/// several steps per outer step and read `ℓ(θ̂)` after them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FullPenaltyConfig {
+    /// `θ̂`'s optimiser (betas, eps, weight decay; `lr` is the base rate of
+    /// the warm start).
+    pub optimizer: AdamWConfig,
+    /// `θ̂`'s own rate as a multiple of the model's scheduled rate.
+    pub lr_scale: f64,
+    /// `θ̂` steps on the weighted task loss per outer step (0 keeps `θ̂`
+    /// where it starts: only meaningful with a warm start).
+    pub inner_steps: usize,
+    /// Task steps (uniform weights, plain mean over the pool) `θ̂` takes in
+    /// [`Solver::prepare`], before the first outer step, in micro-batches of
+    /// `warm_start_batch` rows drawn without replacement in a seeded order.
+    pub warm_start_steps: usize,
+    /// Rows per warm-start micro-batch.
+    pub warm_start_batch: usize,
+    /// Read `ℓ(θ̂)` after `θ̂`'s inner steps (the value gap the method
+    /// assumes) rather than before them.
+    pub read_after_update: bool,
+}
+
+impl Default for FullPenaltyConfig {
+    fn default() -> Self {
+        Self {
+            optimizer: AdamWConfig {
+                lr: 1e-4,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+            lr_scale: 1.0,
+            inner_steps: 2,
+            warm_start_steps: 50,
+            warm_start_batch: 8,
+            read_after_update: true,
+        }
+    }
+}
+
+impl FullPenaltyConfig {
+    /// Checks the counts and rates; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.lr_scale.is_finite() && self.lr_scale >= 0.0) {
+            return Err(BilevelError::invalid(
+                "full penalty lr_scale",
+                format!("{}: expected a finite value ≥ 0", self.lr_scale),
+            ));
+        }
+        if !(self.optimizer.lr.is_finite() && self.optimizer.lr >= 0.0) {
+            return Err(BilevelError::invalid(
+                "full penalty optimizer.lr",
+                format!("{}: expected a finite value ≥ 0", self.optimizer.lr),
+            ));
+        }
+        if self.warm_start_steps > 0 && self.warm_start_batch == 0 {
+            return Err(BilevelError::invalid(
+                "full penalty warm_start_batch",
+                "0 rows per micro-batch with warm-start steps to take",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// SEAL's full penalty method (Algorithm 1, V-PBGD-style) with an auxiliary
-/// lower-level copy `θ̂`.
+/// lower-level copy `θ̂` that tracks the lower level's solution
+/// ([`FullPenaltyConfig`]).
 pub struct SealPenaltyFull<P: LowerLevel> {
     aux: Option<P>,
     aux_opt: Option<AdamW>,
-    /// The auxiliary copy's optimiser settings; `lr` follows the model's
-    /// schedule (the model's current `lr` times `lr_scale`).
-    pub aux_config: AdamWConfig,
-    /// Multiplier of the model's learning rate for `θ̂`.
-    pub lr_scale: f64,
+    start: Option<Vec<(String, Tensor)>>,
+    /// Settings.
+    pub config: FullPenaltyConfig,
 }
 
 impl<P: LowerLevel> SealPenaltyFull<P> {
-    /// A solver whose auxiliary copy uses `aux_config` (betas, eps, weight
-    /// decay; the rate follows the model's schedule times `lr_scale`).
-    pub fn new(aux_config: AdamWConfig, lr_scale: f64) -> Self {
+    /// A solver with the given settings.
+    pub fn new(config: FullPenaltyConfig) -> Self {
         Self {
             aux: None,
             aux_opt: None,
-            aux_config,
-            lr_scale,
+            start: None,
+            config,
         }
+    }
+
+    /// Starts `θ̂` from these parameter values (by name, e.g. a task
+    /// adapter's LoRA factors) instead of the fresh copy; the warm-start
+    /// steps, if any, follow. Every parameter of `θ̂` must be given.
+    pub fn with_start(mut self, parameters: Vec<(String, Tensor)>) -> Self {
+        self.start = Some(parameters);
+        self
     }
 
     /// The auxiliary copy, once prepared.
@@ -313,14 +401,100 @@ impl<P: LowerLevel> SealPenaltyFull<P> {
     }
 }
 
+/// Accumulates `θ̂`'s gradient of `mean(w_i·ℓ_i(θ̂))` over `micro` (the
+/// micro-batches of one step) and checks it; returns the losses, detached.
+fn aux_gradient<P: LowerLevel>(
+    aux: &P,
+    opt: &mut AdamW,
+    weights: &Tensor,
+    micro: &[Vec<usize>],
+    step: usize,
+) -> Result<Vec<Tensor>> {
+    let m = micro.len() as f64;
+    opt.zero_grad();
+    let mut losses = Vec::with_capacity(micro.len());
+    for rows in micro {
+        let l = aux.finetune_losses(rows)?;
+        check_finite(&l, "auxiliary lower-level loss", step)?;
+        let w = weights
+            .index_select(0, &index(rows, weights.device()))
+            .to_device(l.device())
+            .to_kind(l.kind());
+        ((&w * &l).mean(l.kind()) / m).f_backward()?;
+        losses.push(l.detach());
+    }
+    if !opt.grad_norm().is_finite() {
+        return Err(non_finite("auxiliary gradient", step));
+    }
+    Ok(losses)
+}
+
+fn apply_aux(opt: &mut AdamW, max_norm: Option<f64>) -> Result<()> {
+    if let Some(mx) = max_norm {
+        opt.clip_grad_norm(mx);
+    }
+    opt.step()?;
+    Ok(())
+}
+
 impl<P: LowerLevel> Solver<P> for SealPenaltyFull<P> {
     fn name(&self) -> &'static str {
         "seal-full"
     }
 
     fn prepare(&mut self, problem: &P, seed: i64) -> Result<()> {
+        self.config.validate()?;
         let aux = problem.fork(seed.wrapping_add(0x5EA1))?;
-        self.aux_opt = Some(AdamW::new(aux.parameters(), self.aux_config));
+        if let Some(start) = &self.start {
+            let _g = tch::no_grad_guard();
+            for (name, p) in aux.parameters() {
+                let (_, t) = start.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+                    BilevelError::invalid(
+                        "full penalty start",
+                        format!("no value for parameter `{name}`"),
+                    )
+                })?;
+                if t.size() != p.size() {
+                    return Err(BilevelError::invalid(
+                        "full penalty start",
+                        format!(
+                            "parameter `{name}`: shape {:?}, expected {:?}",
+                            t.size(),
+                            p.size()
+                        ),
+                    ));
+                }
+                p.shallow_clone()
+                    .f_copy_(&t.to_device(p.device()).to_kind(p.kind()))?;
+            }
+        }
+        let mut opt = AdamW::new(aux.parameters(), self.config.optimizer);
+        opt.config.lr = self.config.optimizer.lr * self.config.lr_scale;
+        let n = aux.num_finetune();
+        if self.config.warm_start_steps > 0 && n > 0 {
+            // A task solution to start from: the plain mean loss over the
+            // pool (uniform weights), the lower level at the ranker's start.
+            let ones = Tensor::ones([n as i64], (tch::Kind::Float, tch::Device::Cpu));
+            let mut rng = seal_data::rng::SplitMix64::derive(seed as u64, 0x5EA1, 0);
+            let mut order: Vec<usize> = Vec::new();
+            for k in 0..self.config.warm_start_steps {
+                if order.len() < self.config.warm_start_batch.min(n) {
+                    let mut fresh: Vec<usize> = (0..n).collect();
+                    for i in (1..n).rev() {
+                        fresh.swap(i, rng.below(i + 1));
+                    }
+                    order.extend(fresh);
+                }
+                let rows: Vec<usize> = order.drain(..self.config.warm_start_batch.min(n)).collect();
+                aux_gradient(&aux, &mut opt, &ones, &[rows], k)?;
+                apply_aux(&mut opt, Some(1.0))?;
+            }
+            tracing::debug!(
+                steps = self.config.warm_start_steps,
+                "seal-full: θ̂ warm-started on the task"
+            );
+        }
+        self.aux_opt = Some(opt);
         self.aux = Some(aux);
         Ok(())
     }
@@ -338,34 +512,48 @@ impl<P: LowerLevel> Solver<P> for SealPenaltyFull<P> {
                 "seal-full: prepare() was not called",
             ));
         };
-        let m = batch.finetune.len() as f64;
-        // 1. θ̂ step on the weighted lower-level loss.
         let weights = ctx.ranker.weights().detach();
-        aux_opt.config.lr = ctx.optimizer.config.lr * self.lr_scale;
-        aux_opt.zero_grad();
-        let mut aux_losses = Vec::with_capacity(batch.finetune.len());
-        for ft in &batch.finetune {
-            let l = aux.finetune_losses(ft)?;
-            check_finite(&l, "auxiliary lower-level loss", ctx.step)?;
-            let w = weights
-                .index_select(0, &index(ft, weights.device()))
-                .to_device(l.device())
-                .to_kind(l.kind());
-            ((&w * &l).mean(l.kind()) / m).f_backward()?;
-            aux_losses.push(l.detach());
-        }
-        let aux_norm = aux_opt.grad_norm();
-        if !aux_norm.is_finite() {
-            return Err(non_finite("auxiliary gradient", ctx.step));
-        }
-        // 2. model step (as the memory-efficient method).
+        aux_opt.config.lr = ctx.optimizer.config.lr * self.config.lr_scale;
+        let inner = self.config.inner_steps;
+        // 1. θ̂'s first gradient, checked before anything moves.
+        let first = if inner > 0 {
+            Some(aux_gradient(
+                aux,
+                aux_opt,
+                &weights,
+                &batch.finetune,
+                ctx.step,
+            )?)
+        } else {
+            None
+        };
+        // 2. Model step (as the memory-efficient method).
         let ms = penalty_model_step(problem, ctx, batch)?;
-        // θ̂ is updated only once the model step succeeded.
-        if let Some(mx) = ctx.max_grad_norm {
-            aux_opt.clip_grad_norm(mx);
+        // 3. θ̂ steps on the weighted lower-level loss at the current ω.
+        if first.is_some() {
+            apply_aux(aux_opt, ctx.max_grad_norm)?;
         }
-        aux_opt.step()?;
-        // 3. ranker step on ℓ(θ) − ℓ(θ̂).
+        for _ in 1..inner {
+            aux_gradient(aux, aux_opt, &weights, &batch.finetune, ctx.step)?;
+            apply_aux(aux_opt, ctx.max_grad_norm)?;
+        }
+        let aux_losses = first;
+        // 4. ℓ(θ̂): after its update (the value of the lower level), or the
+        //    first inner pass's losses when asked to read them before.
+        let aux_losses = match aux_losses {
+            Some(l) if !self.config.read_after_update => l,
+            _ => {
+                let _g = tch::no_grad_guard();
+                let mut out = Vec::with_capacity(batch.finetune.len());
+                for rows in &batch.finetune {
+                    let l = aux.finetune_losses(rows)?;
+                    check_finite(&l, "auxiliary lower-level loss", ctx.step)?;
+                    out.push(l.detach());
+                }
+                out
+            }
+        };
+        // 5. Ranker step on ℓ(θ) − ℓ(θ̂).
         let coef: Vec<Tensor> = ms
             .losses
             .iter()
@@ -565,14 +753,20 @@ pub fn implicit_hypergradient<P: LowerLevel>(
             let mut p: Vec<Tensor> = b.iter().map(Tensor::copy).collect();
             let mut rs = dot(&r, &r)?.double_value(&[]);
             let target = tol * norm(&b)?;
-            for _ in 0..iters {
+            for iteration in 0..iters {
                 if rs.sqrt() <= target {
                     break;
                 }
                 let ap = hvp(&p)?;
                 let pap = dot(&p, &ap)?.double_value(&[]);
-                if pap <= 0.0 || !pap.is_finite() {
-                    break; // not positive definite along p: keep the current x
+                if pap.is_nan() || pap == f64::INFINITY {
+                    return Err(non_finite("Hessian-vector product", 0));
+                }
+                if pap <= 0.0 {
+                    return Err(BilevelError::NonPositiveCurvature {
+                        iteration,
+                        curvature: pap,
+                    });
                 }
                 let alpha = rs / pap;
                 x = lin_comb(&x, &p, alpha);

@@ -153,16 +153,16 @@ fn seal_penalty_ranks_corrupted_lowest() {
 
 #[test]
 fn seal_full_ranks_corrupted_lowest() {
-    let s = SealPenaltyFull::new(
-        AdamWConfig {
+    let s = SealPenaltyFull::new(FullPenaltyConfig {
+        optimizer: AdamWConfig {
             lr: 0.05,
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-8,
             weight_decay: 0.0,
         },
-        1.0,
-    );
+        ..Default::default()
+    });
     let a = train_and_score(Box::new(s), config(40, 40));
     assert!(a >= 0.99, "AUROC {a}");
 }
@@ -345,15 +345,15 @@ fn resume_is_bitwise_exact_seal() {
 #[test]
 fn resume_is_bitwise_exact_seal_full() {
     resume_case(|| {
-        Box::new(SealPenaltyFull::new(
-            AdamWConfig {
+        Box::new(SealPenaltyFull::new(FullPenaltyConfig {
+            optimizer: AdamWConfig {
                 lr: 0.05,
                 beta1: 0.9,
                 beta2: 0.95,
                 eps: 1e-8,
                 weight_decay: 0.0,
             },
-            1.0,
-        ))
+            ..Default::default()
+        }))
     });
 }

@@ -381,6 +381,35 @@ pub struct RankConfig {
     pub bucket: usize,
     /// The adapter trained alongside the ranker.
     pub lora: LoraShape,
+    /// The full penalty method's auxiliary copy θ̂ (`seal-full`).
+    pub full: FullPenaltyShape,
+}
+
+/// Settings of `seal-full`'s auxiliary copy θ̂ (`[rank.full]`; see
+/// [`seal_bilevel::FullPenaltyConfig`]). Its optimiser is the model's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FullPenaltyShape {
+    /// θ̂ steps on the weighted task loss per outer step.
+    pub inner_steps: usize,
+    /// Task steps θ̂ takes before ranking (micro-batches of `rank.batch`).
+    pub warm_start_steps: usize,
+    /// θ̂'s learning rate as a multiple of the model's (`rank.lr`, scheduled).
+    pub lr_scale: f64,
+    /// Read ℓ(θ̂) after θ̂'s update (the lower level's value).
+    pub read_after_update: bool,
+}
+
+impl Default for FullPenaltyShape {
+    fn default() -> Self {
+        let d = seal_bilevel::FullPenaltyConfig::default();
+        Self {
+            inner_steps: d.inner_steps,
+            warm_start_steps: d.warm_start_steps,
+            lr_scale: d.lr_scale,
+            read_after_update: d.read_after_update,
+        }
+    }
 }
 
 impl Default for RankConfig {
@@ -397,6 +426,7 @@ impl Default for RankConfig {
             lambda_decay: 0.03,
             bucket: 0,
             lora: LoraShape::default(),
+            full: FullPenaltyShape::default(),
         }
     }
 }
@@ -627,6 +657,12 @@ impl PipelineConfig {
             return err(
                 "rank",
                 "epochs, batch, lora.r, lr and ranker_lr must be positive".into(),
+            );
+        }
+        if !(r.full.lr_scale.is_finite() && r.full.lr_scale >= 0.0) {
+            return err(
+                "rank.full.lr_scale",
+                format!("{}: expected a finite value ≥ 0", r.full.lr_scale),
             );
         }
         r.ranker_optimizer

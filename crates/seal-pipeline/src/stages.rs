@@ -534,7 +534,14 @@ pub fn rank(
     ranker.to(Kind::Float, device);
     let solver: Box<dyn seal_bilevel::Solver<LmProblem<Llama>>> = match solver {
         Solver::Seal => Box::new(SealPenalty),
-        Solver::SealFull => Box::new(SealPenaltyFull::new(model_optimizer(config.lr), 1.0)),
+        Solver::SealFull => Box::new(SealPenaltyFull::new(seal_bilevel::FullPenaltyConfig {
+            optimizer: model_optimizer(config.lr),
+            lr_scale: config.full.lr_scale,
+            inner_steps: config.full.inner_steps,
+            warm_start_steps: config.full.warm_start_steps,
+            warm_start_batch: config.batch,
+            read_after_update: config.full.read_after_update,
+        })),
     };
     let train = TrainConfig {
         epochs: config.epochs,

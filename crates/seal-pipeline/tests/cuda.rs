@@ -91,7 +91,11 @@ fn train_config() -> TrainConfig {
 fn solver(name: &str) -> Box<dyn Solver<LmProblem<Llama>>> {
     match name {
         "seal" => Box::new(SealPenalty),
-        "seal-full" => Box::new(SealPenaltyFull::new(train_config().model_optimizer, 1.0)),
+        "seal-full" => Box::new(SealPenaltyFull::new(seal_bilevel::FullPenaltyConfig {
+            optimizer: train_config().model_optimizer,
+            warm_start_steps: 2,
+            ..Default::default()
+        })),
         _ => Box::new(Implicit {
             config: ImplicitConfig {
                 inner_steps: 1,
@@ -99,7 +103,7 @@ fn solver(name: &str) -> Box<dyn Solver<LmProblem<Llama>>> {
                     iters: 3,
                     tol: 1e-8,
                 },
-                damping: 1e-2,
+                damping: 10.0,
             },
         }),
     }

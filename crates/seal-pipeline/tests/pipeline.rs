@@ -151,6 +151,17 @@ fn bad_configs_name_the_field() {
     assert!(e.contains("unknown_key"), "{e}");
     let e = parse("[select]\nmethods = [\"seal\", \"seal\"]");
     assert!(e.contains("twice"), "{e}");
+    let e = parse("[rank.full]\nlr_scale = -1.0");
+    assert!(e.contains("rank.full.lr_scale"), "{e}");
+    let e = parse("[rank.full]\nwarm_steps = 3");
+    assert!(e.contains("warm_steps"), "{e}");
+    // A partial [rank.full] keeps the solver's defaults for the rest.
+    let c = PipelineConfig::from_toml("[rank.full]\ninner_steps = 4", Path::new("x.toml"), base)
+        .unwrap();
+    let d = seal_bilevel::FullPenaltyConfig::default();
+    assert_eq!(c.rank.full.inner_steps, 4);
+    assert_eq!(c.rank.full.warm_start_steps, d.warm_start_steps);
+    assert_eq!(c.rank.full.read_after_update, d.read_after_update);
 
     // Relative paths resolve against the config's directory.
     let c = PipelineConfig::from_toml(

@@ -6,8 +6,8 @@ use anyhow::{bail, Result};
 use seal_bilevel::official::write_scores;
 use seal_bilevel::ranker::{Activation, RankerConfig, RankerOptimizerKind};
 use seal_bilevel::{
-    dataset_fingerprint, Implicit, ImplicitConfig, LambdaSchedule, LmProblem, Ranker, Schedule,
-    SealPenalty, SealPenaltyFull, Solver, TrainConfig, Trainer,
+    dataset_fingerprint, FullPenaltyConfig, Implicit, ImplicitConfig, LambdaSchedule, LmProblem,
+    Ranker, Schedule, SealPenalty, SealPenaltyFull, Solver, TrainConfig, Trainer,
 };
 use seal_model::{AttentionImpl, Llama, LoraConfig, Pretrained};
 use std::path::PathBuf;
@@ -99,9 +99,21 @@ pub struct Args {
     /// Train every weight instead of a LoRA adapter (not with seal-full).
     #[arg(long)]
     pub full_finetune: bool,
-    /// Inner lower-level steps per ranker step (implicit solver).
-    #[arg(long, default_value_t = 1, value_parser = super::args::positive_usize)]
-    pub inner_steps: usize,
+    /// Inner lower-level steps per ranker step: θ's for the implicit solver
+    /// (default 1), θ̂'s for seal-full (default 2; 0 keeps θ̂ at its start).
+    #[arg(long)]
+    pub inner_steps: Option<usize>,
+    /// seal-full: task steps θ̂ takes before ranking (a task solution to
+    /// start from; 0 starts it as the model's own function).
+    #[arg(long, default_value_t = FullPenaltyConfig::default().warm_start_steps)]
+    pub aux_warm_steps: usize,
+    /// seal-full: θ̂'s learning rate as a multiple of the model's.
+    #[arg(long, default_value_t = 1.0, value_parser = super::args::non_negative_f64)]
+    pub aux_lr_scale: f64,
+    /// seal-full: read ℓ(θ̂) before θ̂'s update (the old behaviour) instead of
+    /// after it.
+    #[arg(long)]
+    pub aux_read_before: bool,
     /// Conjugate-gradient iterations (implicit solver).
     #[arg(long, default_value_t = 10, value_parser = super::args::positive_usize)]
     pub cg_iters: usize,
@@ -120,14 +132,23 @@ pub struct Args {
 }
 
 fn make_solver(a: &Args) -> Result<Box<dyn Solver<LmProblem<Llama>>>> {
-    // θ̂ uses the model's optimiser settings.
-    let aux = common::model_optimizer(a.lr);
     Ok(match a.solver.as_str() {
         "seal" => Box::new(SealPenalty),
-        "seal-full" => Box::new(SealPenaltyFull::new(aux, 1.0)),
+        "seal-full" => {
+            let defaults = FullPenaltyConfig::default();
+            Box::new(SealPenaltyFull::new(FullPenaltyConfig {
+                // θ̂ uses the model's optimiser settings.
+                optimizer: common::model_optimizer(a.lr),
+                lr_scale: a.aux_lr_scale,
+                inner_steps: a.inner_steps.unwrap_or(defaults.inner_steps),
+                warm_start_steps: a.aux_warm_steps,
+                warm_start_batch: a.batch,
+                read_after_update: !a.aux_read_before,
+            }))
+        }
         "implicit" => Box::new(Implicit {
             config: ImplicitConfig {
-                inner_steps: a.inner_steps,
+                inner_steps: a.inner_steps.unwrap_or(1).max(1),
                 inverse: seal_bilevel::InverseMethod::Cg {
                     iters: a.cg_iters,
                     tol: 1e-6,
