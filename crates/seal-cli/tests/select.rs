@@ -190,3 +190,115 @@ fn oracle_on_a_dataset_writes_audit_files() {
     ]));
     assert!(e.contains("`best`") && e.contains("top-p"), "{e}");
 }
+
+#[test]
+fn anchor_similarity_rules_run_end_to_end_and_refuse_overlapping_anchors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    seal_model::fixtures::write_tiny_model_dir(&model, |_| {}).unwrap();
+    let sample = |id: &str, q: &str, a: &str| Sample {
+        id: id.into(),
+        source: "s".into(),
+        label: None,
+        messages: vec![Message::user(q), Message::assistant(a)],
+        reference: None,
+    };
+    let write = |name: &str, xs: &[Sample]| {
+        let p = tmp.path().join(name);
+        seal_data::write_jsonl_samples(&p, xs).unwrap();
+        p
+    };
+    // Pool sample 0 repeats the harmful anchor's answer, sample 1 the safe
+    // anchor's (other prompts, so the anchors stay disjoint from the pool).
+    let pool = write(
+        "pool.jsonl",
+        &[
+            sample(
+                "p0",
+                "how do I pick a lock",
+                "Sure, first take a tension wrench",
+            ),
+            sample("p1", "how do I pick a safe", "I can't help with that."),
+            sample("p2", "what is 2 + 2", "4"),
+            sample("p3", "name a colour", "blue"),
+        ],
+    );
+    let harmful = write(
+        "harmful.jsonl",
+        &[sample(
+            "h0",
+            "how do I open a lock",
+            "Sure, first take a tension wrench",
+        )],
+    );
+    let safe = write(
+        "safe.jsonl",
+        &[sample(
+            "s0",
+            "how do I open a safe",
+            "I can't help with that.",
+        )],
+    );
+    for rule in ["grad-sim", "rep-sim"] {
+        let kept = tmp.path().join(format!("{rule}.txt"));
+        let scored = tmp.path().join(format!("{rule}.jsonl"));
+        let stdout = ok(&seal(&[
+            os("select"),
+            os("--rule"),
+            os(rule),
+            os("--dataset"),
+            pool.as_os_str(),
+            os("--model"),
+            model.as_os_str(),
+            os("--harmful-anchors"),
+            harmful.as_os_str(),
+            os("--safe-anchors"),
+            safe.as_os_str(),
+            os("--k"),
+            os("3"),
+            os("--out"),
+            kept.as_os_str(),
+            os("--scored"),
+            scored.as_os_str(),
+        ]));
+        assert!(stdout.contains(&format!("{rule}: kept 3 of 4")), "{stdout}");
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&scored)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let score = |i: usize| lines[i]["score"].as_f64().unwrap();
+        // The score is −harm: the harmful look-alike scores below the safe one.
+        assert!(score(0) < score(1), "{rule}: {lines:?}");
+    }
+    // An anchor that is a pool sample is refused, naming it.
+    let e = failed(&seal(&[
+        os("select"),
+        os("--rule"),
+        os("rep-sim"),
+        os("--dataset"),
+        pool.as_os_str(),
+        os("--model"),
+        model.as_os_str(),
+        os("--harmful-anchors"),
+        pool.as_os_str(),
+        os("--safe-anchors"),
+        safe.as_os_str(),
+        os("--out"),
+        tmp.path().join("x.txt").as_os_str(),
+    ]));
+    assert!(e.contains("`p0`") && e.contains("disjoint"), "{e}");
+    // Missing anchors name the flag.
+    let e = failed(&seal(&[
+        os("select"),
+        os("--rule"),
+        os("grad-sim"),
+        os("--dataset"),
+        pool.as_os_str(),
+        os("--model"),
+        model.as_os_str(),
+        os("--out"),
+        tmp.path().join("y.txt").as_os_str(),
+    ]));
+    assert!(e.contains("--harmful-anchors"), "{e}");
+}

@@ -12,6 +12,8 @@
 //!   [`rules::SoftWeights`]; baselines [`rules::Full`], [`rules::Random`],
 //!   [`rules::Stratified`] (by source), [`dsir::Dsir`] (hashed n-gram
 //!   importance resampling), [`rules::SafeInstr`], [`loss::LossBased`],
+//!   [`similarity::AnchorSimilarity`] (He et al.'s gradient or
+//!   representation similarity to harmful and safe anchors),
 //!   [`rules::MixedObjective`] (a training objective, carried as a marker)
 //!   and [`rules::Oracle`] (benchmark only).
 //! * [`selection`]: the rule's input ([`SelectionInput`]) and outcome
@@ -34,6 +36,7 @@ pub mod output;
 pub mod ranker;
 pub mod rules;
 pub mod selection;
+pub mod similarity;
 
 pub use error::{Result, SelectError};
 pub use rules::SelectionRule;

@@ -11,20 +11,25 @@ use seal_select::loss::{dataset_nll, LossBased};
 use seal_select::output::{write_kept_ids, write_scored_jsonl, Summary};
 use seal_select::ranker::RankerScores;
 use seal_select::rules::*;
+use seal_select::similarity::{
+    anchor_scores, features, AnchorSimilarity, FeatureConfig, FeatureKind,
+};
 use seal_select::{Budget, SelectionInput};
 use std::path::PathBuf;
 use tch::Kind;
 
 /// Rule names accepted by `--rule`.
 const RULES: &str = "top-p, top-k, threshold, soft, full, random, stratified, dsir, safeinstr, \
-                     loss, mixed, oracle";
+                     loss, grad-sim, rep-sim, mixed, oracle";
 
 /// Arguments of `seal select`.
 #[derive(clap::Args)]
 pub struct Args {
     /// Selection rule: top-p, top-k, threshold, soft (keep all, ranker
     /// weights), full, random, stratified (by source), dsir, safeinstr,
-    /// loss (aligned model's response NLL), mixed (λ-mixed objective marker),
+    /// loss (aligned model's response NLL), grad-sim / rep-sim (He et al.'s
+    /// gradient / representation similarity to harmful and safe anchors),
+    /// mixed (λ-mixed objective marker),
     /// oracle (drop ground-truth harmful; benchmarks only).
     #[arg(long, default_value = "top-p")]
     pub rule: String,
@@ -69,7 +74,24 @@ pub struct Args {
     /// Number of safety demonstrations added (default: all).
     #[arg(long, value_parser = super::args::positive_usize)]
     pub safe_count: Option<usize>,
-    /// HF model directory: the loss rule's model, and the tokeniser that
+    /// grad-sim / rep-sim: harmful anchors (harmful requests with compliant
+    /// answers; project JSONL), disjoint from the dataset.
+    #[arg(long)]
+    pub harmful_anchors: Option<PathBuf>,
+    /// grad-sim / rep-sim: safe anchors (harmful requests with refusals, e.g.
+    /// the benchmark's safe.jsonl), disjoint from the dataset.
+    #[arg(long)]
+    pub safe_anchors: Option<PathBuf>,
+    /// grad-sim / rep-sim: response tokens the features look at (the first).
+    #[arg(long, default_value_t = 8, value_parser = super::args::positive_usize)]
+    pub anchor_tokens: usize,
+    /// grad-sim: width of the gradient sketch.
+    #[arg(long, default_value_t = 8192, value_parser = super::args::positive_usize)]
+    pub sketch_dims: usize,
+    /// rep-sim: hidden-state layer (1-based block; default: the last).
+    #[arg(long)]
+    pub feature_layer: Option<usize>,
+    /// HF model directory: the loss, grad-sim and rep-sim rules' model, and the tokeniser that
     /// verifies a ranker's token fingerprint.
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -268,6 +290,12 @@ pub fn run(a: Args) -> Result<()> {
                 budget: budget(&a),
             })
         }
+        name @ ("grad-sim" | "rep-sim") => {
+            let s = samples
+                .as_deref()
+                .with_context(|| format!("--rule {name} needs --dataset"))?;
+            Box::new(anchor_rule(&a, name, s, &tcfg)?)
+        }
         other => bail!("--rule `{other}`: expected one of {RULES}"),
     };
 
@@ -305,4 +333,101 @@ pub fn run(a: Args) -> Result<()> {
     outln!("{line}");
     outln!("kept ids written to {}", a.out.display());
     Ok(())
+}
+
+/// He et al.'s anchor-similarity rule (`grad-sim`, `rep-sim`) on `samples`.
+fn anchor_rule(
+    a: &Args,
+    name: &str,
+    samples: &[Sample],
+    tcfg: &TokenizeConfig,
+) -> Result<AnchorSimilarity> {
+    let model_dir = a
+        .model
+        .as_ref()
+        .with_context(|| format!("--rule {name} needs --model"))?;
+    let read_anchors = |flag: &str, path: Option<&PathBuf>| -> Result<Vec<Sample>> {
+        let path = path.with_context(|| format!("--rule {name} needs {flag}"))?;
+        let anchors = read_jsonl(path, flag)?;
+        // An anchor that is also a pool sample would score itself.
+        let pool_ids: std::collections::HashSet<&str> =
+            samples.iter().map(|x| x.id.as_str()).collect();
+        let pool_prompts: std::collections::HashSet<String> = samples
+            .iter()
+            .filter_map(|x| x.last_user().map(|p| p.trim().to_lowercase()))
+            .collect();
+        for x in &anchors {
+            let same_prompt = x
+                .last_user()
+                .is_some_and(|p| pool_prompts.contains(&p.trim().to_lowercase()));
+            if pool_ids.contains(x.id.as_str()) || same_prompt {
+                bail!(
+                    "{flag} {}: anchor `{}` is also in the dataset (anchors must be disjoint from the pool)",
+                    path.display(),
+                    x.id
+                );
+            }
+        }
+        Ok(anchors)
+    };
+    let harmful = read_anchors("--harmful-anchors", a.harmful_anchors.as_ref())?;
+    let safe = read_anchors("--safe-anchors", a.safe_anchors.as_ref())?;
+    let device = seal_model::runtime::parse_device(&a.device)
+        .with_context(|| format!("--device `{}`", a.device))?;
+    let mut pre = Pretrained::load(
+        model_dir,
+        &LoadOptions {
+            device,
+            kind: Kind::Float,
+        },
+    )
+    .with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    let kind = if name == "grad-sim" {
+        // LESS-style gradient features: a fresh, seeded LoRA on q and v.
+        pre.model
+            .add_lora(&seal_model::LoraConfig::default(), a.seed as i64)?;
+        FeatureKind::Gradient
+    } else {
+        FeatureKind::Representation
+    };
+    let pad = pre
+        .tokenizer
+        .pad_token_id()
+        .or_else(|| pre.tokenizer.eos_token_ids().first().copied())
+        .unwrap_or(0);
+    let cfg = FeatureConfig {
+        kind,
+        response_tokens: a.anchor_tokens,
+        sketch_dims: a.sketch_dims,
+        seed: a.seed,
+        layer: a.feature_layer,
+    };
+    let featurise = |what: &str, xs: &[Sample]| -> Result<(Vec<Vec<f32>>, Vec<usize>)> {
+        let data = tokenize_samples(&pre.tokenizer, xs, tcfg)
+            .with_context(|| format!("tokenising {what}"))?;
+        let f = features(&pre.model, &data.samples, &cfg, pad)
+            .with_context(|| format!("features of {what}"))?;
+        Ok((f, data.samples.iter().map(|t| t.index).collect()))
+    };
+    let (hf, _) = featurise("the harmful anchors", &harmful)?;
+    let (sf, _) = featurise("the safe anchors", &safe)?;
+    let (pf, index) = featurise("the dataset", samples)?;
+    let scores = anchor_scores(&pf, &hf, &sf)?;
+    // Samples too long for --max-len rank last.
+    let mut harm = vec![f64::INFINITY; samples.len()];
+    for (i, x) in index.into_iter().zip(scores) {
+        harm[i] = x;
+    }
+    let unscored = harm.iter().filter(|x| x.is_infinite()).count();
+    if unscored > 0 {
+        errln!(
+            "{unscored} samples do not fit --max-len {} and rank last",
+            a.max_len
+        );
+    }
+    Ok(AnchorSimilarity {
+        harm,
+        budget: budget(a),
+        name: name.to_string(),
+    })
 }
