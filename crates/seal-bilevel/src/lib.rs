@@ -28,6 +28,7 @@ pub mod finetune;
 pub mod lm;
 pub mod metrics;
 pub mod official;
+pub mod preset;
 pub mod problem;
 pub mod ranker;
 pub mod ridge;
@@ -39,6 +40,7 @@ pub mod train;
 pub use error::{BilevelError, Result};
 pub use finetune::{finetune, keep_by_id, SftData, SftOutcome, SftStep, WeightedSft};
 pub use lm::{dataset_fingerprint, ForkableLm, LmProblem};
+pub use preset::{RankPreset, RankSettings};
 pub use problem::LowerLevel;
 pub use ranker::{Activation, Ranker, RankerConfig, RankerOptimizer, RankerOptimizerKind};
 pub use schedule::{LambdaSchedule, Schedule};
@@ -46,4 +48,4 @@ pub use solver::{
     FullPenaltyConfig, Implicit, ImplicitConfig, InverseMethod, SealPenalty, SealPenaltyFull,
     Solver, StepBatch, StepContext, StepStats,
 };
-pub use train::{TrainConfig, TrainReport, Trainer};
+pub use train::{EpochLength, TrainConfig, TrainReport, Trainer};

@@ -79,6 +79,23 @@ pub struct TrainConfig {
     /// [`Trainer::resume`].
     #[serde(default)]
     pub resume: bool,
+    /// How long an epoch is (default: one pass over the fine-tuning set).
+    #[serde(default)]
+    pub epoch_length: EpochLength,
+}
+
+/// The length of a training epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EpochLength {
+    /// One pass over the fine-tuning set; the safe set cycles through as
+    /// many of its own epochs as that takes.
+    #[default]
+    Task,
+    /// The shorter of the two sets (the official trainer zips its task and
+    /// safe loaders, so an epoch ends with whichever runs out first); both
+    /// sets are reshuffled every epoch.
+    Shorter,
 }
 
 /// Serde mirror of [`AdamWConfig`] (seal-model's type has no serde derive).
@@ -118,6 +135,7 @@ impl Default for TrainConfig {
             progress: false,
             log_every: 10,
             resume: false,
+            epoch_length: EpochLength::Task,
         }
     }
 }
@@ -309,7 +327,15 @@ impl<P: LowerLevel> Trainer<P> {
 
     /// Optimiser steps per fine-tuning epoch.
     pub fn steps_per_epoch(&self) -> usize {
-        self.ft_batches_per_epoch.div_ceil(self.config.grad_accum)
+        self.batches_per_epoch().div_ceil(self.config.grad_accum)
+    }
+
+    /// Fine-tuning micro-batches per epoch.
+    fn batches_per_epoch(&self) -> usize {
+        match self.config.epoch_length {
+            EpochLength::Task => self.ft_batches_per_epoch,
+            EpochLength::Shorter => self.ft_batches_per_epoch.min(self.safe_batches_per_epoch),
+        }
     }
 
     /// Total steps of the run.
@@ -362,12 +388,17 @@ impl<P: LowerLevel> Trainer<P> {
         let spe = self.steps_per_epoch();
         let (epoch, k) = (step / spe, step % spe);
         let accum = self.config.grad_accum;
-        let nb = self.ft_batches_per_epoch;
+        let nb = self.batches_per_epoch();
         let start = k * accum;
         let end = ((k + 1) * accum).min(nb);
         let finetune: Vec<Vec<usize>> = self.epoch_batches(0, epoch)[start..end].to_vec();
         let mut safe = Vec::with_capacity(finetune.len());
         for i in 0..finetune.len() {
+            if self.config.epoch_length == EpochLength::Shorter {
+                // Zipped loaders: the safe set restarts with every epoch.
+                safe.push(self.epoch_batches(1, epoch)[start + i].clone());
+                continue;
+            }
             let s = epoch * nb + start + i;
             let (se, sp) = (
                 s / self.safe_batches_per_epoch,

@@ -357,3 +357,50 @@ fn resume_is_bitwise_exact_seal_full() {
         }))
     });
 }
+
+#[test]
+fn shorter_epochs_stop_with_the_shorter_set_as_the_official_zipped_loaders() {
+    let p = RidgeProblem::synthetic(40, 12, 3, 0.1, &[], 2).unwrap();
+    let r = ranker_for(40, Activation::Softmax);
+    let cfg = TrainConfig {
+        epochs: 2,
+        micro_batch: 4,
+        bucket_batches: None,
+        epoch_length: EpochLength::Shorter,
+        ..config(4, 2)
+    };
+    let mut t = Trainer::new(p, Box::new(SealPenalty), r, cfg.clone()).unwrap();
+    // 10 fine-tuning batches, 3 safe batches: an epoch is 3 steps.
+    assert_eq!(t.steps_per_epoch(), 3);
+    assert_eq!(t.total_steps(), 6);
+    let epoch: Vec<StepBatch> = (0..3).map(|s| t.batch_for_step(s)).collect();
+    let mut safe_rows: Vec<usize> = epoch.iter().flat_map(|b| b.safe[0].clone()).collect();
+    safe_rows.sort();
+    assert_eq!(
+        safe_rows,
+        (0..12).collect::<Vec<_>>(),
+        "each epoch sees the whole safe set"
+    );
+    let mut ft_rows: Vec<usize> = epoch.iter().flat_map(|b| b.finetune[0].clone()).collect();
+    ft_rows.sort();
+    ft_rows.dedup();
+    assert_eq!(
+        ft_rows.len(),
+        12,
+        "12 distinct fine-tuning rows in the first epoch"
+    );
+    // The default runs one pass over the fine-tuning set.
+    let p = RidgeProblem::synthetic(40, 12, 3, 0.1, &[], 2).unwrap();
+    let r = ranker_for(40, Activation::Softmax);
+    let t = Trainer::new(
+        p,
+        Box::new(SealPenalty),
+        r,
+        TrainConfig {
+            epoch_length: EpochLength::Task,
+            ..cfg
+        },
+    )
+    .unwrap();
+    assert_eq!(t.steps_per_epoch(), 10);
+}

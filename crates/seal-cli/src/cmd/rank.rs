@@ -4,11 +4,12 @@
 use super::common;
 use anyhow::{bail, Result};
 use seal_bilevel::official::write_scores;
-use seal_bilevel::ranker::{Activation, RankerConfig, RankerOptimizerKind};
+use seal_bilevel::ranker::{Activation, RankerConfig};
 use seal_bilevel::{
     dataset_fingerprint, FullPenaltyConfig, Implicit, ImplicitConfig, LambdaSchedule, LmProblem,
     Ranker, Schedule, SealPenalty, SealPenaltyFull, Solver, TrainConfig, Trainer,
 };
+use seal_bilevel::{EpochLength, RankPreset, RankSettings};
 use seal_model::{AttentionImpl, Llama, LoraConfig, Pretrained};
 use std::path::PathBuf;
 use tch::{Device, Kind};
@@ -32,9 +33,15 @@ pub struct Args {
     /// LoRA) or implicit (hypergradient with Hessian-vector products).
     #[arg(long, default_value = "seal")]
     pub solver: String,
-    /// Passes over the fine-tuning set.
-    #[arg(long, default_value_t = 1, value_parser = super::args::positive_usize)]
-    pub epochs: usize,
+    /// Settings preset: small (a useful ranking in one epoch of a small
+    /// pool: SGD ranker at lr 1.0, no bucketing) or official (the reference
+    /// run: Adam 5e-3 with clipping 10, LoRA α 16, model lr 1e-5, 3 epochs
+    /// of the shorter loader). Flags given explicitly override it.
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    /// Passes over the fine-tuning set [preset: small 1, official 3].
+    #[arg(long, value_parser = super::args::positive_usize)]
+    pub epochs: Option<usize>,
     /// Rows per micro-batch (each set).
     #[arg(long, default_value_t = 8, value_parser = super::args::positive_usize)]
     pub batch: usize,
@@ -63,39 +70,48 @@ pub struct Args {
     pub seed: u64,
     /// Length bucketing: batches are formed from windows of this many
     /// batches of similar length (less padding); 0 shuffles without bucketing
-    /// (a sample's position in the epoch then does not depend on its length).
-    #[arg(long, default_value_t = 16)]
-    pub bucket: usize,
-    /// Model learning rate.
-    #[arg(long, default_value_t = 1e-4, value_parser = super::args::positive_f64)]
-    pub lr: f64,
+    /// (a sample's position in the epoch then does not depend on its length)
+    /// [preset: 0].
+    #[arg(long)]
+    pub bucket: Option<usize>,
+    /// Epoch length: task (one pass over the fine-tuning set) or shorter
+    /// (the shorter of the task and safe sets, as the official zipped
+    /// loaders) [preset: small task, official shorter].
+    #[arg(long)]
+    pub epoch_length: Option<String>,
+    /// Model learning rate [preset: small 1e-4, official 1e-5].
+    #[arg(long, value_parser = super::args::positive_f64)]
+    pub lr: Option<f64>,
     /// Model learning-rate schedule: constant or cosine (3% warmup).
     #[arg(long, default_value = "constant")]
     pub schedule: String,
-    /// Ranker learning rate.
-    #[arg(long, default_value_t = 5e-3, value_parser = super::args::positive_f64)]
-    pub ranker_lr: f64,
-    /// Ranker optimiser: adam (official) or sgd.
-    #[arg(long, default_value = "adam")]
-    pub ranker_optim: String,
+    /// Ranker learning rate [preset: small 1.0, official 5e-3].
+    #[arg(long, value_parser = super::args::positive_f64)]
+    pub ranker_lr: Option<f64>,
+    /// Ranker optimiser: adam or sgd [preset: small sgd, official adam].
+    #[arg(long)]
+    pub ranker_optim: Option<String>,
+    /// Ranker gradient-norm clipping, 0 disables [preset: small 1, official 10].
+    #[arg(long, value_parser = super::args::non_negative_f64)]
+    pub ranker_clip: Option<f64>,
     /// Weight activation: softmax (official default) or sigmoid.
     #[arg(long, default_value = "softmax")]
     pub activation: String,
     /// Upper-level weight λ in the first epoch.
     #[arg(long, default_value_t = 1.0, value_parser = super::args::unit_f64)]
     pub lambda: f64,
-    /// Decrease of λ per epoch.
-    #[arg(long, default_value_t = 0.03, value_parser = super::args::non_negative_f64)]
-    pub lambda_decay: f64,
+    /// Decrease of λ per epoch [preset: 0.03].
+    #[arg(long, value_parser = super::args::non_negative_f64)]
+    pub lambda_decay: Option<f64>,
     /// Gradient-norm clipping (0 disables).
     #[arg(long, default_value_t = 1.0, value_parser = super::args::non_negative_f64)]
     pub max_grad_norm: f64,
     /// LoRA rank.
     #[arg(long, default_value_t = 16, value_parser = super::args::positive_usize)]
     pub lora_r: usize,
-    /// LoRA alpha.
-    #[arg(long, default_value_t = 32.0, value_parser = super::args::positive_f64)]
-    pub lora_alpha: f64,
+    /// LoRA alpha [preset: small 32, official 16].
+    #[arg(long, value_parser = super::args::positive_f64)]
+    pub lora_alpha: Option<f64>,
     /// Train every weight instead of a LoRA adapter (not with seal-full).
     #[arg(long)]
     pub full_finetune: bool,
@@ -131,14 +147,14 @@ pub struct Args {
     pub no_progress: bool,
 }
 
-fn make_solver(a: &Args) -> Result<Box<dyn Solver<LmProblem<Llama>>>> {
+fn make_solver(a: &Args, lr: f64) -> Result<Box<dyn Solver<LmProblem<Llama>>>> {
     Ok(match a.solver.as_str() {
         "seal" => Box::new(SealPenalty),
         "seal-full" => {
             let defaults = FullPenaltyConfig::default();
             Box::new(SealPenaltyFull::new(FullPenaltyConfig {
                 // θ̂ uses the model's optimiser settings.
-                optimizer: common::model_optimizer(a.lr),
+                optimizer: common::model_optimizer(lr),
                 lr_scale: a.aux_lr_scale,
                 inner_steps: a.inner_steps.unwrap_or(defaults.inner_steps),
                 warm_start_steps: a.aux_warm_steps,
@@ -164,9 +180,9 @@ fn make_solver(a: &Args) -> Result<Box<dyn Solver<LmProblem<Llama>>>> {
 pub fn run(a: Args) -> Result<()> {
     let device = common::runtime(a.threads, &a.device)?;
     let activation: Activation = a.activation.parse()?;
-    let ranker_optim: RankerOptimizerKind = a.ranker_optim.parse()?;
+    let settings = resolve(&a)?;
     let schedule: Schedule = a.schedule.parse()?;
-    let solver = make_solver(&a)?;
+    let solver = make_solver(&a, settings.model_lr)?;
     let run_dir = common::RunDir::start(&a.out, a.force, a.resume, &a)?;
 
     let Pretrained {
@@ -187,7 +203,7 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         let lora = LoraConfig {
             r: a.lora_r,
-            alpha: a.lora_alpha,
+            alpha: settings.lora_alpha,
             ..Default::default()
         };
         model.add_lora(&lora, a.seed as i64)?;
@@ -204,24 +220,27 @@ pub fn run(a: Args) -> Result<()> {
         r
     };
     let config = TrainConfig {
-        epochs: a.epochs,
+        epochs: settings.epochs,
         max_steps: a.max_steps,
         micro_batch: a.batch,
         grad_accum: a.grad_accum,
         seed: a.seed,
-        bucket_batches: (a.bucket > 0).then_some(a.bucket),
-        model_optimizer: common::model_optimizer(a.lr),
+        bucket_batches: (settings.bucket > 0).then_some(settings.bucket),
+        model_optimizer: common::model_optimizer(settings.model_lr),
         model_schedule: schedule,
         ranker: RankerConfig {
             activation,
-            optimizer: ranker_optim,
-            lr: a.ranker_lr,
+            optimizer: settings.ranker_optimizer,
+            lr: settings.ranker_lr,
+            beta1: settings.ranker_betas.0,
+            beta2: settings.ranker_betas.1,
+            max_grad_norm: settings.ranker_max_grad_norm,
             ..Default::default()
         },
         ranker_schedule: Schedule::Constant,
         lambda: LambdaSchedule {
             start: a.lambda,
-            decay_per_epoch: a.lambda_decay,
+            decay_per_epoch: settings.lambda_decay,
         },
         max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
         checkpoint_every: a.checkpoint_every,
@@ -230,7 +249,13 @@ pub fn run(a: Args) -> Result<()> {
         log_every: 10,
         // Resumed below, through the trainer.
         resume: false,
+        epoch_length: settings.epoch_length,
     };
+    let written = serde_json::json!({
+        "preset": a.preset,
+        "settings": settings,
+        "train": &config,
+    });
     let mut trainer = Trainer::new(problem, solver, ranker, config)?;
     if a.resume {
         if trainer.resume()? {
@@ -247,6 +272,11 @@ pub fn run(a: Args) -> Result<()> {
     // Staged, then moved into --out: all of the result or none of it.
     let staging = seal_data::fsutil::StagingDir::new(&a.out)?;
     ranker.save(staging.path())?;
+    // What the run used, preset and overrides resolved.
+    seal_data::fsutil::write_atomic(
+        &staging.path().join("rank_config.json"),
+        serde_json::to_string_pretty(&written)?.as_bytes(),
+    )?;
     write_scores(&staging.path().join("scores.jsonl"), ranker, Some(&labels))?;
     staging.commit()?;
     run_dir.finish();
@@ -271,4 +301,44 @@ pub fn run(a: Args) -> Result<()> {
     outln!("{line}");
     outln!("written to {}", a.out.display());
     Ok(())
+}
+
+/// The preset's settings with the flags given explicitly applied on top.
+fn resolve(a: &Args) -> Result<RankSettings> {
+    let preset: RankPreset = a.preset.parse()?;
+    let mut s = preset.settings();
+    if let Some(v) = a.epochs {
+        s.epochs = v;
+    }
+    if let Some(v) = a.lr {
+        s.model_lr = v;
+    }
+    s.lora_r = a.lora_r;
+    if let Some(v) = a.lora_alpha {
+        s.lora_alpha = v;
+    }
+    if let Some(v) = &a.ranker_optim {
+        s.ranker_optimizer = v.parse()?;
+    }
+    if let Some(v) = a.ranker_lr {
+        s.ranker_lr = v;
+    }
+    if let Some(v) = a.ranker_clip {
+        s.ranker_max_grad_norm = (v > 0.0).then_some(v);
+    }
+    s.lambda = a.lambda;
+    if let Some(v) = a.lambda_decay {
+        s.lambda_decay = v;
+    }
+    if let Some(v) = a.bucket {
+        s.bucket = v;
+    }
+    if let Some(v) = &a.epoch_length {
+        s.epoch_length = match v.as_str() {
+            "task" => EpochLength::Task,
+            "shorter" => EpochLength::Shorter,
+            other => bail!("--epoch-length `{other}`: expected task or shorter"),
+        };
+    }
+    Ok(s)
 }
