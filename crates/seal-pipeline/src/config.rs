@@ -21,6 +21,9 @@ pub enum Method {
     Full,
     /// DSIR importance resampling towards the safe set.
     Dsir,
+    /// DSIR towards benign task data (the align set's held-out benign
+    /// answers) instead of refusals.
+    DsirTask,
     /// The whole pool plus the safety demonstrations (the safe set).
     Safeinstr,
     /// SEAL top-p plus the safety demonstrations.
@@ -35,12 +38,13 @@ pub enum Method {
 
 impl Method {
     /// Every method, in report order.
-    pub const ALL: [Method; 10] = [
+    pub const ALL: [Method; 11] = [
         Method::Seal,
         Method::SealFull,
         Method::Random,
         Method::Full,
         Method::Dsir,
+        Method::DsirTask,
         Method::Safeinstr,
         Method::SealSafeinstr,
         Method::Loss,
@@ -56,6 +60,7 @@ impl Method {
             Method::Random => "random",
             Method::Full => "full",
             Method::Dsir => "dsir",
+            Method::DsirTask => "dsir-task",
             Method::Safeinstr => "safeinstr",
             Method::SealSafeinstr => "seal-safeinstr",
             Method::Loss => "loss",

@@ -356,6 +356,14 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     // For the audit outputs (kept ids, scored JSONL) of every method.
     let sel_input = seal_select::SelectionInput::new(&pool_ids)?.with_samples(&pool)?;
     let loss_needed = config.select.methods.contains(&Method::Loss);
+    // The align set's benign answers: held out from the pool and from the
+    // evaluation prompts by the benchmark's construction.
+    let task_target: Vec<Sample> = data
+        .align
+        .iter()
+        .filter(|s| s.label == Some(Label::Benign))
+        .cloned()
+        .collect();
     let start_llama = loss_needed.then_some(start_model.model);
 
     let mut sizes = BTreeMap::new();
@@ -472,6 +480,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
                 pool: &pool,
                 tokens: &pool_tokens,
                 safe: &data.safe,
+                task_target: &task_target,
                 ranker_logits: method
                     .solver()
                     .and_then(|s| logits.get(&s))

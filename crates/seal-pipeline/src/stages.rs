@@ -580,6 +580,8 @@ pub struct MethodInputs<'a> {
     pub tokens: &'a [TokenizedSample],
     /// The safe set (SafeInstr demonstrations, DSIR target, mixed objective).
     pub safe: &'a [Sample],
+    /// Benign task data disjoint from the pool (the `dsir-task` target).
+    pub task_target: &'a [Sample],
     /// SEAL ranker logits for the method's solver.
     pub ranker_logits: Option<&'a [f64]>,
     /// The aligned model, for the loss-based baseline.
@@ -625,6 +627,17 @@ pub fn select(method: Method, input: &MethodInputs) -> Result<Selection> {
         Method::Full => Box::new(Full),
         Method::Dsir => {
             let mut d = Dsir::new(input.safe.iter().map(sample_text).collect(), budget);
+            d.seed = input.seed;
+            Box::new(d)
+        }
+        Method::DsirTask => {
+            if input.task_target.is_empty() {
+                return Err(PipelineError::stage(
+                    "select dsir-task",
+                    "no benign task data to target (the align set has no benign sample)",
+                ));
+            }
+            let mut d = Dsir::new(input.task_target.iter().map(sample_text).collect(), budget);
             d.seed = input.seed;
             Box::new(d)
         }

@@ -97,7 +97,10 @@ fn every_method_end_to_end_with_report_and_cache() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cfg.out.join("results.json")).unwrap())
             .unwrap();
-    assert_eq!(json["runs"].as_array().unwrap().len(), 20);
+    assert_eq!(
+        json["runs"].as_array().unwrap().len(),
+        2 * Method::ALL.len()
+    );
     for f in [
         "finetune_loss.svg",
         "scores_seal.svg",
