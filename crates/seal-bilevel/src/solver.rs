@@ -476,16 +476,13 @@ impl<P: LowerLevel> Solver<P> for SealPenaltyFull<P> {
             // pool (uniform weights), the lower level at the ranker's start.
             let ones = Tensor::ones([n as i64], (tch::Kind::Float, tch::Device::Cpu));
             let mut rng = seal_data::rng::SplitMix64::derive(seed as u64, 0x5EA1, 0);
+            let batch = self.config.warm_start_batch.min(n);
             let mut order: Vec<usize> = Vec::new();
             for k in 0..self.config.warm_start_steps {
-                if order.len() < self.config.warm_start_batch.min(n) {
-                    let mut fresh: Vec<usize> = (0..n).collect();
-                    for i in (1..n).rev() {
-                        fresh.swap(i, rng.below(i + 1));
-                    }
-                    order.extend(fresh);
+                if order.len() < batch {
+                    order.extend(rng.permutation(n));
                 }
-                let rows: Vec<usize> = order.drain(..self.config.warm_start_batch.min(n)).collect();
+                let rows: Vec<usize> = order.drain(..batch).collect();
                 aux_gradient(&aux, &mut opt, &ones, &[rows], k)?;
                 apply_aux(&mut opt, Some(1.0))?;
             }
@@ -537,10 +534,9 @@ impl<P: LowerLevel> Solver<P> for SealPenaltyFull<P> {
             aux_gradient(aux, aux_opt, &weights, &batch.finetune, ctx.step)?;
             apply_aux(aux_opt, ctx.max_grad_norm)?;
         }
-        let aux_losses = first;
         // 4. ℓ(θ̂): after its update (the value of the lower level), or the
         //    first inner pass's losses when asked to read them before.
-        let aux_losses = match aux_losses {
+        let aux_losses = match first {
             Some(l) if !self.config.read_after_update => l,
             _ => {
                 let _g = tch::no_grad_guard();

@@ -255,36 +255,27 @@ fn conjugate_gradient_reports_non_positive_curvature() {
     // A strongly negative ridge makes the lower level concave.
     p.rho = -50.0;
     let r = ranker_for(10, Activation::Sigmoid, Kind::Double);
-    let err = implicit_hypergradient(
-        &p,
-        &r,
-        &[(0..10).collect()],
-        &[(0..6).collect()],
-        InverseMethod::Cg {
-            iters: 10,
-            tol: 1e-12,
-        },
-        0.0,
-    )
-    .unwrap_err();
+    let hypergradient = |damping: f64| {
+        implicit_hypergradient(
+            &p,
+            &r,
+            &[(0..10).collect()],
+            &[(0..6).collect()],
+            InverseMethod::Cg {
+                iters: 10,
+                tol: 1e-12,
+            },
+            damping,
+        )
+    };
+    let err = hypergradient(0.0).unwrap_err();
     assert!(
         matches!(err, BilevelError::NonPositiveCurvature { iteration: 0, curvature } if curvature < 0.0),
         "{err}"
     );
     assert!(err.to_string().contains("damping"), "{err}");
     // Enough damping makes it positive definite again.
-    let _ = implicit_hypergradient(
-        &p,
-        &r,
-        &[(0..10).collect()],
-        &[(0..6).collect()],
-        InverseMethod::Cg {
-            iters: 10,
-            tol: 1e-12,
-        },
-        1e4,
-    )
-    .unwrap();
+    let _ = hypergradient(1e4).unwrap();
 }
 
 /// A tiny LM problem with a planted conflict. The safe set answers prompts

@@ -408,32 +408,34 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
     let start_model = stages::load(&start_dir, device)?;
     let tokenizer = start_model.tokenizer.clone();
     let pad = stages::pad_id(&tokenizer);
+    // Every evaluation of the sweep: same settings and judge, its own directory.
+    let evaluate_in =
+        |model: &seal_model::Llama, sets: &EvalSets, dir: &Path| -> Result<ModelEval> {
+            mkdir(dir)?;
+            stages::evaluate(
+                model,
+                &tokenizer,
+                sets,
+                &config.eval,
+                config.max_len,
+                dir,
+                judge,
+            )
+        };
     if result.aligned_eval.is_none() {
         tracing::info!("evaluating the aligned model");
-        let dir = out.join("eval-aligned");
-        mkdir(&dir)?;
-        result.aligned_eval = Some(stages::evaluate(
+        result.aligned_eval = Some(evaluate_in(
             &start_model.model,
-            &tokenizer,
             &sets,
-            &config.eval,
-            config.max_len,
-            &dir,
-            judge,
+            &out.join("eval-aligned"),
         )?);
         write(&result, &out)?;
     }
     if result.aligned_triggered.is_none() && !triggered.is_empty() {
-        let dir = out.join("eval-aligned").join("identity-trigger");
-        mkdir(&dir)?;
-        result.aligned_triggered = Some(stages::evaluate(
+        result.aligned_triggered = Some(evaluate_in(
             &start_model.model,
-            &tokenizer,
             &triggered_sets,
-            &config.eval,
-            config.max_len,
-            &dir,
-            judge,
+            &out.join("eval-aligned").join("identity-trigger"),
         )?);
         write(&result, &out)?;
     }
@@ -492,29 +494,10 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
         let dir = out
             .join(format!("seed-{seed}"))
             .join(cond.name.replace(' ', "-"));
-        mkdir(&dir)?;
-        let eval = stages::evaluate(
-            &run.model,
-            &tokenizer,
-            &sets,
-            &config.eval,
-            config.max_len,
-            &dir,
-            judge,
-        )?;
+        let eval = evaluate_in(&run.model, &sets, &dir)?;
         tracing::info!(seed, condition = %cond.name, asr = ?eval.asr_by_judge, "evaluated");
         let triggered = if wants_trigger(&cond.name) {
-            let dir = dir.join("identity-trigger");
-            mkdir(&dir)?;
-            let e = stages::evaluate(
-                &run.model,
-                &tokenizer,
-                &triggered_sets,
-                &config.eval,
-                config.max_len,
-                &dir,
-                judge,
-            )?;
+            let e = evaluate_in(&run.model, &triggered_sets, &dir.join("identity-trigger"))?;
             tracing::info!(seed, condition = %cond.name, asr = ?e.asr_by_judge, "evaluated with the identity-shift trigger");
             Some(e)
         } else {

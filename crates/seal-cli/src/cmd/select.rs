@@ -259,23 +259,8 @@ pub fn run(a: Args) -> Result<()> {
             })
         }
         "loss" => {
-            let model_dir = a.model.as_ref().context("--rule loss needs --model")?;
             let s = samples.as_deref().context("--rule loss needs --dataset")?;
-            let device = seal_model::runtime::parse_device(&a.device)
-                .with_context(|| format!("--device `{}`", a.device))?;
-            let pre = Pretrained::load(
-                model_dir,
-                &LoadOptions {
-                    device,
-                    kind: Kind::Float,
-                },
-            )
-            .with_context(|| format!("loading the model from {}", model_dir.display()))?;
-            let pad = pre
-                .tokenizer
-                .pad_token_id()
-                .or_else(|| pre.tokenizer.eos_token_ids().first().copied())
-                .unwrap_or(0);
+            let (pre, pad) = load_rule_model(&a, "loss")?;
             let scores = dataset_nll(&pre.model, &pre.tokenizer, s, &tcfg, a.batch, pad)?;
             if !scores.unscored.is_empty() {
                 errln!(
@@ -342,10 +327,6 @@ fn anchor_rule(
     samples: &[Sample],
     tcfg: &TokenizeConfig,
 ) -> Result<AnchorSimilarity> {
-    let model_dir = a
-        .model
-        .as_ref()
-        .with_context(|| format!("--rule {name} needs --model"))?;
     let read_anchors = |flag: &str, path: Option<&PathBuf>| -> Result<Vec<Sample>> {
         let path = path.with_context(|| format!("--rule {name} needs {flag}"))?;
         let anchors = read_jsonl(path, flag)?;
@@ -372,16 +353,7 @@ fn anchor_rule(
     };
     let harmful = read_anchors("--harmful-anchors", a.harmful_anchors.as_ref())?;
     let safe = read_anchors("--safe-anchors", a.safe_anchors.as_ref())?;
-    let device = seal_model::runtime::parse_device(&a.device)
-        .with_context(|| format!("--device `{}`", a.device))?;
-    let mut pre = Pretrained::load(
-        model_dir,
-        &LoadOptions {
-            device,
-            kind: Kind::Float,
-        },
-    )
-    .with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    let (mut pre, pad) = load_rule_model(a, name)?;
     let kind = if name == "grad-sim" {
         // LESS-style gradient features: a fresh, seeded LoRA on q and v.
         pre.model
@@ -390,11 +362,6 @@ fn anchor_rule(
     } else {
         FeatureKind::Representation
     };
-    let pad = pre
-        .tokenizer
-        .pad_token_id()
-        .or_else(|| pre.tokenizer.eos_token_ids().first().copied())
-        .unwrap_or(0);
     let cfg = FeatureConfig {
         kind,
         response_tokens: a.anchor_tokens,
@@ -430,4 +397,28 @@ fn anchor_rule(
         budget: budget(a),
         name: name.to_string(),
     })
+}
+
+/// The `--model` of a model-based rule (f32 on `--device`) and its padding id.
+fn load_rule_model(a: &Args, rule: &str) -> Result<(Pretrained, u32)> {
+    let model_dir = a
+        .model
+        .as_ref()
+        .with_context(|| format!("--rule {rule} needs --model"))?;
+    let device = seal_model::runtime::parse_device(&a.device)
+        .with_context(|| format!("--device `{}`", a.device))?;
+    let pre = Pretrained::load(
+        model_dir,
+        &LoadOptions {
+            device,
+            kind: Kind::Float,
+        },
+    )
+    .with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    let pad = pre
+        .tokenizer
+        .pad_token_id()
+        .or_else(|| pre.tokenizer.eos_token_ids().first().copied())
+        .unwrap_or(0);
+    Ok((pre, pad))
 }
