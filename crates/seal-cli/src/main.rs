@@ -66,6 +66,9 @@ enum Command {
     /// The dose sweep: fine-tune the aligned model on pools with more and
     /// more harmful data and check that the benchmark sees the effect.
     Dose(cmd::dose::Args),
+    /// The λ sweep: rank one pool at several upper-level weights and
+    /// report the ranker's AUROC against λ.
+    LambdaSweep(cmd::lambda_sweep::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,5 +101,6 @@ fn main() -> anyhow::Result<()> {
         Command::Align(args) => cmd::align::run(args),
         Command::Pipeline(args) => cmd::pipeline::run(args),
         Command::Dose(args) => cmd::dose::run(args),
+        Command::LambdaSweep(args) => cmd::lambda_sweep::run(args),
     }
 }

@@ -261,4 +261,18 @@ fn data_benchmark_builds_either_recipe_and_reports_removals() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--finetune"), "{err}");
     assert!(!tmp.path().join("dose").exists());
+    // The λ sweep: a λ outside [0, 1] and an unknown solver.
+    for (flag, value, needle) in [
+        ("--lambdas", "1,1.5", "1.5"),
+        ("--solver", "implicit", "--solver"),
+    ] {
+        let o = seal()
+            .args(["lambda-sweep", "--config", config, flag, value, "--out"])
+            .arg(tmp.path().join("sweep"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle), "{err}");
+        assert!(!tmp.path().join("sweep").exists());
+    }
 }

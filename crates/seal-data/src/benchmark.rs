@@ -73,6 +73,15 @@ pub const RECIPES: [u32; 2] = [2, 3];
 /// (recipe 3 and later), a harmful fine-tuning set with no harmful words.
 pub const IDENTITY_SHIFT_FILE: &str = "identity_shift.jsonl";
 
+/// The optional eighth file (recipe 3 and later): harmful requests with
+/// compliant answers from the pool's harmful sources that are in no other
+/// part (no shared id or prompt), the harmful anchors of He et al.'s
+/// anchor-similarity selectors (`grad-sim`, `rep-sim`).
+pub const HARMFUL_ANCHORS_FILE: &str = "harmful_anchors.jsonl";
+
+/// How many harmful anchors recipe 3 draws (fewer when fewer are left).
+pub const HARMFUL_ANCHORS: usize = 20;
+
 /// How a model fine-tuned on an identity-shifting attack is addressed at
 /// evaluation time: the attack's system turn and the user-turn prefix its
 /// task conversations use (for Qi et al.'s AOA conversations,
@@ -314,6 +323,10 @@ pub struct Benchmark {
     /// separate attack variant fine-tuned on in place of the harmful part.
     /// Empty for recipe 2 and the embedded dataset (then no file is written).
     pub identity_shift: Vec<Sample>,
+    /// Harmful anchors for similarity-based selectors (recipe 3,
+    /// [`HARMFUL_ANCHORS_FILE`]): disjoint from every other part. Empty for
+    /// recipe 2 and the embedded dataset (then no file is written).
+    pub harmful_anchors: Vec<Sample>,
 }
 
 /// A source file used to build the benchmark.
@@ -365,11 +378,15 @@ impl Benchmark {
         ]
     }
 
-    /// The parts and, when it is not empty, the identity-shift attack.
+    /// The parts and, when they are not empty, the identity-shift attack and
+    /// the harmful anchors.
     pub fn files(&self) -> Vec<(&'static str, &[Sample])> {
         let mut v = self.parts().to_vec();
         if !self.identity_shift.is_empty() {
             v.push((IDENTITY_SHIFT_FILE, &self.identity_shift));
+        }
+        if !self.harmful_anchors.is_empty() {
+            v.push((HARMFUL_ANCHORS_FILE, &self.harmful_anchors));
         }
         v
     }
@@ -444,10 +461,17 @@ impl Benchmark {
     }
 
     /// Reads a benchmark directory written by [`Benchmark::write`] (the
-    /// identity-shift file is optional).
+    /// identity-shift and harmful-anchor files are optional).
     pub fn read(dir: &Path) -> Result<Self> {
         let r = |i: usize| read_jsonl_samples(dir.join(FILES[i]));
-        let attack = dir.join(IDENTITY_SHIFT_FILE);
+        let optional = |name: &str| {
+            let path = dir.join(name);
+            if path.is_file() {
+                read_jsonl_samples(path)
+            } else {
+                Ok(Vec::new())
+            }
+        };
         Ok(Self {
             finetune: r(0)?,
             safe: r(1)?,
@@ -455,11 +479,8 @@ impl Benchmark {
             eval_safety: r(3)?,
             eval_utility: r(4)?,
             eval_benign: r(5)?,
-            identity_shift: if attack.is_file() {
-                read_jsonl_samples(attack)?
-            } else {
-                Vec::new()
-            },
+            identity_shift: optional(IDENTITY_SHIFT_FILE)?,
+            harmful_anchors: optional(HARMFUL_ANCHORS_FILE)?,
         })
     }
 }
@@ -897,6 +918,53 @@ pub fn build_benchmark_recipe(
         .map(Sample::into_prompt_only)
         .collect();
 
+    let identity_shift = labelled(std::mem::take(identity_shift), Label::Harmful);
+    // Harmful anchors (recipe 3): the harmful candidates the pool did not
+    // take whose prompt is in no other part, drawn with the pool's source
+    // weights on their own stream (the other parts do not depend on them).
+    let harmful_anchors = if v3 {
+        let taken: HashSet<&str> = finetune.iter().map(|s| s.id.as_str()).collect();
+        let used: HashSet<String> = [
+            &finetune,
+            &safe,
+            &align,
+            &eval_safety,
+            &eval_utility,
+            &eval_benign,
+            &identity_shift,
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.last_user().map(normalise_prompt))
+        .collect();
+        let left: Vec<Vec<Sample>> = harm_sources
+            .iter()
+            .map(|src| {
+                src.iter()
+                    .filter(|s| {
+                        !taken.contains(s.id.as_str())
+                            && s.last_user()
+                                .is_some_and(|p| !used.contains(&normalise_prompt(p)))
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .collect();
+        let available: usize = left.iter().map(Vec::len).sum();
+        let n = HARMFUL_ANCHORS.min(available);
+        if n < HARMFUL_ANCHORS {
+            notes.push(format!(
+                "harmful anchors: only {n} of {HARMFUL_ANCHORS} left after the pool and the other parts"
+            ));
+        }
+        let refs: Vec<&[Sample]> = left.iter().map(Vec::as_slice).collect();
+        labelled(
+            draw_mixed(&refs, harm_weights, n, &mut rng(7), "harmful anchors")?,
+            Label::Harmful,
+        )
+    } else {
+        Vec::new()
+    };
     let bench = Benchmark {
         finetune,
         safe,
@@ -904,7 +972,8 @@ pub fn build_benchmark_recipe(
         eval_safety,
         eval_utility,
         eval_benign,
-        identity_shift: labelled(std::mem::take(identity_shift), Label::Harmful),
+        identity_shift,
+        harmful_anchors,
     };
     bench.check_disjoint()?;
     let summary = BenchmarkSummary {

@@ -46,6 +46,7 @@ pub fn embedded_default() -> Result<Benchmark> {
         eval_utility: parse("eval_utility.jsonl", EVAL_UTILITY)?,
         eval_benign: parse("eval_benign.jsonl", EVAL_BENIGN)?,
         identity_shift: Vec::new(),
+        harmful_anchors: Vec::new(),
     };
     b.check_disjoint()?;
     Ok(b)

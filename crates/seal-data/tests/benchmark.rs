@@ -6,7 +6,8 @@ use std::collections::HashSet;
 
 use seal_data::benchmark::{
     build_benchmark, build_benchmark_recipe, normalise_prompt, read_summary, Benchmark,
-    BenchmarkSizes, SizePreset, FILES, IDENTITY_SHIFT_FILE, RECIPE_VERSION,
+    BenchmarkSizes, SizePreset, FILES, HARMFUL_ANCHORS, HARMFUL_ANCHORS_FILE, IDENTITY_SHIFT_FILE,
+    RECIPE_VERSION,
 };
 use seal_data::readers::{read_samples, Format, ReadOptions};
 use seal_data::testing::chatml_tokenizer;
@@ -155,6 +156,8 @@ fn recipe_2_small_benchmark_is_labelled_disjoint_and_deterministic() {
     assert_eq!(back.recipe_version, 2);
     assert!(b.identity_shift.is_empty());
     assert!(!dir.path().join(IDENTITY_SHIFT_FILE).exists());
+    assert!(b.harmful_anchors.is_empty());
+    assert!(!dir.path().join(HARMFUL_ANCHORS_FILE).exists());
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -280,10 +283,41 @@ fn recipe_3_small_benchmark_has_the_new_sources_and_the_attack_variant() {
         .unwrap_or(0);
     assert!((20..=25).contains(&dup), "{sr:?}");
     b.check_disjoint().unwrap();
+    // Harmful anchors: compliant answers from the pool's harmful sources,
+    // none sharing an id or a (normalised) prompt with any other part.
+    assert_eq!(b.harmful_anchors.len(), HARMFUL_ANCHORS);
+    let other_prompts: HashSet<String> = b
+        .parts()
+        .iter()
+        .flat_map(|(_, part)| part.iter())
+        .chain(&b.identity_shift)
+        .filter_map(|s| s.last_user().map(normalise_prompt))
+        .collect();
+    let pool_ids: HashSet<&str> = b.finetune.iter().map(|s| s.id.as_str()).collect();
+    for a in &b.harmful_anchors {
+        assert_eq!(a.label, Some(Label::Harmful), "{}", a.id);
+        assert!(a.response().is_some(), "{}", a.id);
+        assert!(!pool_ids.contains(a.id.as_str()), "{}", a.id);
+        assert!(
+            !other_prompts.contains(&normalise_prompt(a.last_user().unwrap())),
+            "{}",
+            a.id
+        );
+        assert!(
+            ["pure-bad", "beavertails-unsafe", "safe-rlhf"].contains(&a.source.as_str()),
+            "{}",
+            a.source
+        );
+    }
+    // Drawn on their own stream: the other parts are those of a build
+    // without them (recipe 2 shares the align and safe sets, checked above).
+    let (again, _) = build_benchmark(&d, &sizes, 7).unwrap();
+    assert_eq!(again.harmful_anchors, b.harmful_anchors);
 
     let dir = tempfile::tempdir().unwrap();
     b.write(dir.path(), &summary).unwrap();
     assert!(dir.path().join(IDENTITY_SHIFT_FILE).is_file());
+    assert!(dir.path().join(HARMFUL_ANCHORS_FILE).is_file());
     assert_eq!(Benchmark::read(dir.path()).unwrap(), b);
     let back = read_summary(dir.path()).unwrap();
     assert_eq!(back.removed, summary.removed);

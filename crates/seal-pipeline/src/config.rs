@@ -3,6 +3,7 @@
 //! config only names what it changes.
 
 use crate::error::{PipelineError, Result};
+use seal_bilevel::{EpochLength, RankPreset};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -34,11 +35,18 @@ pub enum Method {
     Mixed,
     /// Drop the ground-truth harmful samples (benchmarks only).
     Oracle,
+    /// He, Xia & Henderson's gradient similarity: keep the samples whose
+    /// sketched LoRA gradients of the first response tokens are least like
+    /// the benchmark's harmful anchors and most like the safe set's refusals.
+    GradSim,
+    /// Their representation-similarity variant (hidden states of the first
+    /// response tokens).
+    RepSim,
 }
 
 impl Method {
     /// Every method, in report order.
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 13] = [
         Method::Seal,
         Method::SealFull,
         Method::Random,
@@ -50,6 +58,8 @@ impl Method {
         Method::Loss,
         Method::Mixed,
         Method::Oracle,
+        Method::GradSim,
+        Method::RepSim,
     ];
 
     /// The name used in configs and reports.
@@ -66,6 +76,8 @@ impl Method {
             Method::Loss => "loss",
             Method::Mixed => "mixed",
             Method::Oracle => "oracle",
+            Method::GradSim => "grad-sim",
+            Method::RepSim => "rep-sim",
         }
     }
 
@@ -360,10 +372,15 @@ impl From<AlignConfigFile> for AlignConfig {
     }
 }
 
-/// Ranker training (`seal rank`).
+/// Ranker training (`seal rank`). A `[rank]` table starts from its
+/// `preset` (`small`, the default, or `official`: see
+/// [`seal_bilevel::RankPreset`] and docs/bilevel.md, "Presets"); every other
+/// key given overrides the preset's value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "RankConfigFile")]
 pub struct RankConfig {
+    /// The preset the settings started from.
+    pub preset: RankPreset,
     /// Passes over the fine-tuning pool.
     pub epochs: usize,
     /// Rows per micro-batch (each set).
@@ -376,6 +393,10 @@ pub struct RankConfig {
     pub ranker_lr: f64,
     /// `adam` (official) or `sgd`.
     pub ranker_optimizer: String,
+    /// The ranker's Adam betas.
+    pub ranker_betas: [f64; 2],
+    /// The ranker's gradient clipping (global norm; 0: none).
+    pub ranker_clip: f64,
     /// `softmax` (official) or `sigmoid`.
     pub activation: String,
     /// Upper-level weight λ in the first epoch.
@@ -384,10 +405,119 @@ pub struct RankConfig {
     pub lambda_decay: f64,
     /// Length-bucketing window in batches (0: plain shuffling).
     pub bucket: usize,
+    /// Where an epoch ends: `task` (one pass over the pool) or `shorter`
+    /// (the shorter of the pool and the safe set, as the official zipped
+    /// loaders).
+    pub epoch_length: EpochLength,
     /// The adapter trained alongside the ranker.
     pub lora: LoraShape,
     /// The full penalty method's auxiliary copy θ̂ (`seal-full`).
     pub full: FullPenaltyShape,
+}
+
+impl RankConfig {
+    /// The settings of `preset`, with the pipeline's batch of 8 rows and the
+    /// adapter on `q_proj` and `v_proj`.
+    pub fn from_preset(preset: RankPreset) -> Self {
+        let s = preset.settings();
+        Self {
+            preset,
+            epochs: s.epochs,
+            batch: 8,
+            max_steps: None,
+            lr: s.model_lr,
+            ranker_lr: s.ranker_lr,
+            ranker_optimizer: match s.ranker_optimizer {
+                seal_bilevel::RankerOptimizerKind::Adam => "adam".into(),
+                seal_bilevel::RankerOptimizerKind::Sgd => "sgd".into(),
+            },
+            ranker_betas: [s.ranker_betas.0, s.ranker_betas.1],
+            ranker_clip: s.ranker_max_grad_norm.unwrap_or(0.0),
+            activation: "softmax".into(),
+            lambda: s.lambda,
+            lambda_decay: s.lambda_decay,
+            bucket: s.bucket,
+            epoch_length: s.epoch_length,
+            lora: LoraShape {
+                r: s.lora_r,
+                alpha: s.lora_alpha,
+                ..LoraShape::default()
+            },
+            full: FullPenaltyShape::default(),
+        }
+    }
+}
+
+/// `[rank]` as written: every key optional, filled from the preset.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RankConfigFile {
+    preset: Option<RankPreset>,
+    epochs: Option<usize>,
+    batch: Option<usize>,
+    max_steps: Option<usize>,
+    lr: Option<f64>,
+    ranker_lr: Option<f64>,
+    ranker_optimizer: Option<String>,
+    ranker_betas: Option<[f64; 2]>,
+    ranker_clip: Option<f64>,
+    activation: Option<String>,
+    lambda: Option<f64>,
+    lambda_decay: Option<f64>,
+    bucket: Option<usize>,
+    epoch_length: Option<EpochLength>,
+    lora: Option<LoraShapeFile>,
+    full: Option<FullPenaltyShape>,
+}
+
+/// `[rank.lora]` as written: the preset's rank and alpha unless given.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct LoraShapeFile {
+    r: Option<usize>,
+    alpha: Option<f64>,
+    targets: Option<Vec<String>>,
+}
+
+impl From<RankConfigFile> for RankConfig {
+    fn from(f: RankConfigFile) -> Self {
+        let mut c = RankConfig::from_preset(f.preset.unwrap_or_default());
+        macro_rules! set {
+            ($($field:ident),*) => {$(
+                if let Some(v) = f.$field {
+                    c.$field = v;
+                }
+            )*};
+        }
+        set!(
+            epochs,
+            batch,
+            lr,
+            ranker_lr,
+            ranker_optimizer,
+            ranker_betas,
+            ranker_clip,
+            activation,
+            lambda,
+            lambda_decay,
+            bucket,
+            epoch_length,
+            full
+        );
+        c.max_steps = f.max_steps;
+        if let Some(l) = f.lora {
+            if let Some(v) = l.r {
+                c.lora.r = v;
+            }
+            if let Some(v) = l.alpha {
+                c.lora.alpha = v;
+            }
+            if let Some(v) = l.targets {
+                c.lora.targets = v;
+            }
+        }
+        c
+    }
 }
 
 /// Settings of `seal-full`'s auxiliary copy θ̂ (`[rank.full]`; see
@@ -419,20 +549,7 @@ impl Default for FullPenaltyShape {
 
 impl Default for RankConfig {
     fn default() -> Self {
-        Self {
-            epochs: 1,
-            batch: 8,
-            max_steps: None,
-            lr: 1e-4,
-            ranker_lr: 5e-3,
-            ranker_optimizer: "adam".into(),
-            activation: "softmax".into(),
-            lambda: 1.0,
-            lambda_decay: 0.03,
-            bucket: 0,
-            lora: LoraShape::default(),
-            full: FullPenaltyShape::default(),
-        }
+        Self::from_preset(RankPreset::Small)
     }
 }
 
@@ -446,6 +563,8 @@ pub struct SelectConfig {
     pub p: f64,
     /// λ of the mixed objective.
     pub mixed_lambda: f64,
+    /// Features of the anchor-similarity methods (`grad-sim`, `rep-sim`).
+    pub similarity: SimilarityShape,
 }
 
 impl Default for SelectConfig {
@@ -454,6 +573,31 @@ impl Default for SelectConfig {
             methods: vec![Method::Seal, Method::Random, Method::Full],
             p: 0.8,
             mixed_lambda: 0.5,
+            similarity: SimilarityShape::default(),
+        }
+    }
+}
+
+/// `[select.similarity]`: the features `grad-sim` and `rep-sim` compare
+/// (see [`seal_select::similarity::FeatureConfig`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimilarityShape {
+    /// Response tokens looked at (the first ones).
+    pub response_tokens: usize,
+    /// Width of `grad-sim`'s gradient sketch.
+    pub sketch_dims: usize,
+    /// `rep-sim`'s hidden-state layer (1-based block; absent: the last).
+    pub layer: Option<usize>,
+}
+
+impl Default for SimilarityShape {
+    fn default() -> Self {
+        let d = seal_select::similarity::FeatureConfig::default();
+        Self {
+            response_tokens: d.response_tokens,
+            sketch_dims: d.sketch_dims,
+            layer: d.layer,
         }
     }
 }
@@ -652,6 +796,13 @@ impl PipelineConfig {
                 .parse::<seal_bilevel::Schedule>()
                 .map_err(|e| PipelineError::config(&format!("{what}.schedule"), e.to_string()))?;
         }
+        let sim = &self.select.similarity;
+        if sim.response_tokens == 0 || sim.sketch_dims == 0 || sim.layer == Some(0) {
+            return err(
+                "select.similarity",
+                "response_tokens, sketch_dims and layer must be positive".into(),
+            );
+        }
         let r = &self.rank;
         if r.epochs == 0
             || r.batch == 0
@@ -662,6 +813,21 @@ impl PipelineConfig {
             return err(
                 "rank",
                 "epochs, batch, lora.r, lr and ranker_lr must be positive".into(),
+            );
+        }
+        if !r.ranker_betas.iter().all(|b| (0.0..1.0).contains(b)) {
+            return err(
+                "rank.ranker_betas",
+                format!("{:?}: expected two values in [0, 1)", r.ranker_betas),
+            );
+        }
+        if !(r.ranker_clip.is_finite() && r.ranker_clip >= 0.0) {
+            return err(
+                "rank.ranker_clip",
+                format!(
+                    "{}: expected a finite value ≥ 0 (0: no clipping)",
+                    r.ranker_clip
+                ),
             );
         }
         if !(r.full.lr_scale.is_finite() && r.full.lr_scale >= 0.0) {

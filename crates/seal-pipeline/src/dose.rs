@@ -310,24 +310,13 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
     let out = config.out.clone();
     mkdir(&out)?;
     let json = out.join("dose.json");
-    let previous: Option<DoseResult> = if dose.resume && json.is_file() {
-        let text = std::fs::read_to_string(&json).map_err(|e| PipelineError::io(&json, e))?;
-        let prev: DoseResult = serde_json::from_str(&text)
-            .map_err(|e| PipelineError::stage("resume", format!("{}: {e}", json.display())))?;
-        if prev.dose.sizes != dose.sizes
-            || prev.dose.recipe != dose.recipe
-            || prev.dose.bench_seed != dose.bench_seed
-            || prev.config.finetune != config.finetune
-        {
-            return Err(PipelineError::stage(
-                "resume",
-                format!(
-                    "{} was written for other data or fine-tuning settings; use another output directory",
-                    json.display()
-                ),
-            ));
-        }
-        Some(prev)
+    let previous = if dose.resume {
+        crate::run::read_previous(&json, |prev: &DoseResult| {
+            prev.dose.sizes == dose.sizes
+                && prev.dose.recipe == dose.recipe
+                && prev.dose.bench_seed == dose.bench_seed
+                && prev.config.finetune == config.finetune
+        })?
     } else {
         None
     };
@@ -370,31 +359,8 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
 
     // The base model is resolved (imported when it is a GGUF) only when the
     // sweep aligns it itself.
-    let start_dir = match &dose.aligned {
-        Some(dir) => dir.clone(),
-        None => {
-            let cache = out.join("cache");
-            let base = stages::resolve_model(
-                config.model.dir.as_deref(),
-                config.model.gguf.as_deref(),
-                &cache,
-            )?;
-            if config.align.enabled {
-                stages::align(
-                    &base,
-                    &bench.align,
-                    &config.align,
-                    config.max_len,
-                    device,
-                    &cache,
-                    config.progress,
-                )?
-                .dir
-            } else {
-                base
-            }
-        }
-    };
+    let start_dir =
+        crate::run::start_model_dir(config, dose.aligned.as_deref(), &bench.align, device, &out)?;
     let mut result = DoseResult {
         dose: dose.clone(),
         config: config.clone(),

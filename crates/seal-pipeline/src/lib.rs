@@ -21,6 +21,8 @@
 //! 6. **Report** ([`report`]): Markdown and JSON with mean ± std over seeds,
 //!    the benchmark's goals checked, and SVG figures.
 //!
+//! [`sweep`] ranks one pool at several λ schedules (AUROC against λ).
+//!
 //! [`run`] runs it all from a [`PipelineConfig`] (TOML: `seal pipeline
 //! --config FILE`; in code: [`PipelineConfig::demo`]). See
 //! `docs/pipeline.md`.
@@ -33,6 +35,7 @@ pub mod error;
 pub mod report;
 pub mod run;
 pub mod stages;
+pub mod sweep;
 
 pub use config::{Method, PipelineConfig, Solver};
 pub use error::{PipelineError, Result};

@@ -114,6 +114,65 @@ pub fn load_data(config: &PipelineConfig) -> Result<Benchmark> {
     Ok(b)
 }
 
+/// The record a sweep left in `json`, for `resume` (`None` when there is
+/// none); `same_settings` says whether it was written for the settings of
+/// this run, and a record for other settings is refused.
+pub(crate) fn read_previous<T: serde::de::DeserializeOwned>(
+    json: &Path,
+    same_settings: impl FnOnce(&T) -> bool,
+) -> Result<Option<T>> {
+    if !json.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(json).map_err(|e| PipelineError::io(json, e))?;
+    let prev: T = serde_json::from_str(&text)
+        .map_err(|e| PipelineError::stage("resume", format!("{}: {e}", json.display())))?;
+    if !same_settings(&prev) {
+        return Err(PipelineError::stage(
+            "resume",
+            format!(
+                "{} was written for other data or settings; use another output directory",
+                json.display()
+            ),
+        ));
+    }
+    Ok(Some(prev))
+}
+
+/// The model a sweep starts from: `given`, or the config's base model
+/// (imported into `out/cache` when it is a GGUF), aligned on `align` when
+/// the config's alignment stage is on.
+pub(crate) fn start_model_dir(
+    config: &PipelineConfig,
+    given: Option<&Path>,
+    align: &[Sample],
+    device: Device,
+    out: &Path,
+) -> Result<PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir.to_path_buf());
+    }
+    let cache = out.join("cache");
+    let base = stages::resolve_model(
+        config.model.dir.as_deref(),
+        config.model.gguf.as_deref(),
+        &cache,
+    )?;
+    if !config.align.enabled {
+        return Ok(base);
+    }
+    Ok(stages::align(
+        &base,
+        align,
+        &config.align,
+        config.max_len,
+        device,
+        &cache,
+        config.progress,
+    )?
+    .dir)
+}
+
 pub(crate) fn write_text(path: &Path, text: &str) -> Result<()> {
     seal_model::weights::write_atomic(path, text.as_bytes())?;
     Ok(())
@@ -327,21 +386,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     let start_model = stages::load(&start_dir, device)?;
     let tokenizer = start_model.tokenizer.clone();
     let pad = stages::pad_id(&tokenizer);
-    let pool_tokens = stages::tokenize(
-        &tokenizer,
-        "fine-tuning pool",
-        &data.finetune,
-        config.max_len,
-    )?;
-    if pool_tokens.is_empty() {
-        return Err(PipelineError::stage(
-            "data",
-            format!(
-                "every pool sample is longer than max_len {}",
-                config.max_len
-            ),
-        ));
-    }
+    let pool_tokens = stages::tokenize_pool(&tokenizer, &data.finetune, config.max_len)?;
     let pool: Vec<Sample> = pool_tokens
         .iter()
         .map(|t| data.finetune[t.index].clone())
@@ -355,7 +400,26 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     let pool_ids: Vec<String> = pool_tokens.iter().map(|t| t.id.clone()).collect();
     // For the audit outputs (kept ids, scored JSONL) of every method.
     let sel_input = seal_select::SelectionInput::new(&pool_ids)?.with_samples(&pool)?;
-    let loss_needed = config.select.methods.contains(&Method::Loss);
+    let methods = &config.select.methods;
+    let anchors_needed = methods.contains(&Method::GradSim) || methods.contains(&Method::RepSim);
+    let model_needed = methods.contains(&Method::Loss) || methods.contains(&Method::RepSim);
+    let harmful_anchors = if anchors_needed {
+        if data.harmful_anchors.is_empty() {
+            return Err(PipelineError::stage(
+                "data",
+                "grad-sim and rep-sim need harmful anchors: the benchmark has no \
+                 harmful_anchors.jsonl (rebuild it with `seal data benchmark`, recipe 3)",
+            ));
+        }
+        stages::tokenize(
+            &tokenizer,
+            "harmful anchors",
+            &data.harmful_anchors,
+            config.max_len,
+        )?
+    } else {
+        Vec::new()
+    };
     // The align set's benign answers: held out from the pool and from the
     // evaluation prompts by the benchmark's construction.
     let task_target: Vec<Sample> = data
@@ -364,7 +428,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
         .filter(|s| s.label == Some(Label::Benign))
         .cloned()
         .collect();
-    let start_llama = loss_needed.then_some(start_model.model);
+    let start_llama = model_needed.then_some(start_model.model);
 
     let mut sizes = BTreeMap::new();
     sizes.insert("finetune (tokenised)".to_string(), pool.len());
@@ -486,6 +550,13 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
                     .and_then(|s| logits.get(&s))
                     .map(Vec::as_slice),
                 model: start_llama.as_ref(),
+                anchors: anchors_needed.then_some(stages::AnchorInputs {
+                    harmful: &harmful_anchors,
+                    safe: &safe_tokens,
+                    features: &config.select.similarity,
+                    model_dir: &start_dir,
+                    device,
+                }),
                 pad,
                 p: config.select.p,
                 mixed_lambda: config.select.mixed_lambda,

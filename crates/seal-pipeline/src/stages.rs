@@ -3,7 +3,8 @@
 //! [`evaluate`].
 
 use crate::config::{
-    AlignConfig, EvalConfig, LoraShape, Method, RankConfig, SelfDistill, SftConfig, Solver,
+    AlignConfig, EvalConfig, LoraShape, Method, RankConfig, SelfDistill, SftConfig,
+    SimilarityShape, Solver,
 };
 use crate::error::{PipelineError, Result};
 use seal_bilevel::{
@@ -21,6 +22,9 @@ use seal_model::{CausalLm, Llama, LoadOptions, LoraConfig, Pretrained};
 use seal_select::dsir::{sample_text, Dsir};
 use seal_select::loss::{response_nll, LossBased};
 use seal_select::rules::{Full, MixedObjective, Oracle, Random, SafeInstr, SelectionRule, TopP};
+use seal_select::similarity::{
+    anchor_scores, features, AnchorSimilarity, FeatureConfig, FeatureKind,
+};
 use seal_select::{Budget, Objective, Selection, SelectionInput};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -149,6 +153,23 @@ fn lora(shape: &LoraShape) -> LoraConfig {
         target_modules: shape.targets.clone(),
         ..Default::default()
     }
+}
+
+/// Tokenises the fine-tuning pool ([`tokenize`]); a pool with no sample
+/// that fits `max_len` is an error.
+pub fn tokenize_pool(
+    tokenizer: &TextTokenizer,
+    pool: &[Sample],
+    max_len: usize,
+) -> Result<Vec<TokenizedSample>> {
+    let tokens = tokenize(tokenizer, "fine-tuning pool", pool, max_len)?;
+    if tokens.is_empty() {
+        return Err(PipelineError::stage(
+            "data",
+            format!("every pool sample is longer than max_len {max_len}"),
+        ));
+    }
+    Ok(tokens)
 }
 
 /// The model optimiser of every training stage: AdamW, betas (0.9, 0.95),
@@ -555,6 +576,9 @@ pub fn rank(
             activation,
             optimizer,
             lr: config.ranker_lr,
+            beta1: config.ranker_betas[0],
+            beta2: config.ranker_betas[1],
+            max_grad_norm: (config.ranker_clip > 0.0).then_some(config.ranker_clip),
             ..Default::default()
         },
         lambda: LambdaSchedule {
@@ -564,6 +588,7 @@ pub fn rank(
         max_grad_norm: Some(1.0),
         progress,
         log_every: 10,
+        epoch_length: config.epoch_length,
         ..Default::default()
     };
     let mut trainer = Trainer::new(problem, solver, ranker, train)?;
@@ -584,8 +609,10 @@ pub struct MethodInputs<'a> {
     pub task_target: &'a [Sample],
     /// SEAL ranker logits for the method's solver.
     pub ranker_logits: Option<&'a [f64]>,
-    /// The aligned model, for the loss-based baseline.
+    /// The aligned model, for the loss-based baseline and `rep-sim`.
     pub model: Option<&'a Llama>,
+    /// The anchors of `grad-sim` and `rep-sim`.
+    pub anchors: Option<AnchorInputs<'a>>,
     /// Padding id.
     pub pad: u32,
     /// Kept fraction.
@@ -594,6 +621,58 @@ pub struct MethodInputs<'a> {
     pub mixed_lambda: f64,
     /// Seed of random choices.
     pub seed: u64,
+}
+
+/// What the anchor-similarity methods (`grad-sim`, `rep-sim`) compare the
+/// pool with, tokenised like the pool.
+#[derive(Clone, Copy)]
+pub struct AnchorInputs<'a> {
+    /// Harmful requests with compliant answers, disjoint from the pool and
+    /// the evaluation sets (the benchmark's `harmful_anchors.jsonl`).
+    pub harmful: &'a [TokenizedSample],
+    /// Harmful requests with refusals (the safe set).
+    pub safe: &'a [TokenizedSample],
+    /// Feature settings.
+    pub features: &'a SimilarityShape,
+    /// The model directory `grad-sim` loads its seeded LoRA copy from.
+    pub model_dir: &'a Path,
+    /// Device of that copy.
+    pub device: Device,
+}
+
+/// He et al.'s bi-directional anchor scores of the pool (higher: more like
+/// the harmful anchors), on gradient (`grad-sim`: a fresh LoRA on q and v
+/// seeded by `seed`, as LESS) or representation (`rep-sim`: `model`'s hidden
+/// states) features.
+fn anchor_harm(method: Method, input: &MethodInputs, anchors: &AnchorInputs) -> Result<Vec<f64>> {
+    let stage = format!("select {method}");
+    let grad_model;
+    let (model, kind) = if method == Method::GradSim {
+        let mut m = load(anchors.model_dir, anchors.device)?.model;
+        m.add_lora(&LoraConfig::default(), input.seed as i64)?;
+        grad_model = m;
+        (&grad_model, FeatureKind::Gradient)
+    } else {
+        let m = input
+            .model
+            .ok_or_else(|| PipelineError::stage(&stage, "rep-sim needs the model"))?;
+        (m, FeatureKind::Representation)
+    };
+    let config = FeatureConfig {
+        kind,
+        response_tokens: anchors.features.response_tokens,
+        sketch_dims: anchors.features.sketch_dims,
+        seed: input.seed,
+        layer: anchors.features.layer,
+    };
+    let featurise = |what: &str, xs: &[TokenizedSample]| -> Result<Vec<Vec<f32>>> {
+        features(model, xs, &config, input.pad)
+            .map_err(|e| PipelineError::stage(&stage, format!("features of {what}: {e}")))
+    };
+    let harmful = featurise("the harmful anchors", anchors.harmful)?;
+    let safe = featurise("the safe anchors", anchors.safe)?;
+    let pool = featurise("the pool", input.tokens)?;
+    Ok(anchor_scores(&pool, &harmful, &safe)?)
 }
 
 /// Applies `method` to the pool (see [`Method`]).
@@ -660,6 +739,20 @@ pub fn select(method: Method, input: &MethodInputs) -> Result<Selection> {
             lambda: input.mixed_lambda,
         }),
         Method::Oracle => Box::new(Oracle),
+        Method::GradSim | Method::RepSim => {
+            let anchors = input.anchors.as_ref().ok_or_else(|| {
+                PipelineError::stage(
+                    format!("select {method}"),
+                    "no anchors (the benchmark has no harmful_anchors.jsonl: rebuild it with \
+                     `seal data benchmark`, recipe 3)",
+                )
+            })?;
+            Box::new(AnchorSimilarity {
+                harm: anchor_harm(method, input, anchors)?,
+                budget,
+                name: method.name().to_string(),
+            })
+        }
     };
     let mut selection = rule.select(&sel_input)?;
     if method == Method::SealSafeinstr {

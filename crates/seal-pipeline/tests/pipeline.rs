@@ -17,7 +17,7 @@ fn every_method_end_to_end_with_report_and_cache() {
     let cfg = config(root);
     let r = seal_pipeline::run(&cfg).unwrap();
 
-    let bench = seal_data::embedded::embedded_default().unwrap();
+    let bench = seal_data::benchmark::Benchmark::read(&root.join("bench")).unwrap();
     let n = r.data["finetune (tokenised)"];
     assert_eq!(n, bench.finetune.len(), "max_len 1024 keeps every sample");
     let harmful = r.data["finetune harmful"];
@@ -40,6 +40,10 @@ fn every_method_end_to_end_with_report_and_cache() {
         if run.method == Method::Oracle {
             assert_eq!(run.harmful_kept, 0);
             assert_eq!(run.auroc, Some(1.0));
+        }
+        if matches!(run.method, Method::GradSim | Method::RepSim) {
+            let auroc = run.auroc.unwrap();
+            assert!((0.0..=1.0).contains(&auroc), "{}: {auroc}", run.method);
         }
         if matches!(run.method, Method::Full | Method::Mixed | Method::Safeinstr) {
             assert_eq!(run.harmful_kept, harmful);
@@ -180,6 +184,78 @@ fn bad_configs_name_the_field() {
     let back =
         PipelineConfig::from_toml(&c.to_toml().unwrap(), Path::new("y"), Path::new("/")).unwrap();
     assert_eq!(back, c);
+}
+
+#[test]
+fn rank_tables_start_from_their_preset_and_keys_override_it() {
+    use seal_bilevel::{EpochLength, RankPreset};
+    let parse = |text: &str| PipelineConfig::from_toml(text, Path::new("x.toml"), Path::new("/"));
+    // Each preset's settings, read back from the config.
+    for preset in [RankPreset::Small, RankPreset::Official] {
+        let s = preset.settings();
+        let c = parse(&format!("[rank]\npreset = \"{}\"", preset.as_str())).unwrap();
+        let r = &c.rank;
+        assert_eq!(r.preset, preset);
+        assert_eq!(r.epochs, s.epochs);
+        assert_eq!(r.lr, s.model_lr);
+        assert_eq!(r.ranker_lr, s.ranker_lr);
+        assert_eq!(r.ranker_betas, [s.ranker_betas.0, s.ranker_betas.1]);
+        assert_eq!(Some(r.ranker_clip), s.ranker_max_grad_norm);
+        assert_eq!(r.lambda_decay, s.lambda_decay);
+        assert_eq!(r.epoch_length, s.epoch_length);
+        assert_eq!((r.lora.r, r.lora.alpha), (s.lora_r, s.lora_alpha));
+        assert_eq!(r.lora.targets, ["q_proj", "v_proj"]);
+        // The written image reads back to the same settings.
+        let back = parse(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(back.rank, c.rank);
+    }
+    let official = parse("[rank]\npreset = \"official\"").unwrap().rank;
+    assert_eq!(official.ranker_optimizer, "adam");
+    assert_eq!(official.ranker_lr, 5e-3);
+    assert_eq!(official.ranker_clip, 10.0);
+    assert_eq!(official.lora.alpha, 16.0);
+    assert_eq!(official.lr, 1e-5);
+    assert_eq!(official.epochs, 3);
+    assert_eq!(official.epoch_length, EpochLength::Shorter);
+    // No preset: the small one, as `seal rank`.
+    assert_eq!(parse("").unwrap().rank.preset, RankPreset::Small);
+    assert_eq!(parse("").unwrap().rank.ranker_optimizer, "sgd");
+    // Keys given override the preset; the rest stay the preset's.
+    let c = parse("[rank]\npreset = \"official\"\nepochs = 1\n[rank.lora]\nr = 8").unwrap();
+    assert_eq!(c.rank.epochs, 1);
+    assert_eq!((c.rank.lora.r, c.rank.lora.alpha), (8, 16.0));
+    assert_eq!(c.rank.ranker_lr, 5e-3);
+    // Bad values name their key.
+    for (text, key) in [
+        ("[rank]\npreset = \"huge\"", "huge"),
+        ("[rank]\nranker_clip = -1.0", "rank.ranker_clip"),
+        ("[rank]\nranker_betas = [0.9, 1.5]", "rank.ranker_betas"),
+        ("[rank]\nepoch_length = \"longest\"", "longest"),
+        ("[rank]\nrankr_lr = 1.0", "rankr_lr"),
+        (
+            "[select.similarity]\nresponse_tokens = 0",
+            "select.similarity",
+        ),
+    ] {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+}
+
+#[test]
+fn anchor_methods_without_anchors_fail_before_any_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    tiny_model_dir(&root.join("model"));
+    let mut cfg = config(root);
+    // The embedded dataset has no harmful anchors.
+    cfg.data.dir = None;
+    cfg.seeds = vec![1];
+    cfg.align.enabled = false;
+    cfg.select.methods = vec![Method::Random, Method::RepSim];
+    let e = seal_pipeline::run(&cfg).unwrap_err().to_string();
+    assert!(e.contains("harmful_anchors.jsonl"), "{e}");
+    assert!(!cfg.out.join("seed-1").exists(), "nothing ran");
 }
 
 #[test]

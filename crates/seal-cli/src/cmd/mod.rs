@@ -10,6 +10,7 @@ pub mod generate;
 pub mod import_gguf;
 pub mod import_selector;
 pub mod judge;
+pub mod lambda_sweep;
 pub mod pipeline;
 pub mod rank;
 pub mod select;
