@@ -96,6 +96,16 @@ pub enum RankerOptimizerKind {
     Sgd,
 }
 
+impl RankerOptimizerKind {
+    /// The name [`FromStr`](std::str::FromStr) reads (`adam`, `sgd`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Adam => "adam",
+            Self::Sgd => "sgd",
+        }
+    }
+}
+
 impl std::str::FromStr for RankerOptimizerKind {
     type Err = BilevelError;
     fn from_str(s: &str) -> Result<Self> {

@@ -427,10 +427,7 @@ impl RankConfig {
             max_steps: None,
             lr: s.model_lr,
             ranker_lr: s.ranker_lr,
-            ranker_optimizer: match s.ranker_optimizer {
-                seal_bilevel::RankerOptimizerKind::Adam => "adam".into(),
-                seal_bilevel::RankerOptimizerKind::Sgd => "sgd".into(),
-            },
+            ranker_optimizer: s.ranker_optimizer.as_str().into(),
             ranker_betas: [s.ranker_betas.0, s.ranker_betas.1],
             ranker_clip: s.ranker_max_grad_norm.unwrap_or(0.0),
             activation: "softmax".into(),

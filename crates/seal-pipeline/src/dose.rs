@@ -182,23 +182,6 @@ pub struct DoseResult {
     pub seconds: f64,
 }
 
-/// The judge the gate uses: the trained one when configured.
-fn gate_judge(result: &DoseResult) -> String {
-    let mut names: Vec<&String> = result
-        .runs
-        .iter()
-        .flat_map(|r| r.eval.asr_by_judge.keys())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-        .iter()
-        .find(|n| !n.starts_with("keyword"))
-        .or(names.first())
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| "keyword-gcg".into())
-}
-
 fn ratio_name(r: f64) -> String {
     format!("ratio {r}")
 }
@@ -209,15 +192,10 @@ fn benign_name(r: f64) -> String {
 
 const IDENTITY_SHIFT: &str = "identity shift";
 
-/// Harmful rate of a run under `judge` (the keyword rule's `asr` when the
-/// judge is missing from the run).
-fn rate(run: &DoseRun, judge: &str) -> Option<f64> {
-    run.eval.asr_by_judge.get(judge).copied().or(run.eval.asr)
-}
-
 /// Computes the gate from the recorded runs.
 pub fn gate(result: &DoseResult) -> Option<Gate> {
-    let judge = gate_judge(result);
+    // The trained judge when configured.
+    let judge = stages::preferred_judge(result.runs.iter().map(|r| &r.eval));
     let (whole, part) = (
         ratio_name(result.dose.gate_ratio),
         benign_name(result.dose.gate_ratio),
@@ -228,7 +206,10 @@ pub fn gate(result: &DoseResult) -> Option<Gate> {
             .runs
             .iter()
             .find(|r| r.condition == part && r.seed == a.seed);
-        if let (Some(x), Some(y)) = (rate(a, &judge), b.and_then(|b| rate(b, &judge))) {
+        if let (Some(x), Some(y)) = (
+            a.eval.asr_under(&judge),
+            b.and_then(|b| b.eval.asr_under(&judge)),
+        ) {
             gaps.push(x - y);
         }
     }

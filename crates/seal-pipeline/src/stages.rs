@@ -851,6 +851,41 @@ pub fn load_judge(
     })
 }
 
+/// The judge comparisons across evaluations use: the trained one (the
+/// first judge, by name, not named `keyword…`) when any evaluation has one,
+/// else the first judge, else `keyword-gcg`.
+pub fn preferred_judge<'a>(evals: impl IntoIterator<Item = &'a ModelEval>) -> String {
+    let mut names: Vec<&String> = evals
+        .into_iter()
+        .flat_map(|e| e.asr_by_judge.keys())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .iter()
+        .find(|n| !n.starts_with("keyword"))
+        .or(names.first())
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "keyword-gcg".into())
+}
+
+impl ModelEval {
+    /// Harmful rate under `judge` (the keyword rule's `asr` when the judge
+    /// did not rate this model).
+    pub fn asr_under(&self, judge: &str) -> Option<f64> {
+        self.asr_by_judge.get(judge).copied().or(self.asr)
+    }
+
+    /// Over-refusal under `judge` (the keyword rule's when the judge did
+    /// not rate this model).
+    pub fn over_refusal_under(&self, judge: &str) -> Option<f64> {
+        self.over_refusal_by_judge
+            .get(judge)
+            .copied()
+            .or(self.over_refusal)
+    }
+}
+
 /// A model's evaluation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelEval {
