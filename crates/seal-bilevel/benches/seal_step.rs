@@ -11,7 +11,7 @@
 use seal_bilevel::solver::{StepBatch, StepContext};
 use seal_bilevel::*;
 use seal_data::tokenize::TokenizedSample;
-use seal_model::optim::{AdamW, AdamWConfig};
+use seal_model::optim::{AdamW, AdamWConfig, Optimizer};
 use seal_model::{LoadOptions, LoraConfig, Pretrained};
 use std::time::Instant;
 use tch::{Device, Kind};

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 /// Errors raised by seal-bilevel.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BilevelError {
     /// A model-layer failure (weights, LoRA, libtorch through the model).
     #[error(transparent)]

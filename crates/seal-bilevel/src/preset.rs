@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 /// A named set of ranking settings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum RankPreset {
     /// A useful ranking in one epoch of a few hundred samples: plain
     /// gradient steps on the ranker (Adam's per-logit normalisation makes a

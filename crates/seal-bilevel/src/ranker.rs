@@ -14,7 +14,7 @@
 //! (tensor `logits`) plus `ranker.json` ([`RankerMeta`]).
 
 use crate::error::{BilevelError, Result};
-use seal_model::optim::{AdamW, AdamWConfig};
+use seal_model::optim::{Adam, AdamWConfig, Optimizer, Sgd, SgdConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -30,6 +30,7 @@ pub const RANKER_FORMAT_VERSION: u32 = 1;
 /// How logits become sample weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Activation {
     /// `N · softmax(ω)` (the official default).
     #[default]
@@ -84,6 +85,7 @@ impl std::str::FromStr for Activation {
 /// The ranker's update rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum RankerOptimizerKind {
     /// Adam, as the official trainer (the default).
     #[default]
@@ -291,6 +293,11 @@ impl Ranker {
         &self.logits
     }
 
+    /// The logits as an optimiser's parameter list (one tensor, `logits`).
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        vec![("logits".to_string(), self.logits.shallow_clone())]
+    }
+
     /// All weights `[N]`, differentiable with respect to the logits.
     pub fn weights(&self) -> Tensor {
         self.activation.apply(&self.logits)
@@ -392,31 +399,55 @@ impl Ranker {
     }
 }
 
-/// The ranker's optimiser (Adam or plain gradient descent) with clipping.
+/// The ranker's optimiser (Adam or plain gradient descent) with clipping:
+/// an [`Optimizer`] over the logits chosen by [`RankerConfig::optimizer`].
 pub struct RankerOptimizer {
     config: RankerConfig,
-    adam: AdamW,
-    sgd_steps: i64,
+    inner: Box<dyn Optimizer>,
 }
 
 impl RankerOptimizer {
     /// An optimiser over `ranker`'s logits.
     pub fn new(ranker: &Ranker, config: RankerConfig) -> Self {
-        let adam = AdamW::new(
-            vec![("logits".into(), ranker.logits.shallow_clone())],
-            AdamWConfig {
-                lr: config.lr,
-                beta1: config.beta1,
-                beta2: config.beta2,
-                eps: config.eps,
-                weight_decay: 0.0,
-            },
-        );
-        Self {
-            config,
-            adam,
-            sgd_steps: 0,
+        let params = ranker.parameters();
+        let inner: Box<dyn Optimizer> = match config.optimizer {
+            RankerOptimizerKind::Adam => Box::new(Adam::new(
+                params,
+                AdamWConfig {
+                    lr: config.lr,
+                    beta1: config.beta1,
+                    beta2: config.beta2,
+                    eps: config.eps,
+                    weight_decay: 0.0,
+                },
+            )),
+            RankerOptimizerKind::Sgd => Box::new(Sgd::new(
+                params,
+                SgdConfig {
+                    lr: config.lr,
+                    ..SgdConfig::default()
+                },
+            )),
+        };
+        Self { config, inner }
+    }
+
+    /// An optimiser of the caller's choice over `ranker`'s logits (built over
+    /// [`Ranker::parameters`]); `config` keeps the clipping and schedule
+    /// settings, its `optimizer`, betas and eps are not used.
+    pub fn with_optimizer(
+        ranker: &Ranker,
+        config: RankerConfig,
+        inner: Box<dyn Optimizer>,
+    ) -> Result<Self> {
+        let ok = matches!(inner.params(), [(name, t)] if name == "logits" && t.size() == ranker.logits.size());
+        if !ok {
+            return Err(BilevelError::invalid(
+                "ranker optimizer",
+                "must be built over Ranker::parameters() (one tensor named `logits`)",
+            ));
         }
+        Ok(Self { config, inner })
     }
 
     /// The configuration.
@@ -424,22 +455,27 @@ impl RankerOptimizer {
         &self.config
     }
 
+    /// The update rule.
+    pub fn optimizer(&self) -> &dyn Optimizer {
+        self.inner.as_ref()
+    }
+
     /// Sets the learning rate (schedules).
     pub fn set_lr(&mut self, lr: f64) {
         self.config.lr = lr;
-        self.adam.config.lr = lr;
+        self.inner.set_learning_rate(lr);
     }
 
     /// Drops the logits' gradient.
     pub fn zero_grad(&mut self) {
-        self.adam.zero_grad();
+        self.inner.zero_grad();
     }
 
     /// Clips (if configured) and applies the accumulated gradient; returns the
     /// gradient norm before clipping. A non-finite gradient is an error and
     /// leaves the logits untouched.
     pub fn step(&mut self) -> Result<f64> {
-        let norm = self.adam.grad_norm();
+        let norm = self.inner.grad_norm();
         if !norm.is_finite() {
             return Err(BilevelError::invalid(
                 "ranker gradient",
@@ -447,39 +483,20 @@ impl RankerOptimizer {
             ));
         }
         if let Some(max) = self.config.max_grad_norm {
-            self.adam.clip_grad_norm(max);
+            self.inner.clip_grad_norm(max);
         }
-        match self.config.optimizer {
-            RankerOptimizerKind::Adam => self.adam.step()?,
-            RankerOptimizerKind::Sgd => {
-                let _g = tch::no_grad_guard();
-                for (_, p) in self.adam.params() {
-                    let g = p.grad();
-                    if g.defined() {
-                        let _ = p.shallow_clone().g_sub_(&(g * self.config.lr));
-                    }
-                }
-                self.sgd_steps += 1;
-            }
-        }
+        self.inner.step()?;
         Ok(norm)
     }
 
-    /// Steps taken and moment buffers, for checkpoints.
+    /// Steps taken and state buffers, for checkpoints.
     pub fn state(&self) -> (i64, Vec<(String, Tensor)>) {
-        match self.config.optimizer {
-            RankerOptimizerKind::Adam => self.adam.state(),
-            RankerOptimizerKind::Sgd => (self.sgd_steps, vec![]),
-        }
+        self.inner.state()
     }
 
     /// Restores [`RankerOptimizer::state`].
     pub fn load_state(&mut self, step: i64, state: &[(String, Tensor)]) -> Result<()> {
-        match self.config.optimizer {
-            RankerOptimizerKind::Adam => self.adam.load_state(step, state)?,
-            RankerOptimizerKind::Sgd => self.sgd_steps = step,
-        }
-        Ok(())
+        Ok(self.inner.load_state(step, state)?)
     }
 }
 

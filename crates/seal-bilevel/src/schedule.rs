@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 /// A learning-rate schedule: a multiplier of the base rate per step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
+#[non_exhaustive]
 pub enum Schedule {
     /// The base rate throughout.
     #[default]

@@ -39,7 +39,7 @@
 use crate::error::{BilevelError, Result};
 use crate::problem::{dot, grad, LowerLevel};
 use crate::ranker::{Ranker, RankerOptimizer};
-use seal_model::optim::{AdamW, AdamWConfig};
+use seal_model::optim::{AdamW, AdamWConfig, Optimizer};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -57,7 +57,7 @@ pub struct StepBatch {
 pub struct StepContext<'a> {
     /// The model's optimiser (over [`LowerLevel::parameters`]); its `lr` is
     /// already set by the schedule.
-    pub optimizer: &'a mut AdamW,
+    pub optimizer: &'a mut dyn Optimizer,
     /// The ranker.
     pub ranker: &'a mut Ranker,
     /// The ranker's optimiser.
@@ -152,7 +152,12 @@ fn check_batch(batch: &StepBatch) -> Result<()> {
 
 /// Clips (if configured) and applies the accumulated model gradient; the
 /// norm is checked first so a non-finite gradient updates nothing.
-fn apply_step(opt: &mut AdamW, max_norm: Option<f64>, what: &str, step: usize) -> Result<f64> {
+fn apply_step(
+    opt: &mut dyn Optimizer,
+    max_norm: Option<f64>,
+    what: &str,
+    step: usize,
+) -> Result<f64> {
     let norm = opt.grad_norm();
     if !norm.is_finite() {
         return Err(non_finite(what, step));
@@ -405,7 +410,7 @@ impl<P: LowerLevel> SealPenaltyFull<P> {
 /// micro-batches of one step) and checks it; returns the losses, detached.
 fn aux_gradient<P: LowerLevel>(
     aux: &P,
-    opt: &mut AdamW,
+    opt: &mut dyn Optimizer,
     weights: &Tensor,
     micro: &[Vec<usize>],
     step: usize,
@@ -429,7 +434,7 @@ fn aux_gradient<P: LowerLevel>(
     Ok(losses)
 }
 
-fn apply_aux(opt: &mut AdamW, max_norm: Option<f64>) -> Result<()> {
+fn apply_aux(opt: &mut dyn Optimizer, max_norm: Option<f64>) -> Result<()> {
     if let Some(mx) = max_norm {
         opt.clip_grad_norm(mx);
     }
@@ -510,7 +515,7 @@ impl<P: LowerLevel> Solver<P> for SealPenaltyFull<P> {
             ));
         };
         let weights = ctx.ranker.weights().detach();
-        aux_opt.config.lr = ctx.optimizer.config.lr * self.config.lr_scale;
+        aux_opt.config.lr = ctx.optimizer.learning_rate() * self.config.lr_scale;
         let inner = self.config.inner_steps;
         // 1. θ̂'s first gradient, checked before anything moves.
         let first = if inner > 0 {
@@ -621,6 +626,7 @@ impl<P: LowerLevel> Solver<P> for SealPenaltyFull<P> {
 /// How [`implicit_hypergradient`] applies `(∇²_{θθ} g + δI)⁻¹`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
+#[non_exhaustive]
 pub enum InverseMethod {
     /// Conjugate gradient: at most `iters` Hessian-vector products, stopping
     /// when the residual norm falls below `tol` times the right-hand side's.

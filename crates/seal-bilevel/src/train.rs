@@ -24,7 +24,7 @@ use crate::ranker::{Ranker, RankerConfig, RankerOptimizer};
 use crate::schedule::{LambdaSchedule, Schedule};
 use crate::solver::{Solver, StepBatch, StepContext, StepStats};
 use seal_data::batch::BatchSampler;
-use seal_model::optim::{AdamW, AdamWConfig};
+use seal_model::optim::{AdamW, AdamWConfig, Optimizer};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -238,9 +238,13 @@ impl TrainReport {
 pub struct Trainer<P: LowerLevel> {
     problem: P,
     solver: Box<dyn Solver<P>>,
-    optimizer: AdamW,
+    optimizer: Box<dyn Optimizer>,
+    /// The model optimiser's learning rate before schedules.
+    model_lr: f64,
     ranker: Ranker,
     ranker_optimizer: RankerOptimizer,
+    /// The ranker optimiser's learning rate before schedules.
+    ranker_lr: f64,
     config: TrainConfig,
     ft_sampler: BatchSampler,
     safe_sampler: BatchSampler,
@@ -305,14 +309,16 @@ impl<P: LowerLevel> Trainer<P> {
             ));
         }
         solver.prepare(&problem, config.seed as i64)?;
-        let optimizer = AdamW::new(problem.parameters(), config.model_optimizer);
+        let optimizer = Box::new(AdamW::new(problem.parameters(), config.model_optimizer));
         let ranker_optimizer = RankerOptimizer::new(&ranker, config.ranker);
         Ok(Self {
             problem,
             solver,
             optimizer,
+            model_lr: config.model_optimizer.lr,
             ranker,
             ranker_optimizer,
+            ranker_lr: config.ranker.lr,
             config,
             ft_sampler,
             safe_sampler,
@@ -323,6 +329,64 @@ impl<P: LowerLevel> Trainer<P> {
             last_checkpoint: None,
             epoch_cache: HashMap::new(),
         })
+    }
+
+    /// Replaces the model optimiser (AdamW from the config by default) with
+    /// any [`Optimizer`] built over [`LowerLevel::parameters`] of
+    /// [`Trainer::problem`], the same names in the same order. The model
+    /// schedule scales its learning rate at construction. Before training
+    /// only.
+    pub fn with_optimizer(mut self, optimizer: Box<dyn Optimizer>) -> Result<Self> {
+        self.check_fresh("with_optimizer")?;
+        let expected: Vec<String> = self
+            .problem
+            .parameters()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let got: Vec<&String> = optimizer.params().iter().map(|(n, _)| n).collect();
+        if got.len() != expected.len() || got.iter().zip(&expected).any(|(a, b)| *a != b) {
+            return Err(BilevelError::invalid(
+                "model optimizer",
+                format!(
+                    "`{}` is over {} parameters that are not the problem's {} (build it over problem().parameters())",
+                    optimizer.name(),
+                    got.len(),
+                    expected.len()
+                ),
+            ));
+        }
+        self.model_lr = optimizer.learning_rate();
+        self.optimizer = optimizer;
+        Ok(self)
+    }
+
+    /// Replaces the ranker optimiser (see [`RankerOptimizer::with_optimizer`]);
+    /// the ranker schedule scales its learning rate at construction. Before
+    /// training only.
+    pub fn with_ranker_optimizer(mut self, ranker_optimizer: RankerOptimizer) -> Result<Self> {
+        self.check_fresh("with_ranker_optimizer")?;
+        self.ranker_lr = ranker_optimizer.optimizer().learning_rate();
+        self.ranker_optimizer = ranker_optimizer;
+        Ok(self)
+    }
+
+    fn check_fresh(&self, what: &str) -> Result<()> {
+        if self.step > 0 {
+            return Err(BilevelError::invalid(
+                "trainer",
+                format!(
+                    "{what} after {} steps: optimisers are swapped before training",
+                    self.step
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The model optimiser.
+    pub fn optimizer(&self) -> &dyn Optimizer {
+        self.optimizer.as_ref()
     }
 
     /// Optimiser steps per fine-tuning epoch.
@@ -443,10 +507,10 @@ impl<P: LowerLevel> Trainer<P> {
             let step = self.step;
             let epoch = self.epoch_of(step);
             let lambda = self.config.lambda.at(epoch);
-            self.optimizer.config.lr =
-                self.config.model_optimizer.lr * self.config.model_schedule.factor(step, total);
+            self.optimizer
+                .set_learning_rate(self.model_lr * self.config.model_schedule.factor(step, total));
             self.ranker_optimizer
-                .set_lr(self.config.ranker.lr * self.config.ranker_schedule.factor(step, total));
+                .set_lr(self.ranker_lr * self.config.ranker_schedule.factor(step, total));
             let batch = self.batch_for_step(step);
             let step_tokens: usize = batch
                 .finetune
@@ -460,7 +524,7 @@ impl<P: LowerLevel> Trainer<P> {
                     .wrapping_add(step as i64),
             );
             let mut ctx = StepContext {
-                optimizer: &mut self.optimizer,
+                optimizer: self.optimizer.as_mut(),
                 ranker: &mut self.ranker,
                 ranker_optimizer: &mut self.ranker_optimizer,
                 lambda,

@@ -404,3 +404,84 @@ fn shorter_epochs_stop_with_the_shorter_set_as_the_official_zipped_loaders() {
     .unwrap();
     assert_eq!(t.steps_per_epoch(), 10);
 }
+
+/// Builds a model optimiser over a problem's parameters.
+type MakeOptimizer<'a> = &'a dyn Fn(&RidgeProblem) -> Box<dyn seal_model::optim::Optimizer>;
+
+#[test]
+fn the_trainer_takes_any_optimizer_through_the_trait() {
+    use seal_model::optim::{AdamW, Sgd, SgdConfig};
+    let cfg = config(40, 3);
+    let run = |swap: Option<MakeOptimizer>| {
+        let (p, _) = corrupted_setup();
+        let r = ranker_for(p.num_finetune(), Activation::Softmax);
+        let mut t = Trainer::new(p, Box::new(SealPenalty), r, cfg.clone()).unwrap();
+        if let Some(make) = swap {
+            let opt = make(t.problem());
+            t = t.with_optimizer(opt).unwrap();
+        }
+        t.run().unwrap();
+        (
+            t.optimizer().name().to_string(),
+            t.ranker().logits_vec().unwrap(),
+        )
+    };
+    let (default_name, default) = run(None);
+    // The config's AdamW passed in by hand: the same ranker, bit for bit.
+    let same = |p: &RidgeProblem| -> Box<dyn seal_model::optim::Optimizer> {
+        Box::new(AdamW::new(p.parameters(), cfg.model_optimizer))
+    };
+    let (name, by_hand) = run(Some(&same));
+    assert_eq!((default_name.as_str(), name.as_str()), ("adamw", "adamw"));
+    assert_eq!(default, by_hand);
+    // Another rule really is used.
+    let sgd = |p: &RidgeProblem| -> Box<dyn seal_model::optim::Optimizer> {
+        Box::new(Sgd::new(
+            p.parameters(),
+            SgdConfig {
+                lr: 0.05,
+                momentum: 0.9,
+                ..SgdConfig::default()
+            },
+        ))
+    };
+    let (name, other) = run(Some(&sgd));
+    assert_eq!(name, "sgd");
+    assert_ne!(default, other);
+    // An optimiser over other parameters is refused.
+    let (p, _) = corrupted_setup();
+    let r = ranker_for(p.num_finetune(), Activation::Softmax);
+    let t = Trainer::new(p, Box::new(SealPenalty), r, cfg.clone()).unwrap();
+    let stray = Tensor::zeros([3], (Kind::Double, Device::Cpu));
+    let err = t
+        .with_optimizer(Box::new(Sgd::new(
+            vec![("stray".into(), stray)],
+            SgdConfig::default(),
+        )))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("not the problem's"), "{err}");
+}
+
+#[test]
+fn the_sgd_ranker_step_is_plain_gradient_descent_bit_for_bit() {
+    let r = ranker_for(6, Activation::Sigmoid);
+    perturb(&r, 3);
+    let cfg = RankerConfig {
+        optimizer: RankerOptimizerKind::Sgd,
+        lr: 0.7,
+        max_grad_norm: None,
+        ..RankerConfig::default()
+    };
+    let mut opt = RankerOptimizer::new(&r, cfg);
+    let before = r.logits().detach().copy();
+    (r.weights() * Tensor::from_slice(&[1.0f64, -2.0, 0.5, 3.0, -0.25, 1.5]))
+        .sum(Kind::Double)
+        .backward();
+    let g = r.logits().grad().copy();
+    opt.step().unwrap();
+    let expected = before - g * 0.7;
+    assert!(r.logits().detach().equal(&expected));
+    assert_eq!(opt.optimizer().name(), "sgd");
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 /// Errors raised by seal-data.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DataError {
     /// A file could not be read or written.
     #[error("{path}: {source}")]

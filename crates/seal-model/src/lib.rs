@@ -11,8 +11,12 @@
 //!   directories ([`llama::Llama::load`]) with HF weight names.
 //! * [`gguf`]: import llama.cpp GGUF checkpoints into HF directories.
 //! * [`lora`]: LoRA adapters in PEFT's format.
-//! * [`generate`]: batched greedy / nucleus sampling with a KV cache.
-//! * [`optim`]: AdamW over named tensors, with inspectable state.
+//! * [`generate`]: batched greedy / nucleus sampling through the public
+//!   [`model::KvCache`], which any `CausalLm` can fill.
+//! * [`locate`]: the installed SmolLM2 GGUF and the cache, found at run time.
+//! * [`fixtures`]: helpers of this workspace's tests, examples and benches.
+//! * [`optim`]: the [`optim::Optimizer`] trait and AdamW, Adam and SGD over
+//!   named tensors, with inspectable state.
 
 pub mod config;
 pub mod error;
@@ -20,6 +24,7 @@ pub mod fixtures;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod locate;
 pub mod lora;
 pub mod model;
 pub mod optim;

@@ -15,7 +15,7 @@
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::lora::LoraConfig;
-use crate::model::{CausalLm, KvCache, LayerKv, LmBatch};
+use crate::model::{CausalLm, KvCache, LmBatch};
 use crate::weights::{save_safetensors, write_json_atomic, WeightFiles};
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 /// Which attention kernel the model uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum AttentionImpl {
     /// `torch.nn.functional.scaled_dot_product_attention` (fused kernels).
     #[default]
@@ -880,16 +881,8 @@ impl Llama {
             None => Tensor::ones([b, l], (Kind::Int64, self.device)),
         };
         let past_len = cache.as_ref().map(|c| c.seq_len()).unwrap_or(0);
-        if let Some(c) = cache.as_ref() {
-            if past_len > 0 && c.batch_size() != b {
-                return Err(ModelError::InvalidInput(format!(
-                    "cache holds batch {}, input has {b}",
-                    c.batch_size()
-                )));
-            }
-        }
-        let full_mask = match cache.as_ref().and_then(|c| c.mask.as_ref()) {
-            Some(past) => Tensor::cat(&[past.shallow_clone(), new_mask.shallow_clone()], 1),
+        let full_mask = match cache.as_ref() {
+            Some(c) => c.step_mask(&new_mask)?,
             None => new_mask.shallow_clone(),
         };
         let has_padding = full_mask.min().int64_value(&[]) == 0;
@@ -946,7 +939,7 @@ impl Llama {
             return Ok(x);
         }
         for (i, block) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             let h = block.input_layernorm.forward(&x);
             let attn =
                 self.attention_forward(&block.self_attn, &h, &cos, &sin, &mask, layer_cache)?;
@@ -963,7 +956,7 @@ impl Llama {
             }
         }
         if let Some(c) = cache {
-            c.mask = Some(full_mask);
+            c.commit(full_mask)?;
         }
         Ok(self.norm.forward(&x))
     }
@@ -975,7 +968,7 @@ impl Llama {
         cos: &Tensor,
         sin: &Tensor,
         mask: &Mask,
-        cache: Option<&mut Option<LayerKv>>,
+        cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, l) = (x.size()[0], x.size()[1]);
         let hd = attn.head_dim;
@@ -998,7 +991,7 @@ impl Llama {
         let k = &k * cos + rotate_half(&k) * sin;
         let decoding = cache.is_some() && l == 1 && !matches!(mask, Mask::Causal);
         let (k, v) = match cache {
-            Some(slot) => LayerKv::append(slot, &k, &v),
+            Some((c, layer)) => c.append(layer, &k, &v)?,
             None => (k, v),
         };
         let groups = attn.n_heads / attn.n_kv_heads;

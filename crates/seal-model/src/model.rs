@@ -113,13 +113,28 @@ impl LmBatch {
     }
 }
 
-/// Per-layer key/value cache for incremental decoding.
+/// Per-layer key/value cache for incremental decoding, usable by any
+/// [`CausalLm`].
+///
+/// One decoding step of a model with a cache goes through three calls:
+///
+/// 1. [`KvCache::step_mask`] turns the new tokens' attention mask `[B, L]`
+///    into the mask of every cached position plus the new ones,
+///    `[B, T + L]` (positions and padding of the whole sequence follow from
+///    it); [`KvCache::seq_len`] is `T`, the offset of the new positions;
+/// 2. each block calls [`KvCache::append`] with its new keys and values
+///    `[B, kv_heads, L, head_dim]` and attends over the views it returns;
+/// 3. [`KvCache::commit`] records the step's full mask.
+///
+/// Rows can be dropped between steps with [`KvCache::select_rows`].
+/// [`crate::generate::generate`] refuses a model whose `last_logits` leaves
+/// the cache unchanged, rather than decoding with a one-token context.
 #[derive(Debug, Default)]
 pub struct KvCache {
     /// Keys and values per layer.
-    pub(crate) layers: Vec<Option<LayerKv>>,
+    layers: Vec<Option<LayerKv>>,
     /// Attention mask of every cached position, `[B, T]`.
-    pub(crate) mask: Option<Tensor>,
+    mask: Option<Tensor>,
 }
 
 impl KvCache {
@@ -131,6 +146,11 @@ impl KvCache {
         }
     }
 
+    /// Number of blocks the cache holds keys and values for.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
     /// Number of cached positions.
     pub fn seq_len(&self) -> i64 {
         self.mask.as_ref().map(|m| m.size()[1]).unwrap_or(0)
@@ -139,6 +159,112 @@ impl KvCache {
     /// Batch size of the cached sequences (0 when empty).
     pub fn batch_size(&self) -> i64 {
         self.mask.as_ref().map(|m| m.size()[0]).unwrap_or(0)
+    }
+
+    /// Attention mask `[B, T]` of every cached position (1 = token, 0 =
+    /// padding); `None` while the cache is empty.
+    pub fn mask(&self) -> Option<&Tensor> {
+        self.mask.as_ref()
+    }
+
+    /// Positions of block `layer` filled so far (0 for an unknown block).
+    pub fn layer_len(&self, layer: usize) -> i64 {
+        self.layers
+            .get(layer)
+            .and_then(Option::as_ref)
+            .map_or(0, |c| c.len)
+    }
+
+    /// The attention mask of the cached positions followed by the new
+    /// tokens' `new_mask` `[B, L]`: `[B, T + L]`, on `new_mask`'s device.
+    /// An error if the batch differs from the cached one.
+    pub fn step_mask(&self, new_mask: &Tensor) -> Result<Tensor> {
+        let size = new_mask.size();
+        if size.len() != 2 {
+            return Err(ModelError::InvalidInput(format!(
+                "KvCache::step_mask: the new mask must be [B, L], got {size:?}"
+            )));
+        }
+        let new_mask = new_mask.to_kind(Kind::Int64);
+        match &self.mask {
+            None => Ok(new_mask),
+            Some(past) => {
+                if past.size()[0] != size[0] {
+                    return Err(ModelError::InvalidInput(format!(
+                        "cache holds batch {}, input has {}",
+                        past.size()[0],
+                        size[0]
+                    )));
+                }
+                Ok(Tensor::cat(
+                    &[past.to_device(new_mask.device()), new_mask],
+                    1,
+                ))
+            }
+        }
+    }
+
+    /// Appends block `layer`'s new keys and values `[B, kv_heads, L,
+    /// head_dim]` and returns views of all its cached keys and values, the
+    /// new positions included. Buffers grow geometrically, so a decoding
+    /// step copies one position rather than the whole cache.
+    pub fn append(
+        &mut self,
+        layer: usize,
+        keys: &Tensor,
+        values: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let num_layers = self.layers.len();
+        let slot = self.layers.get_mut(layer).ok_or_else(|| {
+            ModelError::InvalidInput(format!(
+                "KvCache::append: block {layer} does not exist (the cache has {num_layers})"
+            ))
+        })?;
+        let (ks, vs) = (keys.size(), values.size());
+        if ks.len() != 4 || ks != vs {
+            return Err(ModelError::InvalidInput(format!(
+                "KvCache::append (block {layer}): keys {ks:?} and values {vs:?} must both be [B, kv_heads, L, head_dim]"
+            )));
+        }
+        if let Some(c) = slot.as_ref() {
+            let cs = c.keys.size();
+            if cs[0] != ks[0] || cs[1] != ks[1] || cs[3] != ks[3] || c.keys.kind() != keys.kind() {
+                return Err(ModelError::InvalidInput(format!(
+                    "KvCache::append (block {layer}): new keys {ks:?} {:?} do not match the cached [{}, {}, _, {}] {:?}",
+                    keys.kind(),
+                    cs[0],
+                    cs[1],
+                    cs[3],
+                    c.keys.kind()
+                )));
+            }
+        }
+        Ok(LayerKv::append(slot, keys, values))
+    }
+
+    /// Ends a step: records `full_mask` (the [`KvCache::step_mask`] of the
+    /// step) as the mask of every cached position. An error if a block
+    /// holds another number of positions than the mask covers.
+    pub fn commit(&mut self, full_mask: Tensor) -> Result<()> {
+        let size = full_mask.size();
+        if size.len() != 2 {
+            return Err(ModelError::InvalidInput(format!(
+                "KvCache::commit: the mask must be [B, T], got {size:?}"
+            )));
+        }
+        if let Some((i, c)) = self
+            .layers
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| c.as_ref().filter(|c| c.len != size[1]).map(|c| (i, c)))
+        {
+            return Err(ModelError::InvalidInput(format!(
+                "KvCache::commit: block {i} holds {} positions, the mask covers {}",
+                c.len, size[1]
+            )));
+        }
+        self.mask = Some(full_mask);
+        Ok(())
     }
 
     /// Keeps only the given batch rows (e.g. drop finished sequences).
@@ -158,7 +284,7 @@ impl KvCache {
 /// written in place; the buffers grow geometrically, so a decode step copies
 /// one position instead of the whole cache (as `cat` would).
 #[derive(Debug)]
-pub(crate) struct LayerKv {
+struct LayerKv {
     keys: Tensor,
     values: Tensor,
     len: i64,
@@ -167,7 +293,7 @@ pub(crate) struct LayerKv {
 impl LayerKv {
     /// Appends `[B, n_kv_heads, L, head_dim]` keys and values to `slot` and
     /// returns views of everything cached so far, new positions included.
-    pub(crate) fn append(slot: &mut Option<LayerKv>, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+    fn append(slot: &mut Option<LayerKv>, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
         let l = k.size()[2];
         let needed = slot.as_ref().map_or(0, |c| c.len) + l;
         if slot.as_ref().is_none_or(|c| needed > c.keys.size()[2]) {

@@ -2,7 +2,7 @@
 //! padding, KV cache, attention paths, LoRA gradients, training, PEFT files.
 
 use seal_model::config::{LlamaConfig, RopeScaling};
-use seal_model::optim::{AdamW, AdamWConfig};
+use seal_model::optim::{AdamW, AdamWConfig, Optimizer};
 use seal_model::{
     AttentionImpl, CausalLm, KvCache, Llama, LmBatch, LoadOptions, LoraConfig, ModelError,
 };

@@ -11,6 +11,7 @@ use std::str::FromStr;
 /// A selection method the pipeline fine-tunes with and evaluates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Method {
     /// SEAL: top-p of the ranker trained by the memory-efficient penalty.
     Seal,
@@ -119,6 +120,7 @@ impl FromStr for Method {
 /// A SEAL ranker solver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Solver {
     /// Memory-efficient penalty (the paper's Algorithm 2, the official trainer).
     Seal,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 /// Errors raised by seal-pipeline.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PipelineError {
     /// A data-layer failure (reading, tokenising).
     #[error(transparent)]

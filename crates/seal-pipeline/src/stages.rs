@@ -53,7 +53,7 @@ pub fn resolve_model(dir: Option<&Path>, gguf: Option<&Path>, cache: &Path) -> R
     }
     let gguf = match gguf {
         Some(g) => g.to_path_buf(),
-        None => seal_model::fixtures::smollm2_gguf().ok_or_else(|| {
+        None => seal_model::locate::smollm2_gguf().ok_or_else(|| {
             PipelineError::config(
                 "model",
                 "no model given and the SmolLM2 GGUF is not installed (run `cargo xtask setup`, \
@@ -815,6 +815,12 @@ pub fn selection_data(
             },
             lambda,
         ),
+        other => {
+            return Err(PipelineError::stage(
+                format!("select {}", selection.rule),
+                format!("the pipeline cannot fine-tune with objective {other:?}"),
+            ))
+        }
     })
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 /// Errors raised by seal-select.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SelectError {
     /// A data-layer failure (reading samples, tokenising, writing files).
     #[error(transparent)]

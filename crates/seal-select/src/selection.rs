@@ -153,6 +153,7 @@ impl<'a> SelectionInput<'a> {
 /// How the fine-tuning code should use a selection.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Objective {
     /// Plain fine-tuning on the kept samples.
     Standard,
@@ -297,6 +298,7 @@ pub fn order_desc(scores: &[f64]) -> Vec<usize> {
 
 /// How many samples a budgeted rule keeps.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub enum Budget {
     /// Keep `k = floor(p·N)` samples (the official `int(topp * N)`);
     /// `p` must lie in `(0, 1]`.

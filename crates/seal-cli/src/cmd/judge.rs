@@ -167,7 +167,7 @@ fn cache_of(a: &BaseArgs) -> Option<FeatureCache> {
         return None;
     }
     Some(FeatureCache::new(a.cache.clone().unwrap_or_else(|| {
-        seal_model::fixtures::cache_dir().join("judge-features")
+        seal_model::locate::cache_dir().join("judge-features")
     })))
 }
 

@@ -43,6 +43,7 @@ use records::Record;
 
 /// A dataset file format (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Format {
     /// `{instruction, input, output}`.
     Alpaca,
