@@ -263,6 +263,17 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // seal-select's pure rules must keep building without libtorch.
+    run(cargo().current_dir(root).args([
+        "clippy",
+        "-p",
+        "seal-select",
+        "--no-default-features",
+        "--lib",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     let mut cmd = cargo();
     cmd.current_dir(root)
         .args(["test", "--workspace"])

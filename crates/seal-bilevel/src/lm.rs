@@ -12,7 +12,6 @@ use crate::error::{BilevelError, Result};
 use crate::problem::LowerLevel;
 use seal_data::tokenize::TokenizedSample;
 use seal_model::{CausalLm, Llama, LmBatch};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tch::Tensor;
 
@@ -41,21 +40,7 @@ impl ForkableLm for Llama {
     }
 }
 
-/// SHA-256 over the tokenised fine-tuning samples (ids, tokens, loss
-/// start): what a ranker's logits are about.
-pub fn dataset_fingerprint(samples: &[TokenizedSample]) -> String {
-    let mut h = Sha256::new();
-    for s in samples {
-        h.update(s.id.as_bytes());
-        h.update([0u8]);
-        h.update((s.response_start as u64).to_le_bytes());
-        for t in &s.input_ids {
-            h.update(t.to_le_bytes());
-        }
-        h.update([1u8]);
-    }
-    format!("tokens-sha256:{:x}", h.finalize())
-}
+pub use seal_data::ranking::dataset_fingerprint;
 
 /// A causal LM with tokenised fine-tuning and safe sets.
 pub struct LmProblem<M: ForkableLm> {

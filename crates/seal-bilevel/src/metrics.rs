@@ -7,11 +7,9 @@
 //! [`kept_set_sha256`] hashes it the way `shared/data/README.md` documents
 //! (indices joined by commas, SHA-256, lowercase hex).
 
-use sha2::{Digest, Sha256};
-
 /// Area under the ROC curve of `scores` for telling `positive` samples from
 /// the rest (probability that a random positive outscores a random negative,
-/// ties counting one half), computed by [`seal_eval::ranker::auroc`]. `None`
+/// ties counting one half), computed by [`seal_data::ranking::auroc`]. `None`
 /// without both classes, on mismatched lengths or on non-finite scores.
 pub fn auroc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     if scores.len() != positive.len() {
@@ -25,7 +23,7 @@ pub fn auroc(scores: &[f64], positive: &[bool]) -> Option<f64> {
             neg.push(s)
         }
     }
-    seal_eval::ranker::auroc(&pos, &neg).ok().flatten()
+    seal_data::ranking::auroc(&pos, &neg)
 }
 
 /// Indices of the `k = floor(p·N)` largest values, sorted ascending (ties
@@ -37,17 +35,9 @@ pub fn top_fraction(values: &[f64], p: f64) -> Vec<usize> {
 
 /// Indices of the `k` largest values, sorted ascending (ties towards the
 /// lower index).
-pub use seal_eval::ranker::top_k;
+pub use seal_data::ranking::top_k;
 
-/// SHA-256 (lowercase hex) of the indices joined by commas, no spaces.
-pub fn kept_set_sha256(indices: &[usize]) -> String {
-    let text = indices
-        .iter()
-        .map(usize::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    format!("{:x}", Sha256::digest(text.as_bytes()))
-}
+pub use seal_data::ranking::kept_set_sha256;
 
 #[cfg(test)]
 mod tests {

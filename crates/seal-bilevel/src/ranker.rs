@@ -16,7 +16,6 @@
 use crate::error::{BilevelError, Result};
 use seal_model::optim::{Adam, AdamWConfig, Optimizer, Sgd, SgdConfig};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -198,16 +197,7 @@ impl std::fmt::Debug for Ranker {
     }
 }
 
-/// SHA-256 of the ids joined by newlines: the fingerprint of data known only
-/// by its sample ids.
-pub fn fingerprint_ids<S: AsRef<str>>(ids: &[S]) -> String {
-    let mut h = Sha256::new();
-    for id in ids {
-        h.update(id.as_ref().as_bytes());
-        h.update(b"\n");
-    }
-    format!("ids-sha256:{:x}", h.finalize())
-}
+pub use seal_data::ranking::fingerprint_ids;
 
 impl Ranker {
     /// A fresh ranker: every logit at the activation's initial value, in

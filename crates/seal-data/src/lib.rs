@@ -20,6 +20,8 @@
 //! * [`batch`]: length-bucketed padded batches, packed batches, samplers.
 //! * [`mixture`] and [`benchmark`]: labelled fine-tuning mixtures and the
 //!   project's standard benchmark; [`embedded`]: the built-in demo dataset.
+//! * [`ranking`]: AUROC and top-k on score lists, shared by solvers, rules
+//!   and metrics.
 //! * [`judgments`]: human-labelled (prompt, response) pairs for harm and
 //!   refusal judges, with a fixed split by prompt.
 //! * [`error`]: the crate's error type.
@@ -33,6 +35,7 @@ pub mod error;
 pub mod fsutil;
 pub mod judgments;
 pub mod mixture;
+pub mod ranking;
 pub mod readers;
 pub mod rng;
 pub mod sample;

@@ -27,6 +27,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
+use seal_data::ranking::{sorted_tagged, tie_groups};
 use seal_data::Label;
 use serde::{Deserialize, Serialize};
 
@@ -130,38 +131,6 @@ fn check_finite(what: &str, scores: &[f64]) -> Result<()> {
     }
 }
 
-/// Scores sorted ascending, each tagged harmful or not.
-fn sorted_tagged(benign: &[f64], harmful: &[f64]) -> Vec<(f64, bool)> {
-    let mut all: Vec<(f64, bool)> = benign
-        .iter()
-        .map(|&s| (s, false))
-        .chain(harmful.iter().map(|&s| (s, true)))
-        .collect();
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
-    all
-}
-
-/// Groups of equal scores in an ascending list: `(n_benign, n_harmful)` each.
-fn tie_groups(sorted: &[(f64, bool)]) -> Vec<(u64, u64)> {
-    let mut groups = Vec::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let mut j = i;
-        let (mut b, mut h) = (0u64, 0u64);
-        while j < sorted.len() && sorted[j].0 == sorted[i].0 {
-            if sorted[j].1 {
-                h += 1;
-            } else {
-                b += 1;
-            }
-            j += 1;
-        }
-        groups.push((b, h));
-        i = j;
-    }
-    groups
-}
-
 /// AUROC = P(benign > harmful) + ½ P(tie) (see the module docs). `Ok(None)`
 /// when either class is empty; an error on non-finite scores. O(n log n).
 pub fn auroc(benign: &[f64], harmful: &[f64]) -> Result<Option<f64>> {
@@ -170,14 +139,7 @@ pub fn auroc(benign: &[f64], harmful: &[f64]) -> Result<Option<f64>> {
     if benign.is_empty() || harmful.is_empty() {
         return Ok(None);
     }
-    // Twice the number of winning pairs plus the number of tied pairs.
-    let (mut twice, mut harmful_below) = (0u128, 0u128);
-    for (b, h) in tie_groups(&sorted_tagged(benign, harmful)) {
-        twice += 2 * u128::from(b) * harmful_below + u128::from(b) * u128::from(h);
-        harmful_below += u128::from(h);
-    }
-    let pairs = benign.len() as f64 * harmful.len() as f64;
-    Ok(Some(twice as f64 / 2.0 / pairs))
+    Ok(seal_data::ranking::auroc(benign, harmful))
 }
 
 /// Average precision of detecting harmful samples by low score (see the
@@ -219,15 +181,7 @@ pub fn keep_count(p: f64, n: usize) -> Result<usize> {
     Ok(k.min(n))
 }
 
-/// Indices of the `k` highest scores (ties towards the lower index), in
-/// increasing index order.
-pub fn top_k(scores: &[f64], k: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-    order.truncate(k.min(scores.len()));
-    order.sort_unstable();
-    order
-}
+pub use seal_data::ranking::top_k;
 
 /// The outcome of keeping the top `p` fraction of samples by score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,15 +7,15 @@
 //! samples without any visible symptom, so the ids must match position by
 //! position and the fingerprint must be reproducible:
 //!
-//! * `ids-sha256:…` ([`seal_bilevel::ranker::fingerprint_ids`]) is recomputed
+//! * `ids-sha256:…` ([`seal_data::ranking::fingerprint_ids`]) is recomputed
 //!   from the dataset's ids;
-//! * `tokens-sha256:…` ([`seal_bilevel::dataset_fingerprint`]) depends on the
+//! * `tokens-sha256:…` ([`seal_data::ranking::dataset_fingerprint`]) depends on the
 //!   tokeniser and `max_len` the ranker was trained with; it is compared when
 //!   the caller passes the fingerprint of the tokenised dataset, and reported
 //!   as not verified otherwise.
 
 use crate::error::{Result, SelectError};
-use seal_bilevel::ranker::fingerprint_ids;
+use seal_data::ranking::fingerprint_ids;
 use std::collections::HashSet;
 
 /// Prefix of fingerprints over sample ids.

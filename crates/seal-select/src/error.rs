@@ -11,12 +11,15 @@ pub enum SelectError {
     #[error(transparent)]
     Data(#[from] seal_data::DataError),
     /// A model-layer failure (the loss-based baseline's forward passes).
+    #[cfg(feature = "torch")]
     #[error(transparent)]
     Model(#[from] seal_model::ModelError),
     /// A ranker failure (loading a ranker directory).
+    #[cfg(feature = "torch")]
     #[error(transparent)]
     Bilevel(#[from] seal_bilevel::BilevelError),
     /// A libtorch operation failed.
+    #[cfg(feature = "torch")]
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     /// A parameter of a rule is out of range (e.g. `p` outside `(0, 1]`).

@@ -28,9 +28,12 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "torch")]
+mod anchor_features;
 pub mod check;
 pub mod dsir;
 pub mod error;
+#[cfg(feature = "torch")]
 pub mod loss;
 pub mod output;
 pub mod ranker;

@@ -13,7 +13,7 @@ use seal_data::Label;
 use serde::Serialize;
 use std::path::Path;
 
-pub use seal_bilevel::metrics::kept_set_sha256;
+pub use seal_data::ranking::kept_set_sha256;
 
 /// One line of the scored JSONL.
 #[derive(Debug, Clone, PartialEq, Serialize)]

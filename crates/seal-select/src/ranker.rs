@@ -8,8 +8,8 @@
 use crate::check::{FingerprintCheck, RankerDataset};
 use crate::error::Result;
 use crate::selection::SelectionInput;
+#[cfg(feature = "torch")]
 use seal_bilevel::Ranker;
-use std::path::Path;
 
 /// Ids, logits and weights of a ranker.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +28,7 @@ pub struct RankerScores {
 
 impl RankerScores {
     /// Reads what `ranker` holds; `origin` names it in errors.
+    #[cfg(feature = "torch")]
     pub fn from_ranker(ranker: &Ranker, origin: impl Into<String>) -> Result<Self> {
         Ok(Self {
             origin: origin.into(),
@@ -39,7 +40,8 @@ impl RankerScores {
     }
 
     /// Loads a ranker directory (`ranker.json` + `ranker.safetensors`).
-    pub fn load(dir: &Path) -> Result<Self> {
+    #[cfg(feature = "torch")]
+    pub fn load(dir: &std::path::Path) -> Result<Self> {
         let r = Ranker::load(dir)?;
         Self::from_ranker(&r, dir.display().to_string())
     }
