@@ -33,6 +33,7 @@ pub mod config;
 pub mod dose;
 pub mod error;
 pub mod report;
+pub mod results;
 pub mod run;
 pub mod stages;
 pub mod sweep;

@@ -4,7 +4,7 @@
 
 use crate::config::Method;
 use crate::error::Result;
-use crate::run::{MethodRun, PipelineResult};
+use crate::results::{MethodRun, PipelineResult, RankerRun};
 use crate::stages::ModelEval;
 use seal_data::Label;
 use seal_eval::plot::{histogram_svg, line_plot_svg, PlotText};
@@ -200,7 +200,7 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
         solvers.dedup();
         for s in &solvers {
             let runs: Vec<_> = result.rankers.iter().filter(|k| k.solver == *s).collect();
-            let v = |f: &dyn Fn(&crate::run::RankerRun) -> Option<f64>, d| {
+            let v = |f: &dyn Fn(&RankerRun) -> Option<f64>, d| {
                 fmt_ms(&runs.iter().filter_map(|k| f(k)).collect::<Vec<_>>(), d)
             };
             t.row(vec![

@@ -1,0 +1,90 @@
+//! What a pipeline run records (`results.json`): rankers, per-method runs
+//! and the run as a whole. Its own module so that the stages that produce
+//! it ([`crate::run`]) and the report that reads it ([`crate::report`])
+//! depend on it and not on each other.
+
+use crate::config::{Method, PipelineConfig, Solver};
+use crate::stages::{Aligned, ModelEval};
+use seal_bilevel::SftStep;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// One trained ranker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RankerRun {
+    /// Seed.
+    pub seed: u64,
+    /// Solver.
+    pub solver: Solver,
+    /// AUROC of the logits (benign above harmful).
+    pub auroc: Option<f64>,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Wall time of the ranking stage.
+    pub seconds: f64,
+    /// Seconds per step.
+    pub seconds_per_step: f64,
+    /// Training tokens per second.
+    pub tokens_per_second: f64,
+    /// Logits, in pool order (for plots; not in `results.json`, re-read
+    /// from the saved ranker on resume).
+    #[serde(skip)]
+    pub logits: Vec<f64>,
+}
+
+/// One method's run for one seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodRun {
+    /// Seed.
+    pub seed: u64,
+    /// Method.
+    pub method: Method,
+    /// Pool samples kept (before added demonstrations).
+    pub kept: usize,
+    /// Demonstrations added.
+    pub added: usize,
+    /// Harmful samples kept.
+    pub harmful_kept: usize,
+    /// Harmful samples in the pool.
+    pub harmful_total: usize,
+    /// AUROC of the method's own scores (none for rules that do not rank).
+    pub auroc: Option<f64>,
+    /// Wall time of selection (ranking excluded; it is in [`RankerRun`]).
+    pub select_seconds: f64,
+    /// Wall time of fine-tuning.
+    pub finetune_seconds: f64,
+    /// Fine-tuning steps.
+    pub steps: usize,
+    /// Evaluation of the fine-tuned model.
+    pub eval: ModelEval,
+    /// Per-step fine-tuning log.
+    pub log: Vec<SftStep>,
+}
+
+/// Everything a pipeline run measured (also written as `results.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineResult {
+    /// The configuration.
+    pub config: PipelineConfig,
+    /// Sizes of the data parts (after tokenisation for the pool).
+    pub data: BTreeMap<String, usize>,
+    /// Fingerprint of the tokenised pool (ids and tokens): a resumed run
+    /// must see the same pool. Empty in results written before it existed.
+    #[serde(default)]
+    pub pool_fingerprint: String,
+    /// The model the pipeline started from.
+    pub base_model: PathBuf,
+    /// The alignment stage, when enabled.
+    pub aligned: Option<Aligned>,
+    /// The original model's evaluation.
+    pub base_eval: ModelEval,
+    /// The aligned model's evaluation, when aligned.
+    pub aligned_eval: Option<ModelEval>,
+    /// Every ranker trained.
+    pub rankers: Vec<RankerRun>,
+    /// Every (seed, method) run.
+    pub runs: Vec<MethodRun>,
+    /// Total wall time.
+    pub seconds: f64,
+}
