@@ -20,6 +20,44 @@
 //!
 //! See `docs/bilevel.md` for the algorithms and their relation to the
 //! official code.
+//!
+//! # Example
+//!
+//! SEAL's penalty solver on a weighted ridge regression whose fine-tuning
+//! set has 20% flipped targets: the ranker puts them at the bottom.
+//!
+//! ```
+//! use seal_bilevel::metrics::auroc;
+//! use seal_bilevel::ranker::fingerprint_ids;
+//! use seal_bilevel::ridge::RidgeProblem;
+//! use seal_bilevel::{
+//!     Activation, LambdaSchedule, Ranker, RankerConfig, SealPenalty, TrainConfig, Trainer,
+//! };
+//! use seal_model::optim::AdamWConfig;
+//! use tch::{Device, Kind};
+//!
+//! let n = 200;
+//! let corrupted: Vec<usize> = (0..n).filter(|i| i % 5 == 2).collect();
+//! let problem = RidgeProblem::synthetic(n, 200, 5, 0.02, &corrupted, 7)?;
+//! let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+//! let ranker = Ranker::new(ids.clone(), fingerprint_ids(&ids), Activation::Softmax, Kind::Double, Device::Cpu)?;
+//! let config = TrainConfig {
+//!     epochs: 40,
+//!     micro_batch: 40,
+//!     seed: 5,
+//!     model_optimizer: AdamWConfig { lr: 0.05, beta2: 0.95, ..AdamWConfig::default() },
+//!     ranker: RankerConfig { lr: 0.05, ..RankerConfig::default() },
+//!     lambda: LambdaSchedule { start: 0.9, decay_per_epoch: 0.0 },
+//!     progress: false,
+//!     ..TrainConfig::default()
+//! };
+//! let mut trainer = Trainer::new(problem, Box::new(SealPenalty), ranker, config)?;
+//! trainer.run()?;
+//! let clean: Vec<bool> = (0..n).map(|i| i % 5 != 2).collect();
+//! let score = auroc(&trainer.ranker().logits_vec()?, &clean).unwrap();
+//! assert!(score > 0.95, "AUROC {score}");
+//! # Ok::<(), seal_bilevel::BilevelError>(())
+//! ```
 
 #![warn(missing_docs)]
 

@@ -25,6 +25,29 @@
 //! * [`judgments`]: human-labelled (prompt, response) pairs for harm and
 //!   refusal judges, with a fixed split by prompt.
 //! * [`error`]: the crate's error type.
+//!
+//! # Example
+//!
+//! ```
+//! use seal_data::ranking::{auroc, top_k};
+//! use seal_data::{read_jsonl_samples, write_jsonl_samples, Label, Message, Sample};
+//!
+//! let sample = Sample {
+//!     id: "demo:00000".into(),
+//!     source: "demo".into(),
+//!     label: Some(Label::Benign),
+//!     messages: vec![Message::user("Add 2 and 3."), Message::assistant("5")],
+//!     reference: Some("5".into()),
+//! };
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("samples.jsonl");
+//! write_jsonl_samples(&path, &[sample.clone()])?;
+//! assert_eq!(read_jsonl_samples(&path)?, vec![sample]);
+//! // A ranker's scores: benign (first list) should score above harmful.
+//! assert_eq!(auroc(&[0.9, 0.7], &[0.1]), Some(1.0));
+//! assert_eq!(top_k(&[0.9, 0.1, 0.7], 2), vec![0, 2]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod batch;
 pub mod benchmark;

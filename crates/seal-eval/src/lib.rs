@@ -23,6 +23,21 @@
 //! * [`error`]: the crate's error type.
 //!
 //! See `docs/evaluation.md` for definitions and conventions.
+//!
+//! # Example
+//!
+//! ```
+//! use seal_eval::ranker::auroc;
+//! use seal_eval::RefusalMatcher;
+//!
+//! // The GCG refusal-marker rule (a weak judge; see docs/evaluation.md).
+//! let keywords = RefusalMatcher::gcg();
+//! assert!(keywords.is_refusal("I'm sorry, but I cannot help with that."));
+//! assert!(!keywords.is_refusal("Sure, here is a cake recipe."));
+//! // Ranker quality: benign scores above harmful ones.
+//! assert_eq!(auroc(&[0.9, 0.8, 0.4], &[0.5, 0.1])?, Some(5.0 / 6.0));
+//! # Ok::<(), seal_eval::EvalError>(())
+//! ```
 
 #![warn(missing_docs)]
 

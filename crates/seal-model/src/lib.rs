@@ -17,6 +17,33 @@
 //! * [`fixtures`]: helpers of this workspace's tests, examples and benches.
 //! * [`optim`]: the [`optim::Optimizer`] trait and AdamW, Adam and SGD over
 //!   named tensors, with inspectable state.
+//!
+//! # Example
+//!
+//! ```
+//! use seal_model::config::LlamaConfig;
+//! use seal_model::generate::{generate, GenerationOptions, PromptLimit, Sampling};
+//! use seal_model::{CausalLm, Llama, LmBatch};
+//! use tch::{Device, Kind};
+//!
+//! // A tiny random Llama (real checkpoints load with `Llama::load`).
+//! let model = Llama::random(&LlamaConfig::tiny(64), Device::Cpu, Kind::Float, 0)?;
+//! // Mean response-token NLL per row: token rows, first response position, pad id.
+//! let batch = LmBatch::from_rows(&[vec![1, 5, 9, 14], vec![4, 8, 15]], &[2, 1], 0)?;
+//! assert_eq!(model.per_sample_nll(&batch)?.size(), [2]);
+//! // Greedy decoding through the KV cache.
+//! let options = GenerationOptions {
+//!     max_new_tokens: 4,
+//!     sampling: Sampling::Greedy,
+//!     eos_token_ids: vec![],
+//!     pad_token_id: 0,
+//!     seed: Some(0),
+//!     prompt_limit: PromptLimit::Error(64),
+//! };
+//! let out = generate(&model, &[vec![1, 2, 3]], &options)?;
+//! assert_eq!(out[0].len(), 4);
+//! # Ok::<(), seal_model::ModelError>(())
+//! ```
 
 pub mod config;
 pub mod error;

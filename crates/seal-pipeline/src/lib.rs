@@ -26,6 +26,27 @@
 //! [`run`] runs it all from a [`PipelineConfig`] (TOML: `seal pipeline
 //! --config FILE`; in code: [`PipelineConfig::demo`]). See
 //! `docs/pipeline.md`.
+//!
+//! # Example
+//!
+//! A configuration from TOML (every key has a default; see
+//! `docs/pipeline.md`); [`run`] would then align, rank, select, fine-tune,
+//! evaluate and write the report.
+//!
+//! ```
+//! use seal_pipeline::{Method, PipelineConfig};
+//! use std::path::Path;
+//!
+//! let text = r#"
+//! seeds = [1, 2]
+//! [select]
+//! methods = ["seal", "random"]
+//! "#;
+//! let config = PipelineConfig::from_toml(text, Path::new("example.toml"), Path::new("."))?;
+//! assert_eq!(config.seeds, vec![1, 2]);
+//! assert_eq!(config.select.methods, vec![Method::Seal, Method::Random]);
+//! # Ok::<(), seal_pipeline::PipelineError>(())
+//! ```
 
 #![warn(missing_docs)]
 

@@ -25,6 +25,21 @@
 //! Ties at the cut are broken by position (the lower index is kept), so
 //! every rule is deterministic given its input and seed. See
 //! `docs/selection.md`.
+//!
+//! # Example
+//!
+//! ```
+//! use seal_select::rules::TopP;
+//! use seal_select::{SelectionInput, SelectionRule};
+//!
+//! let ids: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|s| s.to_string()).collect();
+//! let logits = [2.0, -3.0, 1.0, 0.5, 1.5];
+//! let input = SelectionInput::new(&ids)?.with_scores(&logits)?;
+//! let selection = TopP { p: 0.8 }.select(&input)?;
+//! // The official rule keeps int(0.8 · 5) = 4 samples: all but the lowest.
+//! assert_eq!(selection.kept_ids(&input), vec!["a", "c", "d", "e"]);
+//! # Ok::<(), seal_select::SelectError>(())
+//! ```
 
 #![warn(missing_docs)]
 
