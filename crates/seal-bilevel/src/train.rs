@@ -338,20 +338,19 @@ impl<P: LowerLevel> Trainer<P> {
     /// only.
     pub fn with_optimizer(mut self, optimizer: Box<dyn Optimizer>) -> Result<Self> {
         self.check_fresh("with_optimizer")?;
-        let expected: Vec<String> = self
-            .problem
-            .parameters()
-            .into_iter()
+        let expected = self.problem.parameters();
+        let same = optimizer
+            .params()
+            .iter()
             .map(|(n, _)| n)
-            .collect();
-        let got: Vec<&String> = optimizer.params().iter().map(|(n, _)| n).collect();
-        if got.len() != expected.len() || got.iter().zip(&expected).any(|(a, b)| *a != b) {
+            .eq(expected.iter().map(|(n, _)| n));
+        if !same {
             return Err(BilevelError::invalid(
                 "model optimizer",
                 format!(
                     "`{}` is over {} parameters that are not the problem's {} (build it over problem().parameters())",
                     optimizer.name(),
-                    got.len(),
+                    optimizer.params().len(),
                     expected.len()
                 ),
             ));

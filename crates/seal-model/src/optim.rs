@@ -162,8 +162,22 @@ impl AdamW {
             decoupled: true,
         }
     }
+}
 
-    fn adam_step(&mut self) -> Result<()> {
+impl Optimizer for AdamW {
+    fn name(&self) -> &str {
+        "adamw"
+    }
+    fn params(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+    fn learning_rate(&self) -> f64 {
+        self.config.lr
+    }
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+    fn step(&mut self) -> Result<()> {
         let _guard = tch::no_grad_guard();
         self.step += 1;
         let c = self.config;
@@ -192,10 +206,12 @@ impl AdamW {
         }
         Ok(())
     }
-
-    /// Moment buffers by parameter name (`<name>.exp_avg`, `<name>.exp_avg_sq`)
-    /// plus the step count, for checkpoints.
-    fn adam_state(&self) -> (i64, Vec<(String, Tensor)>) {
+    fn step_count(&self) -> i64 {
+        self.step
+    }
+    /// Moment buffers by parameter name (`<name>.exp_avg`,
+    /// `<name>.exp_avg_sq`) plus the step count.
+    fn state(&self) -> (i64, Vec<(String, Tensor)>) {
         let mut out = Vec::with_capacity(2 * self.params.len());
         for (i, (name, _)) in self.params.iter().enumerate() {
             out.push((format!("{name}.exp_avg"), self.m[i].shallow_clone()));
@@ -203,8 +219,7 @@ impl AdamW {
         }
         (self.step, out)
     }
-
-    fn adam_load_state(&mut self, step: i64, state: &[(String, Tensor)]) -> Result<()> {
+    fn load_state(&mut self, step: i64, state: &[(String, Tensor)]) -> Result<()> {
         let _guard = tch::no_grad_guard();
         for (i, (name, _)) in self.params.iter().enumerate() {
             self.m[i].f_copy_(find_state(state, &format!("{name}.exp_avg"))?)?;
@@ -212,35 +227,6 @@ impl AdamW {
         }
         self.step = step;
         Ok(())
-    }
-}
-
-impl Optimizer for AdamW {
-    fn name(&self) -> &str {
-        "adamw"
-    }
-    fn params(&self) -> &[(String, Tensor)] {
-        &self.params
-    }
-    fn learning_rate(&self) -> f64 {
-        self.config.lr
-    }
-    fn set_learning_rate(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-    fn step(&mut self) -> Result<()> {
-        self.adam_step()
-    }
-    fn step_count(&self) -> i64 {
-        self.step
-    }
-    /// Moment buffers by parameter name (`<name>.exp_avg`,
-    /// `<name>.exp_avg_sq`) plus the step count.
-    fn state(&self) -> (i64, Vec<(String, Tensor)>) {
-        self.adam_state()
-    }
-    fn load_state(&mut self, step: i64, state: &[(String, Tensor)]) -> Result<()> {
-        self.adam_load_state(step, state)
     }
 }
 
@@ -277,16 +263,16 @@ impl Optimizer for Adam {
         self.0.config.lr = lr;
     }
     fn step(&mut self) -> Result<()> {
-        self.0.adam_step()
+        self.0.step()
     }
     fn step_count(&self) -> i64 {
         self.0.step
     }
     fn state(&self) -> (i64, Vec<(String, Tensor)>) {
-        self.0.adam_state()
+        self.0.state()
     }
     fn load_state(&mut self, step: i64, state: &[(String, Tensor)]) -> Result<()> {
-        self.0.adam_load_state(step, state)
+        self.0.load_state(step, state)
     }
 }
 
