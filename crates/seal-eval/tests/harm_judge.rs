@@ -165,7 +165,7 @@ fn accuracy(p: &Tensor, col: i64, labels: &[Option<bool>]) -> f64 {
 }
 
 #[test]
-fn head_learns_a_separable_problem_exactly() {
+fn head_learns_a_separable_problem() {
     let (x, targets, groups) = separable(600, 16);
     for hidden in [0, 32] {
         let cfg = HeadConfig {
@@ -182,8 +182,13 @@ fn head_learns_a_separable_problem_exactly() {
         let (head, log) = JudgeHead::fit(&x, &targets, &groups, &cfg).unwrap();
         assert!(!log.is_empty());
         let p = head.predict(&x).unwrap();
-        assert_eq!(accuracy(&p, 0, &targets.harmful), 1.0, "hidden {hidden}");
-        assert_eq!(accuracy(&p, 1, &targets.refusal), 1.0, "hidden {hidden}");
+        // Not exactly 1.0: the head keeps its best validation epoch, and which
+        // epoch that is depends on the CPU's float reduction order (CI once kept
+        // one at 395/396). A broken trainer sits far below this bound.
+        for (col, labels) in [(0, &targets.harmful), (1, &targets.refusal)] {
+            let acc = accuracy(&p, col, labels);
+            assert!(acc >= 0.99, "hidden {hidden}, column {col}: accuracy {acc}");
+        }
     }
     // Bad shapes are errors, not panics.
     let (head, _) = JudgeHead::fit(&x, &targets, &groups, &HeadConfig::default()).unwrap();
