@@ -15,13 +15,13 @@
 
 use anyhow::{Context, Result};
 use seal_eval::features::{self, FeatureCache, FeatureSpec, Pooling};
-use seal_model::{LoadOptions, Pretrained};
+use seal_model::{Llama, LoadOptions, Pretrained};
 
 fn main() -> Result<()> {
     let dir = seal_model::fixtures::smollm2_dir()?
         .context("SmolLM2 not found: run `cargo xtask setup`")?;
     let data = seal_model::fixtures::workspace_root().join("../shared/data");
-    let pre = Pretrained::load(&dir, &LoadOptions::default())?;
+    let pre = Pretrained::load_with(&dir, &LoadOptions::default(), Llama::load)?;
     let fingerprint = features::base_model_fingerprint(&dir)?;
     let step: usize = std::env::var("SEAL_STUDY_STEP")
         .ok()

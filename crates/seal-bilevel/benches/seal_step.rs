@@ -49,7 +49,8 @@ fn main() -> Result<()> {
             tch::Cuda::synchronize(i as i64);
         }
     };
-    let Pretrained { mut model, .. } = Pretrained::load(&dir, &LoadOptions { device, kind })?;
+    let Pretrained { mut model, .. } =
+        Pretrained::load_with(&dir, &LoadOptions { device, kind }, seal_model::Llama::load)?;
     model.add_lora(&LoraConfig::default(), 0)?;
     // B rows of exactly L tokens (deterministic ids), loss on the second half.
     let rows: Vec<TokenizedSample> = (0..b)

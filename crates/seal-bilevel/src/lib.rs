@@ -66,6 +66,7 @@ pub mod finetune;
 pub mod lm;
 pub mod metrics;
 pub mod official;
+pub mod plan;
 pub mod preset;
 pub mod problem;
 pub mod ranker;
@@ -76,7 +77,7 @@ pub mod torch_pt;
 pub mod train;
 
 pub use error::{BilevelError, Result};
-pub use finetune::{finetune, keep_by_id, SftData, SftOutcome, SftStep, WeightedSft};
+pub use finetune::{finetune, keep_by_id, SftData, SftOutcome, SftStep, SftTrainer, WeightedSft};
 pub use lm::{dataset_fingerprint, ForkableLm, LmProblem};
 pub use preset::{RankPreset, RankSettings};
 pub use problem::LowerLevel;

@@ -11,7 +11,7 @@
 use crate::error::{BilevelError, Result};
 use crate::problem::LowerLevel;
 use seal_data::tokenize::TokenizedSample;
-use seal_model::{CausalLm, Llama, LmBatch};
+use seal_model::{CausalLm, DynLm, Llama, LmBatch, LoraLm};
 use std::sync::Arc;
 use tch::Tensor;
 
@@ -40,7 +40,41 @@ impl ForkableLm for Llama {
     }
 }
 
+/// A model of any registered family (see `seal_model::family`).
+impl ForkableLm for DynLm {
+    fn fork_lm(&self, seed: i64) -> Result<Self> {
+        let config = self.lora_config().cloned().ok_or_else(|| {
+            BilevelError::invalid(
+                "solver",
+                "the full penalty method needs a LoRA adapter (the auxiliary copy is a second LoRA over the frozen base)",
+            )
+        })?;
+        if self.trainable_parameters().len() != self.lora_parameters().len() {
+            return Err(BilevelError::invalid(
+                "solver",
+                "the full penalty method cannot fork a fully fine-tuned model (the base must stay frozen)",
+            ));
+        }
+        Ok(self.fork_lora(&config, seed)?)
+    }
+}
+
 pub use seal_data::ranking::dataset_fingerprint;
+
+/// The batch of `rows` of `data`, padded with `pad_id`, with the response-only
+/// loss mask.
+pub fn lm_batch(data: &[TokenizedSample], rows: &[usize], pad_id: u32) -> Result<LmBatch> {
+    let mut seqs = Vec::with_capacity(rows.len());
+    let mut starts = Vec::with_capacity(rows.len());
+    for &r in rows {
+        let s = data.get(r).ok_or_else(|| {
+            BilevelError::invalid("batch", format!("row {r} of {} samples", data.len()))
+        })?;
+        seqs.push(s.input_ids.clone());
+        starts.push(s.response_start);
+    }
+    Ok(LmBatch::from_rows(&seqs, &starts, pad_id)?)
+}
 
 /// A causal LM with tokenised fine-tuning and safe sets.
 pub struct LmProblem<M: ForkableLm> {
@@ -85,16 +119,7 @@ impl<M: ForkableLm> LmProblem<M> {
 
     /// The padded batch of `rows` of `data`.
     pub fn batch(&self, data: &[TokenizedSample], rows: &[usize]) -> Result<LmBatch> {
-        let mut seqs = Vec::with_capacity(rows.len());
-        let mut starts = Vec::with_capacity(rows.len());
-        for &r in rows {
-            let s = data.get(r).ok_or_else(|| {
-                BilevelError::invalid("batch", format!("row {r} of {} samples", data.len()))
-            })?;
-            seqs.push(s.input_ids.clone());
-            starts.push(s.response_start);
-        }
-        Ok(LmBatch::from_rows(&seqs, &starts, self.pad_id)?)
+        lm_batch(data, rows, self.pad_id)
     }
 
     fn losses(&self, data: &[TokenizedSample], rows: &[usize]) -> Result<Tensor> {

@@ -19,14 +19,15 @@
 //! only after the directory is complete, names the newest one.
 
 use crate::error::{BilevelError, Result};
+use crate::plan::{
+    latest_checkpoint, load_prefixed, publish_checkpoint, seed_step, Progress, StepPlan,
+};
 use crate::problem::LowerLevel;
 use crate::ranker::{Ranker, RankerConfig, RankerOptimizer};
 use crate::schedule::{LambdaSchedule, Schedule};
 use crate::solver::{Solver, StepBatch, StepContext, StepStats};
-use seal_data::batch::BatchSampler;
 use seal_model::optim::{AdamW, AdamWConfig, Optimizer};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Tensor;
@@ -75,7 +76,7 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Continue from the newest checkpoint under `checkpoint_dir`, when there
     /// is one, in the drivers that build their own [`Trainer`]
-    /// ([`crate::finetune`]); a [`Trainer`] itself resumes through
+    /// ([`crate::finetune()`]); a [`Trainer`] itself resumes through
     /// [`Trainer::resume`].
     #[serde(default)]
     pub resume: bool,
@@ -153,7 +154,7 @@ const RESUMABLE_CHANGES: [&str; 5] = [
 ];
 
 /// The settings of `new` that differ from `old`, as `name (old → new)`,
-/// leaving out [`RESUMABLE_CHANGES`] (and `max_steps` when both runs use
+/// leaving out `RESUMABLE_CHANGES` (and `max_steps` when both runs use
 /// constant learning rates).
 pub fn changed_settings(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
     let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
@@ -246,14 +247,10 @@ pub struct Trainer<P: LowerLevel> {
     /// The ranker optimiser's learning rate before schedules.
     ranker_lr: f64,
     config: TrainConfig,
-    ft_sampler: BatchSampler,
-    safe_sampler: BatchSampler,
-    ft_batches_per_epoch: usize,
-    safe_batches_per_epoch: usize,
+    plan: StepPlan,
     step: usize,
     resumed_from: usize,
     last_checkpoint: Option<PathBuf>,
-    epoch_cache: HashMap<(u8, usize), Vec<Vec<usize>>>,
 }
 
 impl<P: LowerLevel> Trainer<P> {
@@ -274,40 +271,7 @@ impl<P: LowerLevel> Trainer<P> {
                 ),
             ));
         }
-        if config.micro_batch == 0 || config.grad_accum == 0 || config.epochs == 0 {
-            return Err(BilevelError::invalid(
-                "training config",
-                "micro_batch, grad_accum and epochs must be positive",
-            ));
-        }
-        if config.checkpoint_every.is_some() && config.checkpoint_dir.is_none() {
-            return Err(BilevelError::invalid(
-                "training config",
-                "checkpoint_every needs checkpoint_dir",
-            ));
-        }
-        let ft_sampler = BatchSampler::new(
-            problem.finetune_lengths(),
-            config.micro_batch,
-            config.seed,
-            config.bucket_batches,
-        )?
-        .with_stream(0);
-        let safe_sampler = BatchSampler::new(
-            problem.safe_lengths(),
-            config.micro_batch,
-            config.seed,
-            config.bucket_batches,
-        )?
-        .with_stream(1);
-        let ft_batches_per_epoch = ft_sampler.epoch(0).len();
-        let safe_batches_per_epoch = safe_sampler.epoch(0).len();
-        if ft_batches_per_epoch == 0 || safe_batches_per_epoch == 0 {
-            return Err(BilevelError::invalid(
-                "data",
-                "empty fine-tuning or safe set",
-            ));
-        }
+        let plan = StepPlan::new(problem.finetune_lengths(), problem.safe_lengths(), &config)?;
         solver.prepare(&problem, config.seed as i64)?;
         let optimizer = Box::new(AdamW::new(problem.parameters(), config.model_optimizer));
         let ranker_optimizer = RankerOptimizer::new(&ranker, config.ranker);
@@ -320,14 +284,10 @@ impl<P: LowerLevel> Trainer<P> {
             ranker_optimizer,
             ranker_lr: config.ranker.lr,
             config,
-            ft_sampler,
-            safe_sampler,
-            ft_batches_per_epoch,
-            safe_batches_per_epoch,
+            plan,
             step: 0,
             resumed_from: 0,
             last_checkpoint: None,
-            epoch_cache: HashMap::new(),
         })
     }
 
@@ -390,21 +350,12 @@ impl<P: LowerLevel> Trainer<P> {
 
     /// Optimiser steps per fine-tuning epoch.
     pub fn steps_per_epoch(&self) -> usize {
-        self.batches_per_epoch().div_ceil(self.config.grad_accum)
-    }
-
-    /// Fine-tuning micro-batches per epoch.
-    fn batches_per_epoch(&self) -> usize {
-        match self.config.epoch_length {
-            EpochLength::Task => self.ft_batches_per_epoch,
-            EpochLength::Shorter => self.ft_batches_per_epoch.min(self.safe_batches_per_epoch),
-        }
+        self.plan.steps_per_epoch()
     }
 
     /// Total steps of the run.
     pub fn total_steps(&self) -> usize {
-        let all = self.config.epochs * self.steps_per_epoch();
-        self.config.max_steps.map_or(all, |m| m.min(all))
+        self.plan.total_steps()
     }
 
     /// Completed steps.
@@ -432,48 +383,13 @@ impl<P: LowerLevel> Trainer<P> {
         (self.problem, self.ranker)
     }
 
-    fn epoch_batches(&mut self, stream: u8, epoch: usize) -> &Vec<Vec<usize>> {
-        let (ft, safe) = (&self.ft_sampler, &self.safe_sampler);
-        if self.epoch_cache.len() > 8 {
-            self.epoch_cache.clear();
-        }
-        self.epoch_cache.entry((stream, epoch)).or_insert_with(|| {
-            if stream == 0 {
-                ft.epoch(epoch as u64)
-            } else {
-                safe.epoch(epoch as u64)
-            }
-        })
-    }
-
     /// The micro-batches of step `step` (a pure function of seed and step).
     pub fn batch_for_step(&mut self, step: usize) -> StepBatch {
-        let spe = self.steps_per_epoch();
-        let (epoch, k) = (step / spe, step % spe);
-        let accum = self.config.grad_accum;
-        let nb = self.batches_per_epoch();
-        let start = k * accum;
-        let end = ((k + 1) * accum).min(nb);
-        let finetune: Vec<Vec<usize>> = self.epoch_batches(0, epoch)[start..end].to_vec();
-        let mut safe = Vec::with_capacity(finetune.len());
-        for i in 0..finetune.len() {
-            if self.config.epoch_length == EpochLength::Shorter {
-                // Zipped loaders: the safe set restarts with every epoch.
-                safe.push(self.epoch_batches(1, epoch)[start + i].clone());
-                continue;
-            }
-            let s = epoch * nb + start + i;
-            let (se, sp) = (
-                s / self.safe_batches_per_epoch,
-                s % self.safe_batches_per_epoch,
-            );
-            safe.push(self.epoch_batches(1, se)[sp].clone());
-        }
-        StepBatch { finetune, safe }
+        self.plan.batch_for_step(step)
     }
 
     fn epoch_of(&self, step: usize) -> usize {
-        step / self.steps_per_epoch()
+        self.plan.epoch_of(step)
     }
 
     /// Runs until [`Trainer::total_steps`].
@@ -483,18 +399,7 @@ impl<P: LowerLevel> Trainer<P> {
         let t0 = Instant::now();
         let mut tokens = 0usize;
         let mut last = StepStats::default();
-        let bar = if self.config.progress {
-            let b = indicatif::ProgressBar::new(total as u64);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}",
-            ) {
-                b.set_style(style.progress_chars("=> "));
-            }
-            b.set_position(self.step as u64);
-            Some(b)
-        } else {
-            None
-        };
+        let bar = Progress::new(self.config.progress, total, self.step);
         tracing::info!(
             solver = self.solver.name(),
             total_steps = total,
@@ -517,11 +422,7 @@ impl<P: LowerLevel> Trainer<P> {
                 .zip(&batch.safe)
                 .map(|(f, s)| self.problem.tokens(f, s))
                 .sum();
-            tch::manual_seed(
-                (self.config.seed as i64)
-                    .wrapping_mul(1_000_003)
-                    .wrapping_add(step as i64),
-            );
+            seed_step(self.config.seed, step);
             let mut ctx = StepContext {
                 optimizer: self.optimizer.as_mut(),
                 ranker: &mut self.ranker,
@@ -533,9 +434,7 @@ impl<P: LowerLevel> Trainer<P> {
             let stats = match self.solver.step(&self.problem, &mut ctx, &batch) {
                 Ok(s) => s,
                 Err(BilevelError::NonFinite { what, step, .. }) => {
-                    if let Some(b) = &bar {
-                        b.abandon();
-                    }
+                    bar.abandon();
                     return Err(self.non_finite(what, step, &batch));
                 }
                 Err(e) => return Err(e),
@@ -545,9 +444,7 @@ impl<P: LowerLevel> Trainer<P> {
                 ("ranker loss", stats.ranker_loss),
             ] {
                 if !v.is_finite() {
-                    if let Some(b) = &bar {
-                        b.abandon();
-                    }
+                    bar.abandon();
                     return Err(self.non_finite(name.into(), step, &batch));
                 }
             }
@@ -556,13 +453,13 @@ impl<P: LowerLevel> Trainer<P> {
             self.step += 1;
             let secs = t0.elapsed().as_secs_f64();
             let tps = tokens as f64 / secs.max(1e-9);
-            if let Some(b) = &bar {
-                b.set_position(self.step as u64);
-                b.set_message(format!(
+            bar.tick(
+                self.step,
+                format!(
                     "f {:.4} g {:.4} λ {:.2} {:.0} tok/s",
                     stats.upper_loss, stats.lower_loss, lambda, tps
-                ));
-            }
+                ),
+            );
             if self.step % self.config.log_every.max(1) == 0 || self.step == total {
                 let done = self.step - start_step;
                 let eta = secs / done as f64 * (total - self.step) as f64;
@@ -586,9 +483,7 @@ impl<P: LowerLevel> Trainer<P> {
                 }
             }
         }
-        if let Some(b) = &bar {
-            b.finish();
-        }
+        bar.finish();
         Ok(TrainReport {
             steps: self.step - start_step,
             resumed_from: self.resumed_from,
@@ -671,16 +566,7 @@ impl<P: LowerLevel> Trainer<P> {
             config: self.config.clone(),
         };
         seal_model::weights::write_json_atomic(&dir.join("trainer.json"), &meta)?;
-        seal_model::weights::write_atomic(&root.join(LATEST), name.as_bytes())?;
-        // Older checkpoints are no longer needed.
-        if let Ok(entries) = std::fs::read_dir(&root) {
-            for e in entries.flatten() {
-                let n = e.file_name().to_string_lossy().to_string();
-                if n.starts_with("step-") && n != name {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
+        publish_checkpoint(&root, self.step)?;
         tracing::info!(step = self.step, dir = %dir.display(), "checkpoint written");
         self.last_checkpoint = Some(dir.clone());
         Ok(dir)
@@ -688,21 +574,7 @@ impl<P: LowerLevel> Trainer<P> {
 
     /// The newest complete checkpoint under `root`, if any.
     pub fn latest_checkpoint(root: &Path) -> Result<Option<PathBuf>> {
-        let p = root.join(LATEST);
-        match std::fs::read_to_string(&p) {
-            Ok(name) => {
-                let name = name.trim();
-                if !name.starts_with("step-") || name.contains('/') {
-                    return Err(BilevelError::format(
-                        &p,
-                        format!("names `{name}`, not a step-<n> directory"),
-                    ));
-                }
-                Ok(Some(root.join(name)))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(BilevelError::io(&p, e)),
-        }
+        latest_checkpoint(root)
     }
 
     /// Resumes from the newest checkpoint in the configured checkpoint
@@ -776,16 +648,7 @@ impl<P: LowerLevel> Trainer<P> {
                 p.shallow_clone().f_copy_(&t)?;
             }
         }
-        let load_all = |path: &Path, prefix: &str| -> Result<Vec<(String, Tensor)>> {
-            let f = seal_model::weights::WeightFiles::open_file(path)?;
-            let mut names: Vec<String> = f.names().map(str::to_string).collect();
-            names.sort();
-            names
-                .into_iter()
-                .filter_map(|n| n.strip_prefix(prefix).map(|s| (n.clone(), s.to_string())))
-                .map(|(full, short)| Ok((short, f.load_raw(&full)?)))
-                .collect()
-        };
+        let load_all = load_prefixed;
         let opt_state = load_all(&model_path, "optim.")?;
         self.optimizer.load_state(meta.optimizer_step, &opt_state)?;
         let r_state = load_all(&dir.join("ranker_optim.safetensors"), "")?;

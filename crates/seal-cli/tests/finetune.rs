@@ -1,7 +1,7 @@
 //! `seal finetune` on a tiny random model directory: a PEFT adapter that
 //! loads back, the training log, the mixed objective and its errors.
 
-use seal_model::{LoadOptions, Pretrained};
+use seal_model::{LoadOptions, LoraLm, Pretrained};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use tch::{Device, Kind};
@@ -112,7 +112,7 @@ fn finetune_on_kept_ids_writes_a_peft_adapter() {
     .unwrap()
     .model;
     m.load_lora(&out).unwrap();
-    assert_eq!(m.lora().unwrap().config.r, 4);
+    assert_eq!(m.lora_config().unwrap().r, 4);
     // LoRA's B starts at zero; two steps must have moved it.
     let moved = m
         .lora_parameters()

@@ -224,6 +224,7 @@ impl LlamaConfig {
                 return Err(ModelError::UnsupportedModelType {
                     path: path.into(),
                     model_type: other.to_string(),
+                    supported: "llama, mistral, qwen2 (this loader); other families load through `seal_model::family::load_model`".into(),
                 })
             }
         };

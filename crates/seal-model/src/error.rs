@@ -31,13 +31,16 @@ pub enum ModelError {
         /// What is wrong.
         message: String,
     },
-    /// The checkpoint's `model_type` is not a supported Llama-family type.
-    #[error("{path}: unsupported model_type `{model_type}` (supported: llama, mistral, qwen2)")]
+    /// The checkpoint's `model_type` has no registered family, or is not one
+    /// the loader it was handed can read.
+    #[error("{path}: unsupported model_type `{model_type}` (supported: {supported})")]
     UnsupportedModelType {
         /// The config file.
         path: PathBuf,
         /// The type found.
         model_type: String,
+        /// What would have been accepted, comma-separated.
+        supported: String,
     },
     /// A tensor is missing from a checkpoint.
     #[error("{path}: tensor `{tensor}` is missing")]

@@ -257,7 +257,7 @@ pub fn gguf_reference(gguf: &Path, inputs: &ReferenceInputs) -> Result<Option<Gg
 }
 
 /// Writes a tiny random Llama model directory for tests: weights from
-/// [`LlamaConfig::tiny`] (adjusted by `configure`) with seed 3, the
+/// [`crate::LlamaConfig::tiny`] (adjusted by `configure`) with seed 3, the
 /// byte-level test tokenizer and a ChatML chat template. Returns the config.
 pub fn write_tiny_model_dir(
     dir: &Path,

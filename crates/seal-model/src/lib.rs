@@ -8,7 +8,14 @@
 //! * [`model::CausalLm`]: the object-safe trait solvers and metrics code
 //!   against; its key method is the per-sample response NLL.
 //! * [`llama::Llama`]: Llama / Mistral / Qwen2 on CPU or CUDA, loaded from HF
-//!   directories ([`llama::Llama::load`]) with HF weight names.
+//!   directories ([`llama::Llama::load`]) with HF weight names;
+//!   [`neox::GptNeoX`] (Pythia, which SEAL's paper fine-tunes at 2.8B) and
+//!   [`phi3::Phi3`] (Phi-3-mini, also in the paper) the same way.
+//! * [`adapter::LoraLm`]: the LoRA side every family implements, and
+//!   [`family`]: the registry that opens an HF directory as a [`DynLm`] of
+//!   the family its `model_type` names (user families register the same way).
+//! * [`layers`]: the shared blocks (LoRA-capable linear, norms, masks,
+//!   attention, adapter bookkeeping), public for user architectures.
 //! * [`gguf`]: import llama.cpp GGUF checkpoints into HF directories.
 //! * [`lora`]: LoRA adapters in PEFT's format.
 //! * [`generate`]: batched greedy / nucleus sampling through the public
@@ -45,30 +52,39 @@
 //! # Ok::<(), seal_model::ModelError>(())
 //! ```
 
+pub mod adapter;
 pub mod config;
 pub mod error;
+pub mod family;
 pub mod fixtures;
 pub mod generate;
 pub mod gguf;
+pub mod layers;
 pub mod llama;
 pub mod locate;
 pub mod lora;
 pub mod model;
+pub mod neox;
 pub mod optim;
+pub mod phi3;
 pub mod runtime;
 pub mod weights;
 
+pub use adapter::{DynLm, LoraLm};
 pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
 pub use llama::{AttentionImpl, Llama, LoadOptions};
 pub use lora::LoraConfig;
 pub use model::{CausalLm, KvCache, LmBatch};
+pub use neox::{GptNeoX, NeoxConfig};
+pub use phi3::{Phi3, Phi3Config};
 
 /// An HF model directory opened for use: weights, tokenizer (with chat
-/// template) and generation defaults.
-pub struct Pretrained {
+/// template) and generation defaults. `M` is the model type: any family
+/// chosen by `config.json` ([`DynLm`], the default), or a concrete one.
+pub struct Pretrained<M = DynLm> {
     /// The model.
-    pub model: Llama,
+    pub model: M,
     /// Its tokenizer and chat template.
     pub tokenizer: seal_data::TextTokenizer,
     /// `generation_config.json`, when present.
@@ -77,17 +93,31 @@ pub struct Pretrained {
 
 impl Pretrained {
     /// Loads `config.json`, the safetensors weights, `tokenizer.json`,
-    /// `tokenizer_config.json` and `generation_config.json` from `dir`.
+    /// `tokenizer_config.json` and `generation_config.json` from `dir`, with
+    /// the family registered for the config's `model_type`
+    /// ([`family::load_model`]).
     pub fn load(dir: &std::path::Path, opts: &LoadOptions) -> Result<Self> {
+        Self::load_with(dir, opts, family::load_model)
+    }
+}
+
+impl<M: CausalLm> Pretrained<M> {
+    /// As [`Pretrained::load`], with the model built by `load` (e.g.
+    /// `Llama::load` for a concrete `Llama`).
+    pub fn load_with(
+        dir: &std::path::Path,
+        opts: &LoadOptions,
+        load: impl FnOnce(&std::path::Path, &LoadOptions) -> Result<M>,
+    ) -> Result<Self> {
         let tokenizer = seal_data::TextTokenizer::from_dir(dir)?;
-        let model = Llama::load(dir, opts)?;
-        if tokenizer.vocab_size() > model.config().vocab_size {
+        let model = load(dir, opts)?;
+        if tokenizer.vocab_size() > model.vocab_size() {
             return Err(ModelError::Config {
                 path: dir.join("tokenizer.json"),
                 message: format!(
                     "tokenizer has {} tokens but the model's vocab_size is {}",
                     tokenizer.vocab_size(),
-                    model.config().vocab_size
+                    model.vocab_size()
                 ),
             });
         }

@@ -12,10 +12,16 @@
 //! (fast fused kernels) and an explicit math path that supports double
 //! backward, needed for Hessian-vector products in implicit hypergradients.
 
+use crate::adapter::{DynLm, LoraLm};
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{ModelError, Result};
+use crate::layers::{
+    attach_lora, attend, load_lora_into, merge_lora_sites, repeat_kv, rotate_half,
+    seeded_init_lock, softmax_matmul, step_masks, AttentionMask, Linear, LoraSite, RmsNorm,
+    StepMasks,
+};
 use crate::lora::LoraConfig;
-use crate::model::{CausalLm, KvCache, LmBatch};
+use crate::model::{response_nll, CausalLm, KvCache, LmBatch};
 use crate::weights::{save_safetensors, write_json_atomic, WeightFiles};
 use std::path::Path;
 use std::sync::Arc;
@@ -50,14 +56,6 @@ impl Default for LoadOptions {
     }
 }
 
-/// LoRA factors of one linear layer.
-struct LoraFactors {
-    a: Tensor,
-    b: Tensor,
-    scale: f64,
-    dropout: f64,
-}
-
 /// How [`Llama::build`] fills the base weights.
 #[derive(Clone, Copy)]
 enum WeightInit {
@@ -65,90 +63,6 @@ enum WeightInit {
     Random,
     /// Zeros: a checkpoint overwrites every weight right after.
     Overwritten,
-}
-
-/// A linear layer `y = x Wᵀ + b` with an optional LoRA branch.
-struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    lora: Option<LoraFactors>,
-}
-
-impl Linear {
-    fn new(p: &nn::Path, in_dim: i64, out_dim: i64, bias: bool, init: nn::Init) -> Self {
-        let weight = p.var("weight", &[out_dim, in_dim], init);
-        let bias = bias.then(|| p.var("bias", &[out_dim], nn::Init::Const(0.)));
-        Self {
-            weight,
-            bias,
-            lora: None,
-        }
-    }
-
-    fn forward(&self, x: &Tensor, training: bool) -> Tensor {
-        let y = x.linear(&self.weight, self.bias.as_ref());
-        match &self.lora {
-            None => y,
-            Some(l) => {
-                let xin = if x.kind() == l.a.kind() {
-                    x.shallow_clone()
-                } else {
-                    x.to_kind(l.a.kind())
-                };
-                let xin = if training && l.dropout > 0.0 {
-                    xin.dropout(l.dropout, true)
-                } else {
-                    xin
-                };
-                let delta = xin
-                    .linear::<&Tensor>(&l.a, None)
-                    .linear::<&Tensor>(&l.b, None)
-                    * l.scale;
-                let kind = y.kind();
-                y + delta.to_kind(kind)
-            }
-        }
-    }
-
-    fn fork(&self) -> Self {
-        Self {
-            weight: self.weight.shallow_clone(),
-            bias: self.bias.as_ref().map(Tensor::shallow_clone),
-            lora: None,
-        }
-    }
-}
-
-/// Root-mean-square layer norm, computed in f32 as in transformers.
-struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    fn new(p: &nn::Path, dim: i64, eps: f64) -> Self {
-        Self {
-            weight: p.var("weight", &[dim], nn::Init::Const(1.)),
-            eps,
-        }
-    }
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let kind = x.kind();
-        let xf = if kind == Kind::Double {
-            x.shallow_clone()
-        } else {
-            x.to_kind(Kind::Float)
-        };
-        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, xf.kind());
-        let normed = (xf * (var + self.eps).rsqrt()).to_kind(kind);
-        &self.weight * normed
-    }
-    fn fork(&self) -> Self {
-        Self {
-            weight: self.weight.shallow_clone(),
-            eps: self.eps,
-        }
-    }
 }
 
 struct Attention {
@@ -187,25 +101,20 @@ impl Block {
             ("mlp", "down_proj", &mut self.mlp.down_proj),
         ]
     }
+
+    /// The block's linears as LoRA sites, with their PEFT keys.
+    fn lora_sites(&mut self, layer: usize) -> impl Iterator<Item = LoraSite<'_>> {
+        self.linears_mut()
+            .into_iter()
+            .map(move |(group, name, linear)| LoraSite {
+                key: format!("base_model.model.model.layers.{layer}.{group}.{name}"),
+                name,
+                linear,
+            })
+    }
 }
 
-/// How queries may attend to keys in one forward call.
-enum Mask {
-    /// Plain causal attention over the new tokens (no cache, no left padding).
-    Causal,
-    /// Every key is visible (single-token decode without padding).
-    Full,
-    /// Boolean `[B, 1, Lq, Lk]`, true where attention is allowed.
-    Explicit(Tensor),
-}
-
-/// The LoRA adapter attached to a [`Llama`].
-pub struct LoraAdapter {
-    /// Its hyper-parameters.
-    pub config: LoraConfig,
-    /// Trainable factors, named with PEFT keys.
-    pub vs: nn::VarStore,
-}
+pub use crate::layers::LoraAdapter;
 
 /// A Llama-family causal LM.
 pub struct Llama {
@@ -257,30 +166,6 @@ fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f64> {
                 .collect()
         }
     }
-}
-
-/// libtorch's generator is global: seeding and initialising under one lock
-/// keeps seeded initialisation reproducible when threads build models at once.
-fn seeded_init_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Repeats each key/value head `groups` times along the head axis, as
-/// transformers' `repeat_kv` (expand + reshape: its backward is a plain sum).
-fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
-    let s = x.size();
-    x.unsqueeze(2)
-        .expand([s[0], s[1], groups, s[2], s[3]], false)
-        .reshape([s[0], s[1] * groups, s[2], s[3]])
-}
-
-fn rotate_half(x: &Tensor) -> Tensor {
-    let half = x.size()[x.dim() - 1] / 2;
-    let x1 = x.narrow(-1, 0, half);
-    let x2 = x.narrow(-1, half, half);
-    Tensor::cat(&[x2.neg(), x1], -1)
 }
 
 /// Checks that `weights` holds every base tensor of `c` with the right
@@ -530,88 +415,18 @@ impl Llama {
 
     /// Attaches a freshly initialised LoRA adapter (replacing any other).
     pub fn add_lora(&mut self, config: &LoraConfig, seed: i64) -> Result<()> {
-        config.validate()?;
-        let _lock = seeded_init_lock();
-        tch::manual_seed(seed);
-        // Initialised on the CPU generator and then moved, so a seed gives
-        // the same adapter on every device.
-        let vs = nn::VarStore::new(Device::Cpu);
-        let lora_kind = match self.kind {
-            Kind::Double => Kind::Double,
-            _ => Kind::Float,
-        };
-        let root = vs.root();
-        let scale = config.scale();
-        for (i, b) in self.layers.iter_mut().enumerate() {
-            let p = &root / "base_model" / "model" / "model" / "layers" / i;
-            for (group, name, lin) in b.linears_mut() {
-                if !config.targets(name) {
-                    lin.lora = None;
-                    continue;
-                }
-                let size = lin.weight.size();
-                let (out_dim, in_dim) = (size[0], size[1]);
-                let lp = &p / group / name;
-                // PEFT: A ~ kaiming_uniform(a=√5) = U(-1/√in, 1/√in), B = 0.
-                let bound = 1.0 / (in_dim as f64).sqrt();
-                let a = (&lp / "lora_A").var(
-                    "weight",
-                    &[config.r as i64, in_dim],
-                    nn::Init::Uniform {
-                        lo: -bound,
-                        up: bound,
-                    },
-                );
-                let bm = (&lp / "lora_B").var(
-                    "weight",
-                    &[out_dim, config.r as i64],
-                    nn::Init::Const(0.),
-                );
-                lin.lora = Some(LoraFactors {
-                    a,
-                    b: bm,
-                    scale,
-                    dropout: config.dropout,
-                });
-            }
-        }
-        let mut vs = vs;
-        if lora_kind == Kind::Double {
-            vs.double();
-        }
-        vs.set_device(self.device);
-        self.lora = Some(LoraAdapter {
-            config: config.clone(),
-            vs,
-        });
-        self.rebind_lora()?;
+        let (device, kind) = (self.device, self.kind);
+        let adapter = attach_lora(self.lora_sites(), config, seed, device, kind)?;
+        self.lora = Some(adapter);
         Ok(())
     }
 
-    fn rebind_lora(&mut self) -> Result<()> {
-        let Some(adapter) = &self.lora else {
-            return Ok(());
-        };
-        let vars = adapter.vs.variables();
-        for (i, b) in self.layers.iter_mut().enumerate() {
-            for (group, name, lin) in b.linears_mut() {
-                if let Some(l) = &mut lin.lora {
-                    let key = format!("base_model.model.model.layers.{i}.{group}.{name}");
-                    let fetch = |suffix: &str| {
-                        vars.get(&format!("{key}.{suffix}.weight"))
-                            .map(Tensor::shallow_clone)
-                            .ok_or_else(|| {
-                                ModelError::InvalidInput(format!(
-                                    "internal: LoRA variable {key}.{suffix} missing"
-                                ))
-                            })
-                    };
-                    l.a = fetch("lora_A")?;
-                    l.b = fetch("lora_B")?;
-                }
-            }
-        }
-        Ok(())
+    fn lora_sites(&mut self) -> Vec<LoraSite<'_>> {
+        self.layers
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, b)| b.lora_sites(i))
+            .collect()
     }
 
     /// The attached LoRA adapter, if any.
@@ -621,13 +436,10 @@ impl Llama {
 
     /// LoRA parameters by PEFT key, sorted by name.
     pub fn lora_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<_> = self
-            .lora
+        self.lora
             .as_ref()
-            .map(|l| l.vs.variables().into_iter().collect())
-            .unwrap_or_default();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+            .map(LoraAdapter::parameters)
+            .unwrap_or_default()
     }
 
     /// A second model over the same (shared, not copied) base weights with a
@@ -681,63 +493,16 @@ impl Llama {
         let adapter = self.lora.as_ref().ok_or_else(|| {
             ModelError::InvalidInput("the model has no LoRA adapter to save".into())
         })?;
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-        save_safetensors(
-            &dir.join("adapter_model.safetensors"),
-            &self.lora_parameters(),
-            None,
-        )?;
-        write_json_atomic(
-            &dir.join("adapter_config.json"),
-            &adapter.config.to_peft_json(base_model),
-        )
+        adapter.save(dir, base_model)
     }
 
     /// Loads a PEFT LoRA adapter directory, replacing any attached adapter.
     /// Every expected tensor must be present with the right shape, and no
     /// unexpected tensor may be left over.
     pub fn load_lora(&mut self, dir: &Path) -> Result<()> {
-        let config = LoraConfig::from_peft_file(&dir.join("adapter_config.json"))?;
-        let path = dir.join("adapter_model.safetensors");
-        if !path.exists() {
-            return Err(ModelError::MissingFile {
-                path,
-                what: "PEFT adapter weights".into(),
-            });
-        }
-        let weights = WeightFiles::open_file(&path)?;
-        // `r` comes from the config file and sizes the adapter: check the
-        // file's factors before allocating it.
-        let r = i64::try_from(config.r).map_err(|_| ModelError::Config {
-            path: dir.join("adapter_config.json"),
-            message: format!("field `r`: {} is too large", config.r),
-        })?;
-        for (i, b) in self.layers.iter_mut().enumerate() {
-            for (group, name, lin) in b.linears_mut() {
-                if !config.targets(name) {
-                    continue;
-                }
-                let size = lin.weight.size();
-                let key = format!("base_model.model.model.layers.{i}.{group}.{name}");
-                weights.check_shape(&format!("{key}.lora_A.weight"), &[r, size[1]])?;
-                weights.check_shape(&format!("{key}.lora_B.weight"), &[size[0], r])?;
-            }
-        }
-        self.add_lora(&config, 0)?;
-        let params = self.lora_parameters();
-        let _guard = tch::no_grad_guard();
-        for (name, var) in &params {
-            let t = weights.load(name, &var.size(), var.kind(), self.device)?;
-            var.shallow_clone().f_copy_(&t)?;
-        }
-        let expected: std::collections::HashSet<&str> =
-            params.iter().map(|(n, _)| n.as_str()).collect();
-        if let Some(extra) = weights.names().find(|n| !expected.contains(n)) {
-            return Err(ModelError::Safetensors {
-                path,
-                message: format!("unexpected tensor `{extra}` (not a LoRA factor of the configured target modules)"),
-            });
-        }
+        let (device, kind) = (self.device, self.kind);
+        let adapter = load_lora_into(self.lora_sites(), dir, device, kind)?;
+        self.lora = Some(adapter);
         Ok(())
     }
 
@@ -749,15 +514,7 @@ impl Llama {
                 "the model has no LoRA adapter to merge".into(),
             ));
         }
-        let _guard = tch::no_grad_guard();
-        for b in &mut self.layers {
-            for (_, _, lin) in b.linears_mut() {
-                if let Some(l) = lin.lora.take() {
-                    let delta = (l.b.matmul(&l.a) * l.scale).to_kind(lin.weight.kind());
-                    let _ = lin.weight.f_add_(&delta)?;
-                }
-            }
-        }
+        merge_lora_sites(self.lora_sites())?;
         self.lora = None;
         Ok(())
     }
@@ -867,57 +624,11 @@ impl Llama {
     ) -> Result<Tensor> {
         self.check_ids(input_ids)?;
         let (b, l) = (input_ids.size()[0], input_ids.size()[1]);
-        let new_mask = match attention_mask {
-            Some(m) => {
-                if m.size() != [b, l] {
-                    return Err(ModelError::InvalidInput(format!(
-                        "attention_mask has shape {:?}, input_ids {:?}",
-                        m.size(),
-                        [b, l]
-                    )));
-                }
-                m.to_device(self.device).to_kind(Kind::Int64)
-            }
-            None => Tensor::ones([b, l], (Kind::Int64, self.device)),
-        };
-        let past_len = cache.as_ref().map(|c| c.seq_len()).unwrap_or(0);
-        let full_mask = match cache.as_ref() {
-            Some(c) => c.step_mask(&new_mask)?,
-            None => new_mask.shallow_clone(),
-        };
-        let has_padding = full_mask.min().int64_value(&[]) == 0;
-        let right_padded = !has_padding || {
-            let lf = full_mask.size()[1];
-            lf < 2
-                || full_mask
-                    .narrow(1, 1, lf - 1)
-                    .gt_tensor(&full_mask.narrow(1, 0, lf - 1))
-                    .any()
-                    .int64_value(&[])
-                    == 0
-        };
-        let mask = if past_len == 0 && right_padded {
-            // Valid tokens of right-padded rows never see padding under a causal mask.
-            Mask::Causal
-        } else if l == 1 && !has_padding {
-            Mask::Full
-        } else {
-            let lk = past_len + l;
-            let k_idx = Tensor::arange(lk, (Kind::Int64, self.device));
-            let q_idx = Tensor::arange(l, (Kind::Int64, self.device)) + past_len;
-            let causal = k_idx.unsqueeze(0).le_tensor(&q_idx.unsqueeze(1)); // [Lq, Lk]
-            let key_ok = full_mask.gt(0).unsqueeze(1); // [B, 1, Lk]
-            let diag = k_idx.unsqueeze(0).eq_tensor(&q_idx.unsqueeze(1));
-            // A padded query still attends to itself so no row is empty (no NaN).
-            let allowed = causal
-                .unsqueeze(0)
-                .logical_and(&key_ok)
-                .logical_or(&diag.unsqueeze(0));
-            Mask::Explicit(allowed.unsqueeze(1))
-        };
-        let positions = (full_mask.cumsum(1, Kind::Int64) - 1)
-            .clamp_min(0)
-            .narrow(1, past_len, l);
+        let StepMasks {
+            mask,
+            full_mask,
+            positions,
+        } = step_masks(attention_mask, b, l, cache.as_deref(), self.device)?;
         let freqs =
             positions.to_kind(Kind::Double).unsqueeze(-1) * self.inv_freq.unsqueeze(0).unsqueeze(0);
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
@@ -967,7 +678,7 @@ impl Llama {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Mask,
+        mask: &AttentionMask,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, l) = (x.size()[0], x.size()[1]);
@@ -989,7 +700,7 @@ impl Llama {
             .transpose(1, 2);
         let q = &q * cos + rotate_half(&q) * sin;
         let k = &k * cos + rotate_half(&k) * sin;
-        let decoding = cache.is_some() && l == 1 && !matches!(mask, Mask::Causal);
+        let decoding = cache.is_some() && l == 1 && !matches!(mask, AttentionMask::Causal);
         let (k, v) = match cache {
             Some((c, layer)) => c.append(layer, &k, &v)?,
             None => (k, v),
@@ -998,71 +709,17 @@ impl Llama {
         if decoding && groups > 1 {
             return self.decode_attention(attn, &q, &k, &v, mask, b);
         }
-        let out = match self.attention {
-            AttentionImpl::Sdpa => {
-                let (k, v) = if groups > 1 {
-                    (repeat_kv(&k, groups), repeat_kv(&v, groups))
-                } else {
-                    (k, v)
-                };
-                match mask {
-                    Mask::Causal => Tensor::scaled_dot_product_attention::<Tensor>(
-                        &q, &k, &v, None, 0.0, true, None, false,
-                    ),
-                    Mask::Full => Tensor::scaled_dot_product_attention::<Tensor>(
-                        &q, &k, &v, None, 0.0, false, None, false,
-                    ),
-                    Mask::Explicit(m) => Tensor::scaled_dot_product_attention(
-                        &q,
-                        &k,
-                        &v,
-                        Some(m),
-                        0.0,
-                        false,
-                        None,
-                        false,
-                    ),
-                }
-            }
-            AttentionImpl::Math => {
-                let (k, v) = if groups > 1 {
-                    (repeat_kv(&k, groups), repeat_kv(&v, groups))
-                } else {
-                    (k, v)
-                };
-                let lk = k.size()[2];
-                let scores = q.matmul(&k.transpose(-2, -1)) / (hd as f64).sqrt();
-                let scores = match mask {
-                    Mask::Causal => {
-                        let causal = Tensor::ones([l, lk], (Kind::Bool, self.device)).tril(lk - l);
-                        scores.masked_fill(&causal.logical_not(), f64::NEG_INFINITY)
-                    }
-                    Mask::Full => scores,
-                    Mask::Explicit(m) => scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY),
-                };
-                self.softmax_matmul(&scores, &v)
-            }
+        let (k, v) = if groups > 1 {
+            (repeat_kv(&k, groups), repeat_kv(&v, groups))
+        } else {
+            (k, v)
         };
+        let out = attend(&q, &k, &v, mask, self.attention);
         let out = out
             .transpose(1, 2)
             .contiguous()
             .view([b, l, attn.n_heads * hd]);
         Ok(attn.o_proj.forward(&out, self.training))
-    }
-
-    /// The math attention path's last step: softmax over keys in at least
-    /// f32, then the weighted sum of the values.
-    fn softmax_matmul(&self, scores: &Tensor, v: &Tensor) -> Tensor {
-        let kind = if self.kind == Kind::Double {
-            Kind::Double
-        } else {
-            Kind::Float
-        };
-        scores
-            .to_kind(kind)
-            .softmax(-1, None::<Kind>)
-            .to_kind(v.kind())
-            .matmul(v)
     }
 
     /// Attention of one new token per row against the cache, without
@@ -1077,7 +734,7 @@ impl Llama {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        mask: &Mask,
+        mask: &AttentionMask,
         b: i64,
     ) -> Result<Tensor> {
         let hd = attn.head_dim;
@@ -1085,7 +742,7 @@ impl Llama {
         let q = q.reshape([b, attn.n_kv_heads, groups, hd]);
         // `[B, 1, 1, Lk]` broadcasts over the key/value heads and the groups.
         let explicit = match mask {
-            Mask::Explicit(m) => Some(m),
+            AttentionMask::Explicit(m) => Some(m),
             _ => None,
         };
         let out = match self.attention {
@@ -1098,7 +755,7 @@ impl Llama {
                     Some(m) => scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY),
                     None => scores,
                 };
-                self.softmax_matmul(&scores, v)
+                softmax_matmul(&scores, v)
             }
         };
         let out = out.reshape([b, 1, attn.n_heads * hd]);
@@ -1149,37 +806,14 @@ impl CausalLm for Llama {
     fn per_sample_nll(&self, batch: &LmBatch) -> Result<Tensor> {
         batch.validate()?;
         let ids = batch.input_ids.to_device(self.device);
-        let (b, l) = (ids.size()[0], ids.size()[1]);
-        if l < 2 {
-            return Ok(Tensor::zeros([b], (self.loss_kind(), self.device)));
+        if ids.size()[1] < 2 {
+            return Ok(Tensor::zeros(
+                [ids.size()[0]],
+                (self.loss_kind(), self.device),
+            ));
         }
         let hidden = self.forward_hidden(&ids, Some(&batch.attention_mask), None)?;
-        let h = hidden
-            .narrow(1, 0, l - 1)
-            .reshape([-1, self.config.hidden_size as i64]);
-        let targets = ids.narrow(1, 1, l - 1).reshape([-1]);
-        let mask = batch
-            .loss_mask
-            .to_device(self.device)
-            .narrow(1, 1, l - 1)
-            .to_kind(Kind::Bool);
-        let flat = mask.reshape([-1]).nonzero().squeeze_dim(1);
-        let counts = mask.sum_dim_intlist(1, false, self.loss_kind());
-        // Only positions that carry a label go through the LM head.
-        let logits = self
-            .lm_head(&h.index_select(0, &flat))
-            .to_kind(self.loss_kind());
-        let token_nll = logits.cross_entropy_loss::<Tensor>(
-            &targets.index_select(0, &flat),
-            None,
-            tch::Reduction::None,
-            -100,
-            0.0,
-        );
-        let rows = flat.divide_scalar_mode(l - 1, "floor");
-        let sums =
-            Tensor::zeros([b], (self.loss_kind(), self.device)).index_add(0, &rows, &token_nll);
-        Ok(sums / counts.clamp_min(1.0))
+        response_nll(&hidden, batch, self.loss_kind(), &|h| self.lm_head(h))
     }
 
     fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
@@ -1211,5 +845,50 @@ impl Llama {
         } else {
             Kind::Float
         }
+    }
+}
+
+impl LoraLm for Llama {
+    fn model_type(&self) -> &str {
+        "llama"
+    }
+    fn add_lora(&mut self, config: &LoraConfig, seed: i64) -> Result<()> {
+        Llama::add_lora(self, config, seed)
+    }
+    fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref().map(|l| &l.config)
+    }
+    fn lora_parameters(&self) -> Vec<(String, Tensor)> {
+        Llama::lora_parameters(self)
+    }
+    fn base_parameters(&self) -> Vec<(String, Tensor)> {
+        Llama::base_parameters(self)
+    }
+    fn fork_lora(&self, config: &LoraConfig, seed: i64) -> Result<DynLm> {
+        Ok(Box::new(self.fork_with_lora(config, seed)?))
+    }
+    fn save_lora(&self, dir: &Path, base_model: Option<&str>) -> Result<()> {
+        Llama::save_lora(self, dir, base_model)
+    }
+    fn load_lora(&mut self, dir: &Path) -> Result<()> {
+        Llama::load_lora(self, dir)
+    }
+    fn merge_lora(&mut self) -> Result<()> {
+        Llama::merge_lora(self)
+    }
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        Llama::save_pretrained(self, dir)
+    }
+    fn set_training(&mut self, training: bool) {
+        Llama::set_training(self, training)
+    }
+    fn set_full_finetune(&mut self, on: bool) {
+        Llama::set_full_finetune(self, on)
+    }
+    fn set_attention_impl(&mut self, attention: AttentionImpl) {
+        Llama::set_attention_impl(self, attention)
+    }
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
     }
 }

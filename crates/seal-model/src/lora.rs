@@ -14,7 +14,10 @@ use crate::error::{ModelError, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// Linear layers LoRA can adapt, by their HF module names.
+/// The linear layers of a Llama block, by their HF module names (every one
+/// can carry LoRA). Other families name theirs differently (GPT-NeoX:
+/// `query_key_value`, `dense`...; Phi-3: `qkv_proj`, `gate_up_proj`...);
+/// the model checks that every target names one of its modules.
 pub const LORA_TARGETABLE: &[&str] = &[
     "q_proj",
     "k_proj",
@@ -34,7 +37,7 @@ pub struct LoraConfig {
     pub alpha: f64,
     /// Dropout applied to the adapter's input while training.
     pub dropout: f64,
-    /// Module names to adapt (see [`LORA_TARGETABLE`]).
+    /// Module names to adapt (for Llama, see [`LORA_TARGETABLE`]).
     pub target_modules: Vec<String>,
     /// Use `alpha / sqrt(r)` instead of `alpha / r`.
     pub use_rslora: bool,
@@ -82,9 +85,12 @@ impl LoraConfig {
             ));
         }
         for m in &self.target_modules {
-            if !LORA_TARGETABLE.contains(&m.as_str()) {
+            let plain = !m.is_empty()
+                && m.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            if !plain {
                 return Err(ModelError::InvalidInput(format!(
-                    "LoRA target module `{m}` is not one of {LORA_TARGETABLE:?}"
+                    "LoRA target module `{m}`: expected a module name such as q_proj"
                 )));
             }
         }

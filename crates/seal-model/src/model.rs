@@ -327,6 +327,49 @@ impl LayerKv {
     }
 }
 
+/// Per-sample mean response-token NLL `[B]` from final hidden states
+/// `[B, L, H]` of `batch` (rows without labels get 0): the shared tail of
+/// every family's [`CausalLm::per_sample_nll`]. Only positions that carry a
+/// label go through `head` (the LM head), which saves most of its cost on
+/// prompt-heavy rows. `loss_kind` is the dtype the loss is computed in.
+pub fn response_nll(
+    hidden: &Tensor,
+    batch: &LmBatch,
+    loss_kind: Kind,
+    head: &dyn Fn(&Tensor) -> Tensor,
+) -> Result<Tensor> {
+    let size = hidden.size();
+    let (b, l, width) = (size[0], size[1], size[2]);
+    let device = hidden.device();
+    if l < 2 {
+        return Ok(Tensor::zeros([b], (loss_kind, device)));
+    }
+    let h = hidden.narrow(1, 0, l - 1).reshape([-1, width]);
+    let targets = batch
+        .input_ids
+        .to_device(device)
+        .narrow(1, 1, l - 1)
+        .reshape([-1]);
+    let mask = batch
+        .loss_mask
+        .to_device(device)
+        .narrow(1, 1, l - 1)
+        .to_kind(Kind::Bool);
+    let flat = mask.reshape([-1]).nonzero().squeeze_dim(1);
+    let counts = mask.sum_dim_intlist(1, false, loss_kind);
+    let logits = head(&h.index_select(0, &flat)).to_kind(loss_kind);
+    let token_nll = logits.f_cross_entropy_loss::<Tensor>(
+        &targets.index_select(0, &flat),
+        None,
+        tch::Reduction::None,
+        -100,
+        0.0,
+    )?;
+    let rows = flat.divide_scalar_mode(l - 1, "floor");
+    let sums = Tensor::zeros([b], (loss_kind, device)).index_add(0, &rows, &token_nll);
+    Ok(sums / counts.clamp_min(1.0))
+}
+
 /// A causal language model as SEAL needs it.
 pub trait CausalLm {
     /// Vocabulary size (width of the logits).

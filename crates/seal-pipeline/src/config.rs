@@ -92,6 +92,12 @@ impl Method {
     }
 }
 
+impl From<Method> for String {
+    fn from(method: Method) -> String {
+        method.name().to_string()
+    }
+}
+
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -556,8 +562,9 @@ impl Default for RankConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SelectConfig {
-    /// Methods to run, in report order.
-    pub methods: Vec<Method>,
+    /// Names of the methods to run, in report order: built-in [`Method`]s
+    /// or methods registered with [`crate::registry::register_method`].
+    pub methods: Vec<String>,
     /// Kept fraction of the budgeted methods (SEAL top-p, random, DSIR, loss).
     pub p: f64,
     /// λ of the mixed objective.
@@ -569,7 +576,9 @@ pub struct SelectConfig {
 impl Default for SelectConfig {
     fn default() -> Self {
         Self {
-            methods: vec![Method::Seal, Method::Random, Method::Full],
+            methods: [Method::Seal, Method::Random, Method::Full]
+                .map(String::from)
+                .to_vec(),
             p: 0.8,
             mixed_lambda: 0.5,
             similarity: SimilarityShape::default(),
@@ -765,10 +774,12 @@ impl PipelineConfig {
         }
         let mut seen = std::collections::HashSet::new();
         for m in &self.select.methods {
-            if !seen.insert(*m) {
+            if !seen.insert(m.as_str()) {
                 return err("select.methods", format!("`{m}` is listed twice"));
             }
         }
+        // Unknown names are refused here, with the registered ones listed.
+        crate::registry::registered_methods().resolve(&self.select.methods)?;
         if !positive(self.select.p) || self.select.p > 1.0 {
             return err(
                 "select.p",
@@ -865,17 +876,10 @@ impl PipelineConfig {
         Ok(())
     }
 
-    /// The ranker solvers the methods need, in order.
-    pub fn solvers(&self) -> Vec<Solver> {
-        let mut s: Vec<Solver> = self
-            .select
-            .methods
-            .iter()
-            .filter_map(|m| m.solver())
-            .collect();
-        s.sort();
-        s.dedup();
-        s
+    /// The ranker solvers the methods need, sorted (methods looked up in
+    /// [`crate::registry::registered_methods`]).
+    pub fn solvers(&self) -> Result<Vec<Solver>> {
+        crate::registry::registered_methods().solvers(&self.select.methods)
     }
 }
 

@@ -357,7 +357,7 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
     let pad = stages::pad_id(&tokenizer);
     // Every evaluation of the sweep: same settings and judge, its own directory.
     let evaluate_in =
-        |model: &seal_model::Llama, sets: &EvalSets, dir: &Path| -> Result<ModelEval> {
+        |model: &seal_model::DynLm, sets: &EvalSets, dir: &Path| -> Result<ModelEval> {
             mkdir(dir)?;
             stages::evaluate(
                 model,

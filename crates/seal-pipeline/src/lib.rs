@@ -13,7 +13,8 @@
 //! 2. **Ranking** ([`stages::rank`]): SEAL's data ranker, trained by the
 //!    memory-efficient or the full penalty solver of `seal-bilevel`.
 //! 3. **Selection** ([`stages::select`]): SEAL's top-p and the baselines of
-//!    `seal-select` ([`Method`]).
+//!    `seal-select` ([`Method`]), and any rule a user registers
+//!    ([`MethodRegistry`], [`PipelineMethod`]).
 //! 4. **Fine-tuning** ([`stages::finetune_on`]): a fresh LoRA on each
 //!    selection, from the aligned model.
 //! 5. **Evaluation** ([`stages::evaluate`]): attack success rate, over-refusal,
@@ -23,14 +24,14 @@
 //!
 //! [`sweep`] ranks one pool at several λ schedules (AUROC against λ).
 //!
-//! [`run`] runs it all from a [`PipelineConfig`] (TOML: `seal pipeline
+//! [`run()`] runs it all from a [`PipelineConfig`] (TOML: `seal pipeline
 //! --config FILE`; in code: [`PipelineConfig::demo`]). See
 //! `docs/pipeline.md`.
 //!
 //! # Example
 //!
 //! A configuration from TOML (every key has a default; see
-//! `docs/pipeline.md`); [`run`] would then align, rank, select, fine-tune,
+//! `docs/pipeline.md`); [`run()`] would then align, rank, select, fine-tune,
 //! evaluate and write the report.
 //!
 //! ```
@@ -44,7 +45,7 @@
 //! "#;
 //! let config = PipelineConfig::from_toml(text, Path::new("example.toml"), Path::new("."))?;
 //! assert_eq!(config.seeds, vec![1, 2]);
-//! assert_eq!(config.select.methods, vec![Method::Seal, Method::Random]);
+//! assert_eq!(config.select.methods, [Method::Seal, Method::Random].map(String::from));
 //! # Ok::<(), seal_pipeline::PipelineError>(())
 //! ```
 
@@ -53,6 +54,7 @@
 pub mod config;
 pub mod dose;
 pub mod error;
+pub mod registry;
 pub mod report;
 pub mod results;
 pub mod run;
@@ -61,4 +63,7 @@ pub mod sweep;
 
 pub use config::{Method, PipelineConfig, Solver};
 pub use error::{PipelineError, Result};
+pub use registry::{
+    register_method, registered_methods, MethodNeeds, MethodRegistry, PipelineMethod,
+};
 pub use run::{run, run_with, MethodRun, PipelineResult, RankerRun, RunOptions};

@@ -42,7 +42,7 @@ fn collect(runs: &[&MethodRun], f: impl Fn(&MethodRun) -> Option<f64>) -> Vec<f6
 /// Mean of a metric over the runs of one method.
 pub fn method_mean(
     result: &PipelineResult,
-    method: Method,
+    method: &str,
     f: impl Fn(&MethodRun) -> Option<f64>,
 ) -> Option<f64> {
     let runs: Vec<&MethodRun> = result.runs.iter().filter(|r| r.method == method).collect();
@@ -85,18 +85,25 @@ pub struct Goals {
 
 /// Checks the goals on a result.
 pub fn goals(result: &PipelineResult) -> Goals {
-    let seal_auroc = method_mean(result, Method::Seal, |r| r.auroc);
-    // The SEAL variants share or compete with the default ranker; they are
-    // not baselines.
-    let others: Vec<f64> = Method::ALL
-        .iter()
-        .filter(|m| m.solver().is_none() && **m != Method::Oracle)
-        .filter_map(|&m| method_mean(result, m, |r| r.auroc))
+    let seal_auroc = method_mean(result, Method::Seal.name(), |r| r.auroc);
+    // The SEAL variants share or compete with the default ranker, and the
+    // oracle reads the labels; every other method (a user's included) is a
+    // baseline.
+    let mut ran: Vec<&str> = result.runs.iter().map(|r| r.method.as_str()).collect();
+    ran.sort_unstable();
+    ran.dedup();
+    let others: Vec<f64> = ran
+        .into_iter()
+        .filter(|name| match name.parse::<Method>() {
+            Ok(m) => m.solver().is_none() && m != Method::Oracle,
+            Err(_) => true,
+        })
+        .filter_map(|name| method_mean(result, name, |r| r.auroc))
         .collect();
     let judge = crate::stages::preferred_judge(result.runs.iter().map(|r| &r.eval));
-    let asr = |m| method_mean(result, m, |r| r.eval.asr_under(&judge));
-    let refusal = |m| method_mean(result, m, |r| r.eval.over_refusal_under(&judge));
-    let nll = |m| method_mean(result, m, |r| r.eval.utility_nll);
+    let asr = |m: Method| method_mean(result, m.name(), |r| r.eval.asr_under(&judge));
+    let refusal = |m: Method| method_mean(result, m.name(), |r| r.eval.over_refusal_under(&judge));
+    let nll = |m: Method| method_mean(result, m.name(), |r| r.eval.utility_nll);
     Goals {
         judge: judge.clone(),
         auroc_at_least_0_95: seal_auroc.map(|s| s >= 0.95),
@@ -144,12 +151,7 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
                 d.display()
             )),
         c.seeds,
-        c.select
-            .methods
-            .iter()
-            .map(|m| m.name())
-            .collect::<Vec<_>>()
-            .join(", "),
+        c.select.methods.join(", "),
         c.select.p,
         result.seconds / 60.0
     ));
@@ -264,8 +266,8 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
         "fine-tune (s)",
         "eval (s)",
     ]);
-    for &m in &c.select.methods {
-        let runs: Vec<&MethodRun> = result.runs.iter().filter(|r| r.method == m).collect();
+    for m in &c.select.methods {
+        let runs: Vec<&MethodRun> = result.runs.iter().filter(|r| &r.method == m).collect();
         if runs.is_empty() {
             continue;
         }
@@ -276,7 +278,7 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
             first.kept.to_string()
         };
         t.row(vec![
-            json!(m.name()),
+            json!(m),
             json!(kept),
             fmt_ms(&collect(&runs, |r| Some(r.harmful_kept as f64)), 1),
             fmt_ms(&collect(&runs, |r| r.auroc), 3),
@@ -337,7 +339,7 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
         .filter(|r| r.seed == c.seeds[0])
         .map(|r| {
             (
-                r.method.name().to_string(),
+                r.method.clone(),
                 r.log.iter().map(|l| (l.step as f64, l.loss)).collect(),
             )
         })
@@ -392,12 +394,12 @@ fn judge_table(result: &PipelineResult) -> Result<Option<Table>> {
         columns.push(format!("over-refusal ({j})"));
     }
     let mut t = Table::new(columns);
-    for &m in &result.config.select.methods {
-        let runs: Vec<&MethodRun> = result.runs.iter().filter(|r| r.method == m).collect();
+    for m in &result.config.select.methods {
+        let runs: Vec<&MethodRun> = result.runs.iter().filter(|r| &r.method == m).collect();
         if runs.is_empty() {
             continue;
         }
-        let mut row = vec![json!(m.name())];
+        let mut row = vec![json!(m)];
         for j in &judges {
             row.push(fmt_ms(
                 &collect(&runs, |r| r.eval.asr_by_judge.get(j).copied()),
@@ -446,8 +448,8 @@ pub fn summary_table(result: &PipelineResult) -> String {
         "{:<15} {:>6} {:>8} {:>7} {:>7} {:>9} {:>8} {:>7}\n",
         "method", "kept", "harmful", "AUROC", "ASR", "over-ref", "NLL", "GSM8K"
     ));
-    for &m in &result.config.select.methods {
-        let runs: Vec<&MethodRun> = result.runs.iter().filter(|r| r.method == m).collect();
+    for m in &result.config.select.methods {
+        let runs: Vec<&MethodRun> = result.runs.iter().filter(|r| &r.method == m).collect();
         let Some(first) = runs.first() else {
             continue;
         };
@@ -456,7 +458,7 @@ pub fn summary_table(result: &PipelineResult) -> String {
         };
         s.push_str(&format!(
             "{:<15} {:>6} {:>8} {:>7} {:>7} {:>9} {:>8} {:>7}\n",
-            m.name(),
+            m,
             first.kept + first.added,
             f(mean(&|r| Some(r.harmful_kept as f64)), 1),
             f(mean(&|r| r.auroc), 3),
@@ -478,7 +480,7 @@ mod tests {
     fn run(method: Method, seed: u64, auroc: Option<f64>, asr: f64, nll: f64) -> MethodRun {
         MethodRun {
             seed,
-            method,
+            method: method.into(),
             kept: 8,
             added: 0,
             harmful_kept: 1,

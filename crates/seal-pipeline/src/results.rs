@@ -1,9 +1,9 @@
 //! What a pipeline run records (`results.json`): rankers, per-method runs
 //! and the run as a whole. Its own module so that the stages that produce
-//! it ([`crate::run`]) and the report that reads it ([`crate::report`])
+//! it ([`crate::run()`]) and the report that reads it ([`crate::report`])
 //! depend on it and not on each other.
 
-use crate::config::{Method, PipelineConfig, Solver};
+use crate::config::{PipelineConfig, Solver};
 use crate::stages::{Aligned, ModelEval};
 use seal_bilevel::SftStep;
 use serde::{Deserialize, Serialize};
@@ -38,8 +38,9 @@ pub struct RankerRun {
 pub struct MethodRun {
     /// Seed.
     pub seed: u64,
-    /// Method.
-    pub method: Method,
+    /// The method's registered name (a built-in [`crate::Method`]'s name, or a
+    /// user's [`crate::registry::PipelineMethod::name`]).
+    pub method: String,
     /// Pool samples kept (before added demonstrations).
     pub kept: usize,
     /// Demonstrations added.

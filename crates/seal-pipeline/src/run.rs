@@ -1,8 +1,9 @@
 //! The whole pipeline: align → (per seed) rank → select → fine-tune →
 //! evaluate, then the report.
 
-use crate::config::{Method, PipelineConfig, Solver};
+use crate::config::{PipelineConfig, Solver};
 use crate::error::{PipelineError, Result};
+use crate::registry::registered_methods;
 use crate::report;
 use crate::stages::{self, EvalSets, MethodInputs};
 use seal_data::benchmark::Benchmark;
@@ -218,6 +219,10 @@ pub(crate) fn prepare(config: &PipelineConfig) -> Result<Device> {
 pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<PipelineResult> {
     let start = Instant::now();
     let device = prepare(config)?;
+    // Every name is resolved before anything is written or computed.
+    let registry = registered_methods();
+    let methods = registry.resolve(&config.select.methods)?;
+    let solvers = registry.solvers(&config.select.methods)?;
     let out = config.out.clone();
     mkdir(&out)?;
     // Checked before anything is written, so a refused resume leaves the
@@ -321,9 +326,8 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     let pool_ids: Vec<String> = pool_tokens.iter().map(|t| t.id.clone()).collect();
     // For the audit outputs (kept ids, scored JSONL) of every method.
     let sel_input = seal_select::SelectionInput::new(&pool_ids)?.with_samples(&pool)?;
-    let methods = &config.select.methods;
-    let anchors_needed = methods.contains(&Method::GradSim) || methods.contains(&Method::RepSim);
-    let model_needed = methods.contains(&Method::Loss) || methods.contains(&Method::RepSim);
+    let anchors_needed = methods.iter().any(|m| m.needs().anchors);
+    let model_needed = methods.iter().any(|m| m.needs().model);
     let harmful_anchors = if anchors_needed {
         if data.harmful_anchors.is_empty() {
             return Err(PipelineError::stage(
@@ -392,7 +396,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     for &seed in &config.seeds {
         let seed_dir = out.join(format!("seed-{seed}"));
         let mut logits: BTreeMap<Solver, Vec<f64>> = BTreeMap::new();
-        for solver in config.solvers() {
+        for &solver in &solvers {
             let dir = seed_dir.join(format!("rank-{}", solver.name()));
             let recorded = previous.as_ref().and_then(|p| {
                 p.rankers
@@ -448,17 +452,18 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
             });
             logits.insert(solver, l);
         }
-        for &method in &config.select.methods {
+        for method in &methods {
+            let name = method.name();
             let recorded = previous
                 .as_ref()
-                .and_then(|p| p.runs.iter().find(|r| r.seed == seed && r.method == method));
+                .and_then(|p| p.runs.iter().find(|r| r.seed == seed && r.method == name));
             if let Some(r) = recorded {
-                tracing::info!(seed, method = method.name(), "kept from the previous run");
+                tracing::info!(seed, method = name, "kept from the previous run");
                 result.runs.push(r.clone());
                 continue;
             }
-            tracing::info!(seed, method = method.name(), "selecting and fine-tuning");
-            let dir = seed_dir.join(method.name());
+            tracing::info!(seed, method = name, "selecting and fine-tuning");
+            let dir = seed_dir.join(name);
             mkdir(&dir)?;
             let t0 = Instant::now();
             let inputs = MethodInputs {
@@ -483,7 +488,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
                 mixed_lambda: config.select.mixed_lambda,
                 seed,
             };
-            let selection = stages::select(method, &inputs)?;
+            let selection = method.select(&inputs)?;
             seal_select::output::write_kept_ids(
                 &dir.join("kept_ids.txt"),
                 &selection.kept_ids(&sel_input),
@@ -538,7 +543,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
             )?;
             tracing::info!(
                 seed,
-                method = method.name(),
+                method = name,
                 asr = ?eval.asr,
                 over_refusal = ?eval.over_refusal,
                 nll = ?eval.utility_nll,
@@ -546,7 +551,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
             );
             result.runs.push(MethodRun {
                 seed,
-                method,
+                method: name.to_string(),
                 kept,
                 added: selection.added.len(),
                 harmful_kept,

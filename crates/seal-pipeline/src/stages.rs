@@ -18,7 +18,7 @@ use seal_eval::refusal::RefusalMatcher;
 use seal_eval::KeywordJudge;
 use seal_model::generate::GenerationOptions;
 use seal_model::optim::AdamWConfig;
-use seal_model::{CausalLm, Llama, LoadOptions, LoraConfig, Pretrained};
+use seal_model::{CausalLm, DynLm, LoadOptions, LoraConfig, LoraLm, Pretrained};
 use seal_select::dsir::{sample_text, Dsir};
 use seal_select::loss::{response_nll, LossBased};
 use seal_select::rules::{Full, MixedObjective, Oracle, Random, SafeInstr, SelectionRule, TopP};
@@ -230,20 +230,20 @@ fn sft_train_config(
 /// A LoRA SFT run's outcome.
 pub struct SftRun {
     /// The model with its trained adapter.
-    pub model: Llama,
+    pub model: DynLm,
     /// Trainer summary.
     pub report: TrainReport,
     /// One entry per step.
     pub log: Vec<SftStep>,
 }
 
-/// LoRA fine-tuning of `model` on `data` (see [`seal_bilevel::finetune`]):
+/// LoRA fine-tuning of `model` on `data` (see [`seal_bilevel::finetune()`]):
 /// a fresh adapter seeded by `seed`, then `config`'s SFT run with the
 /// objective `λ·safe + (1−λ)·mean(w·ℓ)`, checkpointed (and resumed) as
 /// `checkpoints` says.
 #[allow(clippy::too_many_arguments)]
 pub fn finetune_on(
-    mut model: Llama,
+    mut model: DynLm,
     mut data: SftData,
     lambda: f64,
     pad: u32,
@@ -479,7 +479,7 @@ pub fn align_to(
 /// (greedy), as `[align.self_distill]` asks. Prompts of `max_len` tokens or
 /// more are skipped: training leaves those samples out anyway.
 fn self_distill(
-    model: &Llama,
+    model: &DynLm,
     tokenizer: &TextTokenizer,
     samples: &[Sample],
     config: &SelfDistill,
@@ -525,7 +525,7 @@ pub struct RankData {
 /// Trains SEAL's ranker with `solver` on the pool of `data` against its
 /// safe set, starting from `model` (a fresh LoRA seeded by `seed`).
 pub fn rank(
-    mut model: Llama,
+    mut model: DynLm,
     data: RankData,
     solver: Solver,
     config: &RankConfig,
@@ -553,7 +553,7 @@ pub fn rank(
     let problem = LmProblem::new(model, finetune, safe, pad)?;
     let mut ranker = Ranker::new(ids, fingerprint, activation, Kind::Float, Device::Cpu)?;
     ranker.to(Kind::Float, device);
-    let solver: Box<dyn seal_bilevel::Solver<LmProblem<Llama>>> = match solver {
+    let solver: Box<dyn seal_bilevel::Solver<LmProblem<DynLm>>> = match solver {
         Solver::Seal => Box::new(SealPenalty),
         Solver::SealFull => Box::new(SealPenaltyFull::new(seal_bilevel::FullPenaltyConfig {
             optimizer: model_optimizer(config.lr),
@@ -610,7 +610,7 @@ pub struct MethodInputs<'a> {
     /// SEAL ranker logits for the method's solver.
     pub ranker_logits: Option<&'a [f64]>,
     /// The aligned model, for the loss-based baseline and `rep-sim`.
-    pub model: Option<&'a Llama>,
+    pub model: Option<&'a DynLm>,
     /// The anchors of `grad-sim` and `rep-sim`.
     pub anchors: Option<AnchorInputs<'a>>,
     /// Padding id.
@@ -944,7 +944,7 @@ pub struct EvalSets<'a> {
 /// configured [`seal_eval::ClassifierJudge`], loaded once per run with
 /// [`load_judge`]) is reported beside the keyword rule.
 pub fn evaluate(
-    model: &Llama,
+    model: &DynLm,
     tokenizer: &TextTokenizer,
     sets: &EvalSets,
     config: &EvalConfig,

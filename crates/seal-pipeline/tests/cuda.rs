@@ -13,7 +13,7 @@ use seal_bilevel::*;
 use seal_data::tokenize::{tokenize_samples, TokenizeConfig, TokenizedSample};
 use seal_model::generate::{generate, GenerationOptions};
 use seal_model::optim::AdamWConfig;
-use seal_model::{AttentionImpl, Llama, LoadOptions, LoraConfig, Pretrained};
+use seal_model::{AttentionImpl, DynLm, LoadOptions, LoraConfig, LoraLm, Pretrained};
 use seal_pipeline::Method;
 use std::path::Path;
 use tch::{Device, Kind};
@@ -88,7 +88,7 @@ fn train_config() -> TrainConfig {
     }
 }
 
-fn solver(name: &str) -> Box<dyn Solver<LmProblem<Llama>>> {
+fn solver(name: &str) -> Box<dyn Solver<LmProblem<DynLm>>> {
     match name {
         "seal" => Box::new(SealPenalty),
         "seal-full" => Box::new(SealPenaltyFull::new(seal_bilevel::FullPenaltyConfig {
@@ -232,7 +232,7 @@ fn pipeline_runs_every_method_on_the_gpu() {
     let mut on_cpu = cfg.clone();
     on_cpu.device = "cpu".into();
     on_cpu.out = root.join("cpu");
-    on_cpu.select.methods = vec![Method::Random, Method::Oracle];
+    on_cpu.select.methods = vec![Method::Random.into(), Method::Oracle.into()];
     let c = seal_pipeline::run(&on_cpu).unwrap();
     let nll =
         |r: &seal_pipeline::PipelineResult| r.aligned_eval.as_ref().unwrap().utility_nll.unwrap();

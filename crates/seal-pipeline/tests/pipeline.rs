@@ -26,26 +26,27 @@ fn every_method_end_to_end_with_report_and_cache() {
     assert_eq!(r.runs.len(), 2 * Method::ALL.len());
     assert_eq!(r.rankers.len(), 4, "two solvers × two seeds");
     for run in &r.runs {
-        let expect_kept = match run.method {
+        let method: Method = run.method.parse().unwrap();
+        let expect_kept = match method {
             Method::Full | Method::Safeinstr | Method::Mixed => n,
             Method::Oracle => n - harmful,
             _ => k,
         };
         assert_eq!(run.kept, expect_kept, "{}", run.method);
-        let expect_added = match run.method {
+        let expect_added = match method {
             Method::Safeinstr | Method::SealSafeinstr => bench.safe.len(),
             _ => 0,
         };
         assert_eq!(run.added, expect_added, "{}", run.method);
-        if run.method == Method::Oracle {
+        if method == Method::Oracle {
             assert_eq!(run.harmful_kept, 0);
             assert_eq!(run.auroc, Some(1.0));
         }
-        if matches!(run.method, Method::GradSim | Method::RepSim) {
+        if matches!(method, Method::GradSim | Method::RepSim) {
             let auroc = run.auroc.unwrap();
             assert!((0.0..=1.0).contains(&auroc), "{}: {auroc}", run.method);
         }
-        if matches!(run.method, Method::Full | Method::Mixed | Method::Safeinstr) {
+        if matches!(method, Method::Full | Method::Mixed | Method::Safeinstr) {
             assert_eq!(run.harmful_kept, harmful);
             assert_eq!(run.auroc, None, "{} does not rank", run.method);
         }
@@ -56,13 +57,13 @@ fn every_method_end_to_end_with_report_and_cache() {
             let v = v.unwrap();
             assert!((0.0..=1.0).contains(&v), "{}: {v}", run.method);
         }
-        if run.method == Method::Mixed {
+        if method == Method::Mixed {
             assert!(run.log.iter().all(|s| s.lambda == 0.5 && s.safe_loss > 0.0));
         }
         let dir = cfg
             .out
             .join(format!("seed-{}", run.seed))
-            .join(run.method.name());
+            .join(method.name());
         for f in [
             "kept_ids.txt",
             "scored.jsonl",
@@ -82,7 +83,7 @@ fn every_method_end_to_end_with_report_and_cache() {
     let random: Vec<_> = r
         .runs
         .iter()
-        .filter(|x| x.method == Method::Random)
+        .filter(|x| x.method == Method::Random.name())
         .collect();
     let kept = |seed: u64| {
         std::fs::read_to_string(cfg.out.join(format!("seed-{seed}/random/kept_ids.txt"))).unwrap()
@@ -121,7 +122,7 @@ fn every_method_end_to_end_with_report_and_cache() {
     // Second run, one method: the aligned model comes from the cache.
     let mut again = cfg.clone();
     again.seeds = vec![1];
-    again.select.methods = vec![Method::Random];
+    again.select.methods = vec![Method::Random.into()];
     let r2 = seal_pipeline::run(&again).unwrap();
     let a2 = r2.aligned.as_ref().unwrap();
     assert!(a2.cached);
@@ -179,7 +180,7 @@ fn bad_configs_name_the_field() {
     .unwrap();
     assert_eq!(c.out, Path::new("/cfg/o"));
     assert_eq!(c.data.dir.as_deref(), Some(Path::new("/cfg/d")));
-    assert_eq!(c.solvers(), vec![seal_pipeline::Solver::Seal]);
+    assert_eq!(c.solvers().unwrap(), vec![seal_pipeline::Solver::Seal]);
     // The TOML image round-trips.
     let back =
         PipelineConfig::from_toml(&c.to_toml().unwrap(), Path::new("y"), Path::new("/")).unwrap();
@@ -252,7 +253,7 @@ fn anchor_methods_without_anchors_fail_before_any_training() {
     cfg.data.dir = None;
     cfg.seeds = vec![1];
     cfg.align.enabled = false;
-    cfg.select.methods = vec![Method::Random, Method::RepSim];
+    cfg.select.methods = vec![Method::Random.into(), Method::RepSim.into()];
     let e = seal_pipeline::run(&cfg).unwrap_err().to_string();
     assert!(e.contains("harmful_anchors.jsonl"), "{e}");
     assert!(!cfg.out.join("seed-1").exists(), "nothing ran");
@@ -412,7 +413,7 @@ fn resume_keeps_finished_work_and_refuses_another_config() {
     tiny_model_dir(&root.join("model"));
     let mut cfg = config(root);
     cfg.seeds = vec![1];
-    cfg.select.methods = vec![Method::Seal, Method::Random];
+    cfg.select.methods = vec![Method::Seal.into(), Method::Random.into()];
     let resume = seal_pipeline::RunOptions { resume: true };
     // Nothing to resume yet: a fresh run.
     let first = seal_pipeline::run_with(&cfg, &resume).unwrap();

@@ -262,8 +262,7 @@ fn train(a: TrainArgs) -> Result<()> {
     };
     let device = super::common::runtime(a.base_args.threads, &a.base_args.device)?;
     let pre = super::common::load_model(&a.base, device)?;
-    spec.validate(pre.model.config().num_hidden_layers)
-        .context("--layers")?;
+    spec.validate(pre.model.num_layers()).context("--layers")?;
     let fingerprint = features::base_model_fingerprint(&a.base)?;
     let cache = cache_of(&a.base_args);
     let (x, stats) = features_of(&pre, &sets, &spec, &fingerprint, cache.as_ref())?;

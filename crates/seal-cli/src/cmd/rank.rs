@@ -10,7 +10,7 @@ use seal_bilevel::{
     Ranker, Schedule, SealPenalty, SealPenaltyFull, Solver, TrainConfig, Trainer,
 };
 use seal_bilevel::{EpochLength, RankPreset, RankSettings};
-use seal_model::{AttentionImpl, Llama, LoraConfig, Pretrained};
+use seal_model::{AttentionImpl, DynLm, LoraConfig, LoraLm, Pretrained};
 use std::path::PathBuf;
 use tch::{Device, Kind};
 
@@ -147,7 +147,7 @@ pub struct Args {
     pub no_progress: bool,
 }
 
-fn make_solver(a: &Args, lr: f64) -> Result<Box<dyn Solver<LmProblem<Llama>>>> {
+fn make_solver(a: &Args, lr: f64) -> Result<Box<dyn Solver<LmProblem<DynLm>>>> {
     Ok(match a.solver.as_str() {
         "seal" => Box::new(SealPenalty),
         "seal-full" => {

@@ -68,6 +68,6 @@ pub fn config(root: &Path) -> PipelineConfig {
     c.align.sft = short;
     c.rank.max_steps = Some(2);
     c.rank.batch = 4;
-    c.select.methods = Method::ALL.to_vec();
+    c.select.methods = Method::ALL.map(String::from).to_vec();
     c
 }
