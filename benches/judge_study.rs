@@ -18,9 +18,8 @@ use seal_eval::features::{self, FeatureCache, FeatureSpec, Pooling};
 use seal_model::{Llama, LoadOptions, Pretrained};
 
 fn main() -> Result<()> {
-    let dir = seal_model::fixtures::smollm2_dir()?
-        .context("SmolLM2 not found: run `cargo xtask setup`")?;
-    let data = seal_model::fixtures::workspace_root().join("../shared/data");
+    let dir = seal_testkit::smollm2_dir()?.context("SmolLM2 not found: run `cargo xtask setup`")?;
+    let data = seal_testkit::workspace_root().join("../shared/data");
     let pre = Pretrained::load_with(&dir, &LoadOptions::default(), Llama::load)?;
     let fingerprint = features::base_model_fingerprint(&dir)?;
     let step: usize = std::env::var("SEAL_STUDY_STEP")
@@ -44,7 +43,7 @@ fn main() -> Result<()> {
         framing,
         ..FeatureSpec::default()
     };
-    let cache = FeatureCache::new(seal_model::fixtures::cache_dir().join("judge-features"));
+    let cache = FeatureCache::new(seal_testkit::cache_dir().join("judge-features"));
     if std::env::var("SEAL_STUDY_PHASE").as_deref() == Ok("heads") {
         return heads(&data, &fingerprint, &spec, &cache);
     }

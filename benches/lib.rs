@@ -88,7 +88,7 @@ pub fn smollm2_or_random(device: Device) -> anyhow::Result<(seal_model::Llama, &
         device,
         kind: Kind::Float,
     };
-    Ok(match seal_model::fixtures::smollm2_dir() {
+    Ok(match seal_testkit::smollm2_dir() {
         Ok(Some(dir)) => (
             seal_model::Llama::load(&dir, &opts)?,
             "SmolLM2-135M-Instruct (imported GGUF)",

@@ -80,7 +80,7 @@ fn register(p: f64) -> Result<()> {
 /// A tiny run in `root`: model and data written there, output in `root/out`.
 fn run(root: &Path) -> Result<PipelineResult> {
     let model = root.join("model");
-    seal_model::fixtures::write_tiny_model_dir(&model, |_| {})?;
+    seal_testkit::write_tiny_model_dir(&model, |_| {})?;
     let short = SftConfig {
         epochs: 1,
         batch: 4,

@@ -13,7 +13,7 @@ fn main() -> anyhow::Result<()> {
     let question = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "What is the capital of France?".into());
-    let dir = seal_model::fixtures::smollm2_dir()?
+    let dir = seal_testkit::smollm2_dir()?
         .context("SmolLM2 GGUF not found: run `cargo xtask setup` first")?;
     let pre = Pretrained::load(&dir, &LoadOptions::default())?;
     let opts = GenerationOptions::greedy(&pre.tokenizer, 64);

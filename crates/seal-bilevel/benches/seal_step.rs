@@ -25,7 +25,7 @@ fn env(name: &str, default: usize) -> usize {
 
 fn main() -> Result<()> {
     seal_model::runtime::tune_allocator();
-    let Some(dir) = seal_model::fixtures::smollm2_dir()? else {
+    let Some(dir) = seal_testkit::smollm2_dir()? else {
         eprintln!("skipping: SmolLM2 fixture not available");
         return Ok(());
     };

@@ -7,7 +7,7 @@ use seal_bilevel::{Activation, Ranker};
 use std::path::PathBuf;
 
 fn shared(name: &str) -> Option<PathBuf> {
-    let p = seal_model::fixtures::workspace_root()
+    let p = seal_testkit::workspace_root()
         .join("..")
         .join("shared")
         .join("data")

@@ -58,7 +58,7 @@ impl Fx {
 }
 
 fn tiny_model(dir: &Path, configure: impl FnOnce(&mut seal_model::LlamaConfig)) {
-    seal_model::fixtures::write_tiny_model_dir(dir, |c| {
+    seal_testkit::write_tiny_model_dir(dir, |c| {
         c.hidden_size = 64;
         c.intermediate_size = 128;
         c.num_hidden_layers = 2;

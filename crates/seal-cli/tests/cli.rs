@@ -20,7 +20,7 @@ fn shared_data() -> PathBuf {
 
 #[test]
 fn generate_prints_paris_and_writes_top_logits() {
-    let Some(dir) = seal_model::fixtures::smollm2_dir().unwrap() else {
+    let Some(dir) = seal_testkit::smollm2_dir().unwrap() else {
         seal_data::testing::skip("model", "SmolLM2 GGUF not found (run `cargo xtask setup`)");
         return;
     };
@@ -105,7 +105,7 @@ fn model_commands_fail_clearly_on_bad_input() {
     );
 
     // A truncated copy of the real GGUF names the file and what is cut off.
-    if let Some(gguf) = seal_model::fixtures::smollm2_gguf() {
+    if let Some(gguf) = seal_testkit::smollm2_gguf() {
         let bytes = std::fs::read(&gguf).unwrap();
         let cut = tmp.path().join("cut.gguf");
         std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();

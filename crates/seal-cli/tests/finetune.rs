@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use tch::{Device, Kind};
 
 fn tiny_model_dir(dir: &Path) {
-    seal_model::fixtures::write_tiny_model_dir(dir, |_| {}).unwrap();
+    seal_testkit::write_tiny_model_dir(dir, |_| {}).unwrap();
 }
 
 struct Setup {

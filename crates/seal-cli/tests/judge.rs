@@ -37,7 +37,7 @@ fn labels(path: &Path) {
 fn train_eval_and_use_a_judge() {
     let root = tempfile::tempdir().unwrap();
     let base = root.path().join("base");
-    seal_model::fixtures::write_tiny_model_dir(&base, |_| {}).unwrap();
+    seal_testkit::write_tiny_model_dir(&base, |_| {}).unwrap();
     let csv = root.path().join("labels.csv");
     labels(&csv);
     let judge = root.path().join("judge");
@@ -95,7 +95,7 @@ fn train_eval_and_use_a_judge() {
 
     // A judge on another base model is refused, naming both.
     let other = root.path().join("other");
-    seal_model::fixtures::write_tiny_model_dir(&other, |c| c.num_hidden_layers = 3).unwrap();
+    seal_testkit::write_tiny_model_dir(&other, |c| c.num_hidden_layers = 3).unwrap();
     let o = seal(&[
         &"judge",
         &"eval",
@@ -171,7 +171,7 @@ fn train_eval_and_use_a_judge() {
 fn bad_labels_name_file_and_line() {
     let root = tempfile::tempdir().unwrap();
     let base = root.path().join("base");
-    seal_model::fixtures::write_tiny_model_dir(&base, |_| {}).unwrap();
+    seal_testkit::write_tiny_model_dir(&base, |_| {}).unwrap();
     for (body, needle) in [
         ("question,answer,label\nq,a,1\nq,a,yes please\n", ":3"),
         ("question,answer,label\nq,a,1\nq,,0\n", "empty response"),

@@ -20,7 +20,7 @@ fn text(o: &Output) -> String {
 }
 
 fn tiny_model_dir(dir: &Path) {
-    seal_model::fixtures::write_tiny_model_dir(dir, |_| {}).unwrap();
+    seal_testkit::write_tiny_model_dir(dir, |_| {}).unwrap();
 }
 
 #[test]

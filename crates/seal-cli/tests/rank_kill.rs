@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn tiny_model_dir(dir: &Path) {
-    seal_model::fixtures::write_tiny_model_dir(dir, |cfg| {
+    seal_testkit::write_tiny_model_dir(dir, |cfg| {
         cfg.hidden_size = 128;
         cfg.intermediate_size = 256;
         cfg.num_hidden_layers = 3;
@@ -129,8 +129,8 @@ fn killed_run_resumes_bitwise() {
 
 #[test]
 fn import_selector_command() {
-    let pt = seal_model::fixtures::workspace_root()
-        .join("../shared/data/seal-official/seal_selector_phi3.pt");
+    let pt =
+        seal_testkit::workspace_root().join("../shared/data/seal-official/seal_selector_phi3.pt");
     if !pt.is_file() {
         seal_data::testing::skip("data", &format!("{} not found", pt.display()));
         return;

@@ -46,7 +46,7 @@ fn written(dir: &Path, out: &str) -> serde_json::Value {
 fn presets_are_written_as_run_and_flags_override_them() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
-    seal_model::fixtures::write_tiny_model_dir(&model, |_| {}).unwrap();
+    seal_testkit::write_tiny_model_dir(&model, |_| {}).unwrap();
     for (preset, extra) in [
         ("official", vec!["--preset", "official"]),
         ("small", vec![]),

@@ -195,7 +195,7 @@ fn oracle_on_a_dataset_writes_audit_files() {
 fn anchor_similarity_rules_run_end_to_end_and_refuse_overlapping_anchors() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
-    seal_model::fixtures::write_tiny_model_dir(&model, |_| {}).unwrap();
+    seal_testkit::write_tiny_model_dir(&model, |_| {}).unwrap();
     let sample = |id: &str, q: &str, a: &str| Sample {
         id: id.into(),
         source: "s".into(),

@@ -5,7 +5,7 @@
 //! SmolLM2 model directory `$SEAL_SMOLLM2_DIR`, else
 //! `$SEAL_CACHE_DIR/smollm2-135m-instruct`, else
 //! `<workspace>/target/seal-cache/smollm2-135m-instruct` (created by
-//! seal-model's fixtures). Without it the byte-level test tokenizer is used
+//! seal-testkit's fixtures). Without it the byte-level test tokenizer is used
 //! and the output says so.
 
 use std::path::PathBuf;

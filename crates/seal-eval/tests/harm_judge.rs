@@ -246,8 +246,8 @@ fn save_load_round_trip_and_base_model_check() {
     let root = tempfile::tempdir().unwrap();
     let base = root.path().join("base");
     let other = root.path().join("other");
-    seal_model::fixtures::write_tiny_model_dir(&base, |_| {}).unwrap();
-    seal_model::fixtures::write_tiny_model_dir(&other, |c| c.num_hidden_layers += 1).unwrap();
+    seal_testkit::write_tiny_model_dir(&base, |_| {}).unwrap();
+    seal_testkit::write_tiny_model_dir(&other, |c| c.num_hidden_layers += 1).unwrap();
     let (trained, _) = trained_judge(&base);
     assert!(trained
         .card
@@ -302,11 +302,11 @@ fn save_load_round_trip_and_base_model_check() {
 /// pairs. The full agreement table is `scripts/judge_agreement.sh`.
 #[test]
 fn smollm2_judge_beats_keywords_on_held_out_safe_rlhf_sample() {
-    let Some(dir) = seal_model::fixtures::smollm2_dir().unwrap() else {
+    let Some(dir) = seal_testkit::smollm2_dir().unwrap() else {
         seal_data::testing::skip("model", "SmolLM2 checkpoint not available");
         return;
     };
-    let data = seal_model::fixtures::workspace_root().join("../shared/data");
+    let data = seal_testkit::workspace_root().join("../shared/data");
     let file = data.join("safe-rlhf/Safe-RLHFmini.csv");
     if !file.exists() {
         seal_data::testing::skip("data", "../shared/data/safe-rlhf not available");

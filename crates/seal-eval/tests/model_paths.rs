@@ -200,7 +200,7 @@ fn eval_utility_with_solutions_serves_accuracy_and_nll() {
 /// matcher. Skipped when the checkpoint is not available.
 #[test]
 fn smollm2_refusals_on_a_few_harmful_prompts() {
-    let Some(dir) = seal_model::fixtures::smollm2_dir().unwrap() else {
+    let Some(dir) = seal_testkit::smollm2_dir().unwrap() else {
         seal_data::testing::skip("model", "SmolLM2 checkpoint not available");
         return;
     };

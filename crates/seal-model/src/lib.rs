@@ -21,7 +21,6 @@
 //! * [`generate`]: batched greedy / nucleus sampling through the public
 //!   [`model::KvCache`], which any `CausalLm` can fill.
 //! * [`locate`]: the installed SmolLM2 GGUF and the cache, found at run time.
-//! * [`fixtures`]: helpers of this workspace's tests, examples and benches.
 //! * [`optim`]: the [`optim::Optimizer`] trait and AdamW, Adam and SGD over
 //!   named tensors, with inspectable state.
 //!
@@ -56,7 +55,6 @@ pub mod adapter;
 pub mod config;
 pub mod error;
 pub mod family;
-pub mod fixtures;
 pub mod generate;
 pub mod gguf;
 pub mod layers;

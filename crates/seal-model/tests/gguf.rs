@@ -840,7 +840,7 @@ fn missing_tensor_is_named() {
 // ------------------------------------------------------------- SmolLM2 --
 
 fn smollm2_dir() -> Option<PathBuf> {
-    let dir = seal_model::fixtures::smollm2_dir().unwrap();
+    let dir = seal_testkit::smollm2_dir().unwrap();
     if dir.is_none() {
         seal_data::testing::skip(
             "model",

@@ -105,7 +105,7 @@ fn json_rows(v: &Value) -> Vec<Vec<i64>> {
 
 #[test]
 fn matches_transformers_and_peft() {
-    let Some(python) = seal_model::fixtures::venv_python() else {
+    let Some(python) = seal_testkit::venv_python() else {
         seal_data::testing::skip(
             "python",
             "no Python environment at $SEAL_VENV (run `cargo xtask setup`)",
@@ -130,7 +130,7 @@ fn matches_transformers_and_peft() {
     randomize_lora(&ours, 4);
     ours.save_lora(&ours_adapter, None).unwrap();
 
-    let script = seal_model::fixtures::workspace_root().join("scripts/neox_reference.py");
+    let script = seal_testkit::workspace_root().join("scripts/neox_reference.py");
     let out = std::process::Command::new(python)
         .arg(&script)
         .arg("--out")

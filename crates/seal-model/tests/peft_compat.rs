@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 #[test]
 fn peft_loads_our_adapters_and_we_load_peft_adapters() {
-    let Some(python) = seal_model::fixtures::venv_python() else {
+    let Some(python) = seal_testkit::venv_python() else {
         seal_data::testing::skip(
             "python",
             "no Python environment at $SEAL_VENV (run `cargo xtask setup`)",
@@ -45,7 +45,7 @@ fn peft_loads_our_adapters_and_we_load_peft_adapters() {
     let input = Tensor::from_slice(&ids).view([1, -1]);
     let ours_logits = model.logits(&input, None).unwrap().view([-1]);
 
-    let script = seal_model::fixtures::workspace_root().join("scripts/peft_reference.py");
+    let script = seal_testkit::workspace_root().join("scripts/peft_reference.py");
     let out_json = tmp.path().join("ref.json");
     let ids_arg = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
     let out = std::process::Command::new(python)

@@ -96,7 +96,7 @@ fn reference_tensor(v: &serde_json::Value, shape: &[i64]) -> Tensor {
 
 #[test]
 fn matches_transformers_peft_and_the_family_registry() {
-    let Some(python) = seal_model::fixtures::venv_python() else {
+    let Some(python) = seal_testkit::venv_python() else {
         seal_data::testing::skip(
             "python",
             "no Python environment at $SEAL_VENV (run `cargo xtask setup`)",
@@ -127,7 +127,7 @@ fn matches_transformers_peft_and_the_family_registry() {
     });
     let inputs_path = work.join("inputs.json");
     std::fs::write(&inputs_path, inputs.to_string()).unwrap();
-    let script = seal_model::fixtures::workspace_root().join("scripts/phi3_reference.py");
+    let script = seal_testkit::workspace_root().join("scripts/phi3_reference.py");
     let out = std::process::Command::new(python)
         .arg(&script)
         .arg("--dir")

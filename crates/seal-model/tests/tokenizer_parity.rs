@@ -14,7 +14,7 @@
 //! `$SEAL_CACHE_DIR`.
 
 use seal_data::{Message, TextTokenizer};
-use seal_model::fixtures::{self, ReferenceInputs};
+use seal_testkit::{self as fixtures, ReferenceInputs};
 
 fn inputs() -> ReferenceInputs {
     let strings = [

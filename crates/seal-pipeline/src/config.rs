@@ -735,7 +735,14 @@ impl PipelineConfig {
         {
             resolve(p);
         }
-        c.validate()?;
+        // Validation errors name the file as well as the field.
+        c.validate().map_err(|e| match e {
+            PipelineError::Config { what, message } => PipelineError::Config {
+                what: format!("{}: {what}", origin.display()),
+                message,
+            },
+            other => other,
+        })?;
         Ok(c)
     }
 

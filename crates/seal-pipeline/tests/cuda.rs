@@ -144,7 +144,7 @@ fn losses_generation_and_solvers_match_the_cpu() {
     let Some(cuda) = gpu() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
-    seal_model::fixtures::write_tiny_model_dir(&dir, |_| {}).unwrap();
+    seal_testkit::write_tiny_model_dir(&dir, |_| {}).unwrap();
 
     // Per-sample response NLL.
     let (cpu, gpu) = (load(&dir, Device::Cpu), load(&dir, cuda));

@@ -8,7 +8,7 @@ use seal_select::rules::{SelectionRule, TopP};
 use std::path::PathBuf;
 
 fn shared(name: &str) -> Option<PathBuf> {
-    let p = seal_model::fixtures::workspace_root()
+    let p = seal_testkit::workspace_root()
         .join("..")
         .join("shared")
         .join("data")

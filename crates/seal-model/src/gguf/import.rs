@@ -10,8 +10,9 @@ use serde_json::{json, Value as Json};
 
 use crate::error::{ModelError, Result};
 
-/// A unique sibling path of `target` for atomic writes.
-pub(crate) fn temp_sibling(target: &Path) -> Result<PathBuf> {
+/// A unique sibling path of `target` for atomic writes (write there, then
+/// rename over `target`).
+pub fn temp_sibling(target: &Path) -> Result<PathBuf> {
     let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

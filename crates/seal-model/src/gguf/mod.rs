@@ -62,7 +62,7 @@ mod tokenizer;
 
 pub use dequant::dequantize_bytes;
 pub use import::import_gguf;
-pub(crate) use import::temp_sibling;
+pub use import::temp_sibling;
 pub use llama_map::{hf_tensor_name, unpermute_qk, ImportSummary};
 pub use reader::{GgmlType, GgufFile, GgufTensorInfo, GgufValue, DEFAULT_ALIGNMENT, GGUF_MAGIC};
 // Crate-internal items shared between the submodules (`use super::*`).

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Writes the tiny random model directory the configuration points at.
 pub fn tiny_model_dir(dir: &Path) {
-    seal_model::fixtures::write_tiny_model_dir(dir, |_| {}).unwrap();
+    seal_testkit::write_tiny_model_dir(dir, |_| {}).unwrap();
 }
 
 /// The embedded dataset as a benchmark directory in `root/bench`, with its

@@ -1,5 +1,6 @@
-//! Shared fixtures for this workspace's tests, examples and benches (library
-//! code finds installed pieces through [`crate::locate`] instead): the real
+//! Shared fixtures for this workspace's tests, examples and benches, kept
+//! out of the library crates (library code finds installed pieces through
+//! [`seal_model::locate`] instead): the real
 //! SmolLM2-135M-Instruct GGUF shipped in the project's virtual environment,
 //! imported once into an HF directory under the cache dir, and reference
 //! outputs of transformers for it (`scripts/gguf_reference.py`), cached too.
@@ -25,8 +26,8 @@ use std::sync::Mutex;
 
 use serde::Deserialize;
 
-use crate::error::{ModelError, Result};
-use crate::gguf::{import_gguf, temp_sibling};
+use seal_model::gguf::{import_gguf, temp_sibling};
+use seal_model::{ModelError, Result};
 
 /// Name of the cached SmolLM2 import inside the cache dir.
 pub const SMOLLM2_DIR_NAME: &str = "smollm2-135m-instruct";
@@ -67,7 +68,7 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
         let p = PathBuf::from(p);
         return p.is_file().then_some(p);
     }
-    crate::locate::smollm2_gguf_in(&venv_dir()?)
+    seal_model::locate::smollm2_gguf_in(&venv_dir()?)
 }
 
 /// An exclusive advisory lock on a file, released on drop.
@@ -257,16 +258,16 @@ pub fn gguf_reference(gguf: &Path, inputs: &ReferenceInputs) -> Result<Option<Gg
 }
 
 /// Writes a tiny random Llama model directory for tests: weights from
-/// [`crate::LlamaConfig::tiny`] (adjusted by `configure`) with seed 3, the
+/// [`seal_model::LlamaConfig::tiny`] (adjusted by `configure`) with seed 3, the
 /// byte-level test tokenizer and a ChatML chat template. Returns the config.
 pub fn write_tiny_model_dir(
     dir: &Path,
-    configure: impl FnOnce(&mut crate::LlamaConfig),
-) -> Result<crate::LlamaConfig> {
+    configure: impl FnOnce(&mut seal_model::LlamaConfig),
+) -> Result<seal_model::LlamaConfig> {
     let tok = seal_data::testing::byte_level_tokenizer()?;
-    let mut cfg = crate::LlamaConfig::tiny(tok.get_vocab_size(true));
+    let mut cfg = seal_model::LlamaConfig::tiny(tok.get_vocab_size(true));
     configure(&mut cfg);
-    let model = crate::Llama::random(&cfg, tch::Device::Cpu, tch::Kind::Float, 3)?;
+    let model = seal_model::Llama::random(&cfg, tch::Device::Cpu, tch::Kind::Float, 3)?;
     model.save_pretrained(dir)?;
     let tok_path = dir.join("tokenizer.json");
     tok.save(&tok_path, false)
@@ -276,6 +277,6 @@ pub fn write_tiny_model_dir(
         "eos_token": "<|im_end|>",
         "pad_token": "<|endoftext|>",
     });
-    crate::weights::write_json_atomic(&dir.join("tokenizer_config.json"), &tc)?;
+    seal_model::weights::write_json_atomic(&dir.join("tokenizer_config.json"), &tc)?;
     Ok(cfg)
 }
