@@ -3,11 +3,13 @@
 
 use crate::config::{PipelineConfig, Solver};
 use crate::error::{PipelineError, Result};
-use crate::registry::registered_methods;
+use crate::registry::{registered_methods, MethodNeeds, PipelineMethod};
 use crate::report;
 use crate::stages::{self, EvalSets, MethodInputs};
 use seal_data::benchmark::Benchmark;
-use seal_data::{Label, Sample};
+use seal_data::tokenize::TokenizedSample;
+use seal_data::{Label, Sample, TextTokenizer};
+use seal_model::{DynLm, LoraLm};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -215,7 +217,9 @@ pub(crate) fn prepare(config: &PipelineConfig) -> Result<Device> {
     })
 }
 
-/// Runs the pipeline of `config` with `options` (see [`RunOptions`]).
+/// Runs the pipeline of `config` with `options` (see [`RunOptions`]): the
+/// stages below in order, writing `results.json` and the report after every
+/// method so that a run stopped early keeps what it measured.
 pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<PipelineResult> {
     let start = Instant::now();
     let device = prepare(config)?;
@@ -241,146 +245,32 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
         config.model.gguf.as_deref(),
         &cache,
     )?;
-    let sets = EvalSets {
-        safety: &data.eval_safety,
-        benign: &data.eval_benign,
-        utility: &data.eval_utility,
-        safety_as_judged: None,
-    };
     // Loaded once: its base model and fingerprint serve every evaluation.
     let classifier = stages::load_judge(&config.eval, device)?;
-    let judge = classifier.as_ref().map(|c| c as &dyn seal_eval::Judge);
-
-    let base_eval = match &previous {
-        Some(p) => p.base_eval.clone(),
-        None => {
-            tracing::info!("evaluating the original model {}", base.display());
-            let original = stages::load(&base, device)?;
-            let base_eval_dir = out.join("eval-original");
-            mkdir(&base_eval_dir)?;
-            stages::evaluate(
-                &original.model,
-                &original.tokenizer,
-                &sets,
-                &config.eval,
-                config.max_len,
-                &base_eval_dir,
-                judge,
-            )?
-        }
+    let ctx = RunContext {
+        config,
+        device,
+        out: &out,
+        previous: previous.as_ref(),
+        sets: EvalSets {
+            safety: &data.eval_safety,
+            benign: &data.eval_benign,
+            utility: &data.eval_utility,
+            safety_as_judged: None,
+        },
+        judge: classifier.as_ref().map(|c| c as &dyn seal_eval::Judge),
     };
 
-    let (aligned, aligned_eval, start_dir) = if config.align.enabled {
-        let a = stages::align(
-            &base,
-            &data.align,
-            &config.align,
-            config.max_len,
-            device,
-            &cache,
-            config.progress,
-        )?;
-        let d = a.dir.clone();
-        if let Some((pa, pe)) = previous
-            .as_ref()
-            .and_then(|p| Some((p.aligned.clone()?, p.aligned_eval.clone()?)))
-        {
-            (Some(pa), Some(pe), d)
-        } else {
-            let m = stages::load(&a.dir, device)?;
-            let dir = out.join("eval-aligned");
-            mkdir(&dir)?;
-            if !a.log.is_empty() {
-                seal_model::weights::write_jsonl_atomic(&dir.join("align_log.jsonl"), &a.log)?;
-            }
-            let e = stages::evaluate(
-                &m.model,
-                &m.tokenizer,
-                &sets,
-                &config.eval,
-                config.max_len,
-                &dir,
-                judge,
-            )?;
-            (Some(a), Some(e), d)
-        }
-    } else {
-        (None, None, base.clone())
-    };
-
-    // Tokenise once with the starting model's tokenizer.
-    let start_model = stages::load(&start_dir, device)?;
-    let tokenizer = start_model.tokenizer.clone();
-    let pad = stages::pad_id(&tokenizer);
-    let pool_tokens = stages::tokenize_pool(&tokenizer, &data.finetune, config.max_len)?;
-    let pool: Vec<Sample> = pool_tokens
+    let base_eval = ctx.evaluate_original(&base)?;
+    let (aligned, aligned_eval, start_dir) = ctx.align_stage(&data, &base, &cache)?;
+    let needs = methods
         .iter()
-        .map(|t| data.finetune[t.index].clone())
-        .collect();
-    let safe_tokens = stages::tokenize(&tokenizer, "safe set", &data.safe, config.max_len)?;
-    let labels: Vec<Option<Label>> = pool.iter().map(|s| s.label).collect();
-    let harmful_total = labels
-        .iter()
-        .filter(|l| **l == Some(Label::Harmful))
-        .count();
-    let pool_ids: Vec<String> = pool_tokens.iter().map(|t| t.id.clone()).collect();
-    // For the audit outputs (kept ids, scored JSONL) of every method.
-    let sel_input = seal_select::SelectionInput::new(&pool_ids)?.with_samples(&pool)?;
-    let anchors_needed = methods.iter().any(|m| m.needs().anchors);
-    let model_needed = methods.iter().any(|m| m.needs().model);
-    let harmful_anchors = if anchors_needed {
-        if data.harmful_anchors.is_empty() {
-            return Err(PipelineError::stage(
-                "data",
-                "grad-sim and rep-sim need harmful anchors: the benchmark has no \
-                 harmful_anchors.jsonl (rebuild it with `seal data benchmark`, recipe 3)",
-            ));
-        }
-        stages::tokenize(
-            &tokenizer,
-            "harmful anchors",
-            &data.harmful_anchors,
-            config.max_len,
-        )?
-    } else {
-        Vec::new()
-    };
-    // The align set's benign answers: held out from the pool and from the
-    // evaluation prompts by the benchmark's construction.
-    let task_target: Vec<Sample> = data
-        .align
-        .iter()
-        .filter(|s| s.label == Some(Label::Benign))
-        .cloned()
-        .collect();
-    let start_llama = model_needed.then_some(start_model.model);
-
-    let mut sizes = BTreeMap::new();
-    sizes.insert("finetune (tokenised)".to_string(), pool.len());
-    sizes.insert("finetune harmful".to_string(), harmful_total);
-    sizes.insert("safe".to_string(), data.safe.len());
-    sizes.insert("align".to_string(), data.align.len());
-    sizes.insert("eval_safety".to_string(), data.eval_safety.len());
-    sizes.insert("eval_benign".to_string(), data.eval_benign.len());
-    sizes.insert("eval_utility".to_string(), data.eval_utility.len());
-    let pool_fingerprint = seal_bilevel::dataset_fingerprint(&pool_tokens);
-    if let Some(p) = &previous {
-        if p.data != sizes
-            || (!p.pool_fingerprint.is_empty() && p.pool_fingerprint != pool_fingerprint)
-        {
-            return Err(PipelineError::stage(
-                "resume",
-                format!(
-                    "{} was written for other data (sizes {:?}, pool {}); now sizes {:?}, pool {}",
-                    out.join("results.json").display(),
-                    p.data,
-                    p.pool_fingerprint,
-                    sizes,
-                    pool_fingerprint
-                ),
-            ));
-        }
-    }
+        .fold(MethodNeeds::NONE, |acc, m| MethodNeeds {
+            model: acc.model || m.needs().model,
+            anchors: acc.anchors || m.needs().anchors,
+        });
+    let pool = ctx.prepare_pool(&data, start_dir, needs)?;
+    let (sizes, pool_fingerprint) = ctx.check_resumable(&data, &pool)?;
     let mut result = PipelineResult {
         config: config.clone(),
         data: sizes,
@@ -394,183 +284,410 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
         seconds: 0.0,
     };
     for &seed in &config.seeds {
-        let seed_dir = out.join(format!("seed-{seed}"));
         let mut logits: BTreeMap<Solver, Vec<f64>> = BTreeMap::new();
         for &solver in &solvers {
-            let dir = seed_dir.join(format!("rank-{}", solver.name()));
-            let recorded = previous.as_ref().and_then(|p| {
-                p.rankers
-                    .iter()
-                    .find(|r| r.seed == seed && r.solver == solver)
-            });
-            if let Some(r) = recorded {
-                let l = recorded_logits(&dir, seed, solver, pool_tokens.len())?;
-                tracing::info!(
-                    seed,
-                    solver = solver.name(),
-                    "ranker kept from the previous run"
-                );
-                let mut r = r.clone();
-                r.logits = l.clone();
-                result.rankers.push(r);
-                logits.insert(solver, l);
-                continue;
-            }
-            tracing::info!(seed, solver = solver.name(), "ranking");
-            let t0 = Instant::now();
-            let model = stages::load(&start_dir, device)?.model;
-            let r = stages::rank(
-                model,
-                stages::RankData {
-                    finetune: pool_tokens.clone(),
-                    safe: safe_tokens.clone(),
-                    pad,
-                },
-                solver,
-                &config.rank,
-                seed,
-                config.progress,
-            )?;
-            r.ranker.save(&dir)?;
-            seal_bilevel::official::write_scores(
-                &dir.join("scores.jsonl"),
-                &r.ranker,
-                Some(&labels),
-            )?;
-            let l = r.ranker.logits_vec()?;
-            let auroc = stages::score_auroc(&l, &labels)?;
-            tracing::info!(seed, solver = solver.name(), ?auroc, "ranker trained");
-            result.rankers.push(RankerRun {
-                seed,
-                solver,
-                auroc,
-                steps: r.report.steps,
-                seconds: t0.elapsed().as_secs_f64(),
-                seconds_per_step: r.report.seconds_per_step(),
-                tokens_per_second: r.report.tokens_per_second(),
-                logits: l.clone(),
-            });
-            logits.insert(solver, l);
+            let run = ctx.rank_stage(&pool, seed, solver)?;
+            logits.insert(solver, run.logits.clone());
+            result.rankers.push(run);
         }
         for method in &methods {
-            let name = method.name();
-            let recorded = previous
-                .as_ref()
-                .and_then(|p| p.runs.iter().find(|r| r.seed == seed && r.method == name));
-            if let Some(r) = recorded {
-                tracing::info!(seed, method = name, "kept from the previous run");
-                result.runs.push(r.clone());
-                continue;
-            }
-            tracing::info!(seed, method = name, "selecting and fine-tuning");
-            let dir = seed_dir.join(name);
-            mkdir(&dir)?;
-            let t0 = Instant::now();
-            let inputs = MethodInputs {
-                pool: &pool,
-                tokens: &pool_tokens,
-                safe: &data.safe,
-                task_target: &task_target,
-                ranker_logits: method
-                    .solver()
-                    .and_then(|s| logits.get(&s))
-                    .map(Vec::as_slice),
-                model: start_llama.as_ref(),
-                anchors: anchors_needed.then_some(stages::AnchorInputs {
-                    harmful: &harmful_anchors,
-                    safe: &safe_tokens,
-                    features: &config.select.similarity,
-                    model_dir: &start_dir,
-                    device,
-                }),
-                pad,
-                p: config.select.p,
-                mixed_lambda: config.select.mixed_lambda,
-                seed,
-            };
-            let selection = method.select(&inputs)?;
-            seal_select::output::write_kept_ids(
-                &dir.join("kept_ids.txt"),
-                &selection.kept_ids(&sel_input),
-            )?;
-            seal_select::output::write_scored_jsonl(
-                &dir.join("scored.jsonl"),
-                &sel_input,
-                &selection,
-            )?;
-            let scores: Vec<f64> = selection.entries.iter().map(|e| e.score).collect();
-            let auroc = stages::score_auroc(&scores, &labels)?;
-            let kept = selection.num_kept();
-            let harmful_kept = selection
-                .entries
-                .iter()
-                .zip(&labels)
-                .filter(|(e, l)| e.kept && **l == Some(Label::Harmful))
-                .count();
-            let (sft, lambda) = stages::selection_data(
-                &selection,
-                &pool_tokens,
-                &safe_tokens,
-                &tokenizer,
-                config.max_len,
-            )?;
-            let select_seconds = t0.elapsed().as_secs_f64();
-
-            let t1 = Instant::now();
-            let model = stages::load(&start_dir, device)?.model;
-            let run = stages::finetune_on(
-                model,
-                sft,
-                lambda,
-                pad,
-                &config.finetune,
-                seed,
-                config.progress,
-                None,
-            )?;
-            let finetune_seconds = t1.elapsed().as_secs_f64();
-            run.model
-                .save_lora(&dir.join("adapter"), Some(&start_dir.to_string_lossy()))?;
-            seal_model::weights::write_jsonl_atomic(&dir.join("train_log.jsonl"), &run.log)?;
-            let eval = stages::evaluate(
-                &run.model,
-                &tokenizer,
-                &sets,
-                &config.eval,
-                config.max_len,
-                &dir,
-                judge,
-            )?;
-            tracing::info!(
-                seed,
-                method = name,
-                asr = ?eval.asr,
-                over_refusal = ?eval.over_refusal,
-                nll = ?eval.utility_nll,
-                "evaluated"
-            );
-            result.runs.push(MethodRun {
-                seed,
-                method: name.to_string(),
-                kept,
-                added: selection.added.len(),
-                harmful_kept,
-                harmful_total,
-                auroc,
-                select_seconds,
-                finetune_seconds,
-                steps: run.report.steps,
-                eval,
-                log: run.log,
+            let recorded = ctx.previous.and_then(|p| {
+                p.runs
+                    .iter()
+                    .find(|r| r.seed == seed && r.method == method.name())
             });
+            let run = match recorded {
+                Some(r) => {
+                    tracing::info!(seed, method = method.name(), "kept from the previous run");
+                    r.clone()
+                }
+                None => ctx.method_stage(&pool, method.as_ref(), seed, &logits)?,
+            };
+            result.runs.push(run);
             result.seconds = start.elapsed().as_secs_f64();
-            write_results(&result, &labels, &out)?;
+            write_results(&result, &pool.labels, &out)?;
         }
     }
 
     result.seconds = start.elapsed().as_secs_f64();
-    write_results(&result, &labels, &out)?;
+    write_results(&result, &pool.labels, &out)?;
     Ok(result)
+}
+
+/// What every stage of one run reads.
+struct RunContext<'a> {
+    config: &'a PipelineConfig,
+    device: Device,
+    out: &'a Path,
+    /// The recorded run being resumed, if any.
+    previous: Option<&'a PipelineResult>,
+    sets: EvalSets<'a>,
+    judge: Option<&'a dyn seal_eval::Judge>,
+}
+
+/// The pool as every ranker and method sees it: tokenised once with the
+/// starting model's tokenizer.
+struct Pool {
+    /// The starting model's directory (aligned, or the base).
+    start_dir: PathBuf,
+    /// The starting model, kept when a method reads it.
+    start_model: Option<DynLm>,
+    tokenizer: TextTokenizer,
+    pad: u32,
+    tokens: Vec<TokenizedSample>,
+    samples: Vec<Sample>,
+    safe: Vec<Sample>,
+    safe_tokens: Vec<TokenizedSample>,
+    labels: Vec<Option<Label>>,
+    harmful_total: usize,
+    ids: Vec<String>,
+    harmful_anchors: Vec<TokenizedSample>,
+    /// The align set's benign answers (the `dsir-task` target).
+    task_target: Vec<Sample>,
+}
+
+impl RunContext<'_> {
+    /// The original model's evaluation (kept from a resumed run).
+    fn evaluate_original(&self, base: &Path) -> Result<stages::ModelEval> {
+        if let Some(p) = self.previous {
+            return Ok(p.base_eval.clone());
+        }
+        tracing::info!("evaluating the original model {}", base.display());
+        let original = stages::load(base, self.device)?;
+        let dir = self.out.join("eval-original");
+        mkdir(&dir)?;
+        stages::evaluate(
+            &original.model,
+            &original.tokenizer,
+            &self.sets,
+            &self.config.eval,
+            self.config.max_len,
+            &dir,
+            self.judge,
+        )
+    }
+
+    /// Alignment (cached by content) and the aligned model's evaluation;
+    /// returns the starting model's directory last.
+    fn align_stage(
+        &self,
+        data: &Benchmark,
+        base: &Path,
+        cache: &Path,
+    ) -> Result<(Option<stages::Aligned>, Option<stages::ModelEval>, PathBuf)> {
+        let config = self.config;
+        if !config.align.enabled {
+            return Ok((None, None, base.to_path_buf()));
+        }
+        let a = stages::align(
+            base,
+            &data.align,
+            &config.align,
+            config.max_len,
+            self.device,
+            cache,
+            config.progress,
+        )?;
+        let d = a.dir.clone();
+        if let Some((pa, pe)) = self
+            .previous
+            .and_then(|p| Some((p.aligned.clone()?, p.aligned_eval.clone()?)))
+        {
+            return Ok((Some(pa), Some(pe), d));
+        }
+        let m = stages::load(&a.dir, self.device)?;
+        let dir = self.out.join("eval-aligned");
+        mkdir(&dir)?;
+        if !a.log.is_empty() {
+            seal_model::weights::write_jsonl_atomic(&dir.join("align_log.jsonl"), &a.log)?;
+        }
+        let e = stages::evaluate(
+            &m.model,
+            &m.tokenizer,
+            &self.sets,
+            &config.eval,
+            config.max_len,
+            &dir,
+            self.judge,
+        )?;
+        Ok((Some(a), Some(e), d))
+    }
+
+    /// Tokenises the pool, the safe set and the anchors with the starting
+    /// model's tokenizer.
+    fn prepare_pool(
+        &self,
+        data: &Benchmark,
+        start_dir: PathBuf,
+        needs: MethodNeeds,
+    ) -> Result<Pool> {
+        let config = self.config;
+        let start_model = stages::load(&start_dir, self.device)?;
+        let tokenizer = start_model.tokenizer.clone();
+        let pad = stages::pad_id(&tokenizer);
+        let tokens = stages::tokenize_pool(&tokenizer, &data.finetune, config.max_len)?;
+        let samples: Vec<Sample> = tokens
+            .iter()
+            .map(|t| data.finetune[t.index].clone())
+            .collect();
+        let safe_tokens = stages::tokenize(&tokenizer, "safe set", &data.safe, config.max_len)?;
+        let labels: Vec<Option<Label>> = samples.iter().map(|s| s.label).collect();
+        let harmful_total = labels
+            .iter()
+            .filter(|l| **l == Some(Label::Harmful))
+            .count();
+        let ids: Vec<String> = tokens.iter().map(|t| t.id.clone()).collect();
+        let harmful_anchors = if needs.anchors {
+            if data.harmful_anchors.is_empty() {
+                return Err(PipelineError::stage(
+                    "data",
+                    "grad-sim and rep-sim need harmful anchors: the benchmark has no \
+                     harmful_anchors.jsonl (rebuild it with `seal data benchmark`, recipe 3)",
+                ));
+            }
+            stages::tokenize(
+                &tokenizer,
+                "harmful anchors",
+                &data.harmful_anchors,
+                config.max_len,
+            )?
+        } else {
+            Vec::new()
+        };
+        // The align set's benign answers: held out from the pool and from the
+        // evaluation prompts by the benchmark's construction.
+        let task_target: Vec<Sample> = data
+            .align
+            .iter()
+            .filter(|s| s.label == Some(Label::Benign))
+            .cloned()
+            .collect();
+        Ok(Pool {
+            start_dir,
+            start_model: needs.model.then_some(start_model.model),
+            tokenizer,
+            pad,
+            tokens,
+            samples,
+            safe: data.safe.clone(),
+            safe_tokens,
+            labels,
+            harmful_total,
+            ids,
+            harmful_anchors,
+            task_target,
+        })
+    }
+
+    /// The data sizes and pool fingerprint of the run; a resumed run must
+    /// have been written for the same.
+    fn check_resumable(
+        &self,
+        data: &Benchmark,
+        pool: &Pool,
+    ) -> Result<(BTreeMap<String, usize>, String)> {
+        let mut sizes = BTreeMap::new();
+        sizes.insert("finetune (tokenised)".to_string(), pool.samples.len());
+        sizes.insert("finetune harmful".to_string(), pool.harmful_total);
+        sizes.insert("safe".to_string(), data.safe.len());
+        sizes.insert("align".to_string(), data.align.len());
+        sizes.insert("eval_safety".to_string(), data.eval_safety.len());
+        sizes.insert("eval_benign".to_string(), data.eval_benign.len());
+        sizes.insert("eval_utility".to_string(), data.eval_utility.len());
+        let pool_fingerprint = seal_bilevel::dataset_fingerprint(&pool.tokens);
+        if let Some(p) = self.previous {
+            if p.data != sizes
+                || (!p.pool_fingerprint.is_empty() && p.pool_fingerprint != pool_fingerprint)
+            {
+                return Err(PipelineError::stage(
+                    "resume",
+                    format!(
+                        "{} was written for other data (sizes {:?}, pool {}); now sizes {:?}, pool {}",
+                        self.out.join("results.json").display(),
+                        p.data,
+                        p.pool_fingerprint,
+                        sizes,
+                        pool_fingerprint
+                    ),
+                ));
+            }
+        }
+        Ok((sizes, pool_fingerprint))
+    }
+
+    /// One SEAL ranker for `seed` (re-read from its directory when the
+    /// resumed run has it).
+    fn rank_stage(&self, pool: &Pool, seed: u64, solver: Solver) -> Result<RankerRun> {
+        let config = self.config;
+        let dir = self
+            .out
+            .join(format!("seed-{seed}"))
+            .join(format!("rank-{}", solver.name()));
+        let recorded = self.previous.and_then(|p| {
+            p.rankers
+                .iter()
+                .find(|r| r.seed == seed && r.solver == solver)
+        });
+        if let Some(r) = recorded {
+            let l = recorded_logits(&dir, seed, solver, pool.tokens.len())?;
+            tracing::info!(
+                seed,
+                solver = solver.name(),
+                "ranker kept from the previous run"
+            );
+            let mut r = r.clone();
+            r.logits = l;
+            return Ok(r);
+        }
+        tracing::info!(seed, solver = solver.name(), "ranking");
+        let t0 = Instant::now();
+        let model = stages::load(&pool.start_dir, self.device)?.model;
+        let r = stages::rank(
+            model,
+            stages::RankData {
+                finetune: pool.tokens.clone(),
+                safe: pool.safe_tokens.clone(),
+                pad: pool.pad,
+            },
+            solver,
+            &config.rank,
+            seed,
+            config.progress,
+        )?;
+        r.ranker.save(&dir)?;
+        seal_bilevel::official::write_scores(
+            &dir.join("scores.jsonl"),
+            &r.ranker,
+            Some(&pool.labels),
+        )?;
+        let l = r.ranker.logits_vec()?;
+        let auroc = stages::score_auroc(&l, &pool.labels)?;
+        tracing::info!(seed, solver = solver.name(), ?auroc, "ranker trained");
+        Ok(RankerRun {
+            seed,
+            solver,
+            auroc,
+            steps: r.report.steps,
+            seconds: t0.elapsed().as_secs_f64(),
+            seconds_per_step: r.report.seconds_per_step(),
+            tokens_per_second: r.report.tokens_per_second(),
+            logits: l,
+        })
+    }
+
+    /// One method for `seed`: select, fine-tune from the starting model,
+    /// evaluate; the audit outputs and the adapter in `seed-N/NAME/`.
+    fn method_stage(
+        &self,
+        pool: &Pool,
+        method: &dyn PipelineMethod,
+        seed: u64,
+        logits: &BTreeMap<Solver, Vec<f64>>,
+    ) -> Result<MethodRun> {
+        let config = self.config;
+        let name = method.name();
+        tracing::info!(seed, method = name, "selecting and fine-tuning");
+        let dir = self.out.join(format!("seed-{seed}")).join(name);
+        mkdir(&dir)?;
+        let t0 = Instant::now();
+        let inputs = MethodInputs {
+            pool: &pool.samples,
+            tokens: &pool.tokens,
+            safe: &pool.safe,
+            task_target: &pool.task_target,
+            ranker_logits: method
+                .solver()
+                .and_then(|s| logits.get(&s))
+                .map(Vec::as_slice),
+            model: pool.start_model.as_ref(),
+            anchors: method.needs().anchors.then_some(stages::AnchorInputs {
+                harmful: &pool.harmful_anchors,
+                safe: &pool.safe_tokens,
+                features: &config.select.similarity,
+                model_dir: &pool.start_dir,
+                device: self.device,
+            }),
+            pad: pool.pad,
+            p: config.select.p,
+            mixed_lambda: config.select.mixed_lambda,
+            seed,
+        };
+        let selection = method.select(&inputs)?;
+        // For the audit outputs (kept ids, scored JSONL).
+        let sel_input = seal_select::SelectionInput::new(&pool.ids)?.with_samples(&pool.samples)?;
+        seal_select::output::write_kept_ids(
+            &dir.join("kept_ids.txt"),
+            &selection.kept_ids(&sel_input),
+        )?;
+        seal_select::output::write_scored_jsonl(&dir.join("scored.jsonl"), &sel_input, &selection)?;
+        let scores: Vec<f64> = selection.entries.iter().map(|e| e.score).collect();
+        let auroc = stages::score_auroc(&scores, &pool.labels)?;
+        let kept = selection.num_kept();
+        let harmful_kept = selection
+            .entries
+            .iter()
+            .zip(&pool.labels)
+            .filter(|(e, l)| e.kept && **l == Some(Label::Harmful))
+            .count();
+        let (sft, lambda) = stages::selection_data(
+            &selection,
+            &pool.tokens,
+            &pool.safe_tokens,
+            &pool.tokenizer,
+            config.max_len,
+        )?;
+        let select_seconds = t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        let model = stages::load(&pool.start_dir, self.device)?.model;
+        let run = stages::finetune_on(
+            model,
+            sft,
+            lambda,
+            pool.pad,
+            &config.finetune,
+            seed,
+            config.progress,
+            None,
+        )?;
+        let finetune_seconds = t1.elapsed().as_secs_f64();
+        run.model.save_lora(
+            &dir.join("adapter"),
+            Some(&pool.start_dir.to_string_lossy()),
+        )?;
+        seal_model::weights::write_jsonl_atomic(&dir.join("train_log.jsonl"), &run.log)?;
+        let eval = stages::evaluate(
+            &run.model,
+            &pool.tokenizer,
+            &self.sets,
+            &config.eval,
+            config.max_len,
+            &dir,
+            self.judge,
+        )?;
+        tracing::info!(
+            seed,
+            method = name,
+            asr = ?eval.asr,
+            over_refusal = ?eval.over_refusal,
+            nll = ?eval.utility_nll,
+            "evaluated"
+        );
+        Ok(MethodRun {
+            seed,
+            method: name.to_string(),
+            kept,
+            added: selection.added.len(),
+            harmful_kept,
+            harmful_total: pool.harmful_total,
+            auroc,
+            select_seconds,
+            finetune_seconds,
+            steps: run.report.steps,
+            eval,
+            log: run.log,
+        })
+    }
 }
 
 /// Writes `results.json` and the report (also after every method, so a
