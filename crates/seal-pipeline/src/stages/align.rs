@@ -1,0 +1,213 @@
+//! The alignment stage: LoRA SFT on the align set, merged into the base and
+//! cached by content.
+
+use super::*;
+
+/// The alignment stage's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Aligned {
+    /// The aligned model directory (weights merged, tokenizer copied).
+    pub dir: PathBuf,
+    /// Whether it came from the cache.
+    pub cached: bool,
+    /// Training time (0 when cached).
+    pub seconds: f64,
+    /// Per-step log (empty when cached).
+    pub log: Vec<SftStep>,
+}
+
+/// The alignment stage: LoRA SFT of the model in `base` on `samples`
+/// (refusals to harmful requests plus a benign share, `align.jsonl`),
+/// merged into the base weights and written as a model directory under
+/// `cache`, keyed by the base model, the data and the settings (a second
+/// run with the same inputs reuses it).
+pub fn align(
+    base: &Path,
+    samples: &[Sample],
+    config: &AlignConfig,
+    max_len: usize,
+    device: Device,
+    cache: &Path,
+    progress: bool,
+) -> Result<Aligned> {
+    let base_config = base.join("config.json");
+    let cfg_text = std::fs::read(&base_config).map_err(|e| PipelineError::io(&base_config, e))?;
+    let weights_len = ["model.safetensors", "model.safetensors.index.json"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(base.join(f)).ok())
+        .map(|m| m.len())
+        .sum::<u64>();
+    let settings = serde_json::to_vec(&(config, max_len)).unwrap_or_default();
+    let sample_bytes = serde_json::to_vec(samples).unwrap_or_default();
+    let base_name = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
+    let key = short_hash(&[
+        base_name.display().to_string().as_bytes(),
+        &cfg_text,
+        &weights_len.to_le_bytes(),
+        &settings,
+        &sample_bytes,
+    ]);
+    let target = cache.join(format!("aligned-{key}"));
+    if target.join(COMPLETE).is_file() {
+        tracing::info!("aligned model from the cache: {}", target.display());
+        return Ok(Aligned {
+            dir: target,
+            cached: true,
+            seconds: 0.0,
+            log: Vec::new(),
+        });
+    }
+    align_to(
+        base, samples, config, max_len, device, &target, progress, None,
+    )
+}
+
+/// The alignment stage without the cache: trains, merges and writes the
+/// aligned model directory to `target` (staged next to it and moved into
+/// place at the end, so a killed run leaves no half-written model; only the
+/// files written here replace files of an existing `target`). The LoRA SFT
+/// is checkpointed (and resumed) as `checkpoints` says.
+#[allow(clippy::too_many_arguments)]
+pub fn align_to(
+    base: &Path,
+    samples: &[Sample],
+    config: &AlignConfig,
+    max_len: usize,
+    device: Device,
+    target: &Path,
+    progress: bool,
+    checkpoints: Option<&Checkpointing>,
+) -> Result<Aligned> {
+    if samples.is_empty() {
+        return Err(PipelineError::stage("align", "no alignment samples"));
+    }
+    // Before hours of training: a file or an unwritable place is refused.
+    seal_data::fsutil::check_output_dir(target, true)?;
+    let start = Instant::now();
+    let Pretrained {
+        model, tokenizer, ..
+    } = load(base, device)?;
+    let distilled = match &config.self_distill {
+        Some(d) => Some(self_distill(&model, &tokenizer, samples, d, max_len)?),
+        None => None,
+    };
+    let samples = distilled.as_deref().unwrap_or(samples);
+    let data = tokenize(&tokenizer, "align", samples, max_len)?;
+    if data.is_empty() {
+        return Err(PipelineError::stage(
+            "align",
+            format!("every align sample is longer than max_len {max_len}"),
+        ));
+    }
+    tracing::info!(samples = data.len(), "alignment: LoRA SFT");
+    let pad = pad_id(&tokenizer);
+    let sft = SftData {
+        finetune: data,
+        safe: None,
+        weights: None,
+    };
+    let mut run = finetune_on(
+        model,
+        sft,
+        0.0,
+        pad,
+        &config.sft,
+        config.seed,
+        progress,
+        checkpoints,
+    )?;
+    run.model.merge_lora()?;
+    let mut model = run.model;
+    let mut log = run.log;
+    if config.refusal_epochs > 0 {
+        let refusals: Vec<Sample> = samples
+            .iter()
+            .filter(|s| s.label == Some(Label::Safe))
+            .cloned()
+            .collect();
+        let data = tokenize(&tokenizer, "align refusals", &refusals, max_len)?;
+        if data.is_empty() {
+            return Err(PipelineError::stage(
+                "align",
+                "refusal_epochs is set but the align set has no refusal (label `safe`) that fits max_len",
+            ));
+        }
+        tracing::info!(
+            samples = data.len(),
+            epochs = config.refusal_epochs,
+            "alignment: LoRA SFT on the refusals alone"
+        );
+        let sft = SftConfig {
+            epochs: config.refusal_epochs,
+            ..config.sft.clone()
+        };
+        let mut again = finetune_on(
+            model,
+            SftData {
+                finetune: data,
+                safe: None,
+                weights: None,
+            },
+            0.0,
+            pad,
+            &sft,
+            config.seed,
+            progress,
+            None,
+        )?;
+        again.model.merge_lora()?;
+        model = again.model;
+        log.extend(again.log);
+    }
+    let staging = StagingDir::new(target)?;
+    let staged = staging.path();
+    model.save_pretrained(staged)?;
+    if let Some(distilled) = &distilled {
+        // The data the model was aligned on, for audit.
+        seal_data::write_jsonl_samples(staged.join("align_data.jsonl"), distilled)?;
+    }
+    for f in TOKENIZER_FILES {
+        let src = base.join(f);
+        if src.is_file() {
+            let dst = staged.join(f);
+            std::fs::copy(&src, &dst).map_err(|e| PipelineError::io(&dst, e))?;
+        }
+    }
+    seal_model::weights::write_jsonl_atomic(&staged.join("align_log.jsonl"), &log)?;
+    finish_cache_entry(staging)?;
+    Ok(Aligned {
+        dir: target.to_path_buf(),
+        cached: false,
+        seconds: start.elapsed().as_secs_f64(),
+        log,
+    })
+}
+
+/// The alignment set with its benign samples answered by `model` itself
+/// (greedy), as `[align.self_distill]` asks. Prompts of `max_len` tokens or
+/// more are skipped: training leaves those samples out anyway.
+pub(super) fn self_distill(
+    model: &DynLm,
+    tokenizer: &TextTokenizer,
+    samples: &[Sample],
+    config: &SelfDistill,
+    max_len: usize,
+) -> Result<Vec<Sample>> {
+    let start = Instant::now();
+    let fits = |s: &Sample| {
+        s.label == Some(Label::Benign)
+            && seal_data::tokenize::tokenize_prompt(tokenizer, None, s, false)
+                .is_ok_and(|ids| ids.len() < max_len)
+    };
+    let options = GenerationOptions::greedy(tokenizer, config.max_new_tokens);
+    let (out, stats) =
+        seal_eval::regenerate_responses(model, tokenizer, samples, fits, &options, config.batch)?;
+    tracing::info!(
+        replaced = stats.replaced,
+        kept_cut = stats.truncated,
+        kept_empty = stats.empty,
+        seconds = start.elapsed().as_secs_f64(),
+        "alignment: benign responses self-distilled"
+    );
+    Ok(out)
+}
