@@ -26,6 +26,9 @@
 //! skipped instead, and every skip is counted in the [`ReadReport`]. Nothing
 //! is dropped silently.
 
+mod csv;
+mod jailbreak;
+mod json;
 pub(crate) mod records;
 
 use std::collections::{BTreeMap, HashMap};
@@ -269,108 +272,29 @@ pub fn parse_samples(
     };
     let mut report = ReadReport::default();
     match format {
-        Format::AdvBench => {
-            for row in records::csv_rows(path, bytes)? {
-                let ordinal = report.samples.len() + report.skipped.len();
-                let first = row.cells.first().map(|c| c.trim()).unwrap_or("");
-                if ordinal == 0 && first.eq_ignore_ascii_case("goal") {
-                    continue; // the original AdvBench header `goal,target`
-                }
-                let result = if first.is_empty() {
-                    Err(ctx.field(Some(row.line), "column 1", "empty prompt"))
-                } else {
-                    let s = ctx.sample(
-                        ordinal,
-                        vec![Message::user(first)],
-                        Some(opts.label.unwrap_or(Label::Harmful)),
-                        None,
-                    );
-                    Ok(Some(s))
-                };
-                ctx.push(&mut report, Some(row.line), ordinal, result)?;
-            }
-        }
+        Format::AdvBench => csv::read_advbench(&ctx, bytes, &mut report)?,
         Format::SafeRlhf | Format::HarmBench | Format::StrongReject | Format::XsTest => {
-            let rows = records::csv_rows(path, bytes)?;
-            let mut rows = rows.into_iter();
-            let header = rows
-                .next()
-                .ok_or_else(|| ctx.field(Some(1), "(header)", "empty file: no header row"))?;
-            let table = CsvTable::new(&ctx, format, &header)?;
-            for (ordinal, row) in rows.enumerate() {
-                let result = table.convert(&ctx, format, ordinal, &row).map(Some);
-                ctx.push(&mut report, Some(row.line), ordinal, result)?;
-            }
+            csv::read_table(&ctx, format, bytes, &mut report)?
         }
-        Format::JailbreakBench => {
-            let text = fsutil::utf8(path, bytes)?;
-            let root: Value = serde_json::from_str(text).map_err(|e| DataError::Json {
-                path: path.to_path_buf(),
-                line: Some(e.line()),
-                message: e.to_string(),
-            })?;
-            let list = root
-                .get("jailbreaks")
-                .and_then(Value::as_array)
-                .ok_or_else(|| {
-                    ctx.field(
-                        None,
-                        "jailbreaks",
-                        "missing, or not an array of attack records",
-                    )
-                })?;
-            for (i, rec) in list.iter().enumerate() {
-                let result = jailbreak_record(&ctx, i, rec);
-                if let Ok(None) = result {
-                    report.skipped.push(Skipped {
-                        line: None,
-                        ordinal: i,
-                        kind: "null response".into(),
-                        message: format!("{}: jailbreaks[{i}].response is null", path.display()),
-                    });
-                    continue;
-                }
-                ctx.push(&mut report, None, i, result)?;
-            }
-        }
-        _ => {
-            // Generated ids are unique; files in the `seal` schema carry
-            // their own, so duplicates are checked for every format.
-            let mut seen: HashMap<String, usize> = HashMap::new();
-            for rec in records::json_records(path, bytes)? {
-                let Record {
-                    line,
-                    ordinal,
-                    value,
-                } = rec;
-                let result = value
-                    .and_then(|v| ctx.convert(format, line, ordinal, &v))
-                    .and_then(|s| match seen.get(&s.id) {
-                        Some(first) => Err(ctx.field(
-                            Some(line),
-                            "id",
-                            format!("duplicate id `{}` (first on line {first})", s.id),
-                        )),
-                        None => {
-                            seen.insert(s.id.clone(), line);
-                            Ok(Some(s))
-                        }
-                    });
-                ctx.push(&mut report, Some(line), ordinal, result)?;
-            }
-        }
+        Format::JailbreakBench => jailbreak::read(&ctx, bytes, &mut report)?,
+        _ => json::read_records(&ctx, format, bytes, &mut report)?,
     }
     Ok(report)
 }
 
-struct Ctx<'a> {
-    path: &'a Path,
-    source: &'a str,
-    opts: &'a ReadOptions,
+pub(super) struct Ctx<'a> {
+    pub(super) path: &'a Path,
+    pub(super) source: &'a str,
+    pub(super) opts: &'a ReadOptions,
 }
 
 impl Ctx<'_> {
-    fn field(&self, line: Option<usize>, field: &str, message: impl Into<String>) -> DataError {
+    pub(super) fn field(
+        &self,
+        line: Option<usize>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> DataError {
         DataError::Field {
             path: self.path.to_path_buf(),
             line,
@@ -379,7 +303,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn sample(
+    pub(super) fn sample(
         &self,
         ordinal: usize,
         messages: Vec<Message>,
@@ -396,7 +320,7 @@ impl Ctx<'_> {
     }
 
     /// Stores a converted record, or handles its error per the lenient flag.
-    fn push(
+    pub(super) fn push(
         &self,
         report: &mut ReadReport,
         line: Option<usize>,
@@ -432,7 +356,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn str_field(&self, line: usize, v: &Value, key: &str) -> Result<String> {
+    pub(super) fn str_field(&self, line: usize, v: &Value, key: &str) -> Result<String> {
         match v.get(key) {
             Some(Value::String(s)) => Ok(s.clone()),
             None | Some(Value::Null) => Err(self.field(Some(line), key, "missing")),
@@ -444,7 +368,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn opt_str_field(&self, line: usize, v: &Value, key: &str) -> Result<Option<String>> {
+    pub(super) fn opt_str_field(
+        &self,
+        line: usize,
+        v: &Value,
+        key: &str,
+    ) -> Result<Option<String>> {
         match v.get(key) {
             Some(Value::String(s)) => Ok(Some(s.clone())),
             None | Some(Value::Null) => Ok(None),
@@ -456,367 +385,16 @@ impl Ctx<'_> {
         }
     }
 
-    fn nonempty(&self, line: usize, key: &str, s: String) -> Result<String> {
+    pub(super) fn nonempty(&self, line: usize, key: &str, s: String) -> Result<String> {
         if s.trim().is_empty() {
             Err(self.field(Some(line), key, "empty"))
         } else {
             Ok(s)
         }
     }
-
-    fn convert(&self, format: Format, line: usize, ordinal: usize, v: &Value) -> Result<Sample> {
-        if !v.is_object() {
-            return Err(self.field(
-                Some(line),
-                "(record)",
-                format!("expected an object, found {}", kind(v)),
-            ));
-        }
-        let label = self.opts.label;
-        let turn = |user: String, response: String| {
-            vec![Message::user(user), Message::assistant(response)]
-        };
-        match format {
-            Format::Alpaca | Format::Dolly => {
-                let (ctx_key, out_key) = if format == Format::Alpaca {
-                    ("input", "output")
-                } else {
-                    ("context", "response")
-                };
-                let instruction =
-                    self.nonempty(line, "instruction", self.str_field(line, v, "instruction")?)?;
-                let context = self.opt_str_field(line, v, ctx_key)?.unwrap_or_default();
-                let output = self.nonempty(line, out_key, self.str_field(line, v, out_key)?)?;
-                Ok(self.sample(
-                    ordinal,
-                    turn(join_input(&instruction, &context), output),
-                    label,
-                    None,
-                ))
-            }
-            Format::PromptResponse => {
-                let p = self.nonempty(line, "prompt", self.str_field(line, v, "prompt")?)?;
-                let r = self.nonempty(line, "response", self.str_field(line, v, "response")?)?;
-                Ok(self.sample(ordinal, turn(p, r), label, None))
-            }
-            Format::Gsm8k => {
-                let q = self.nonempty(line, "question", self.str_field(line, v, "question")?)?;
-                let a = self.nonempty(line, "answer", self.str_field(line, v, "answer")?)?;
-                let reference = gsm8k_final_answer(&a);
-                if reference.is_none() {
-                    return Err(self.field(Some(line), "answer", "no final answer after `####`"));
-                }
-                Ok(self.sample(ordinal, turn(q, a), label, reference))
-            }
-            Format::OpenOrca => {
-                let sys = self
-                    .opt_str_field(line, v, "system_prompt")?
-                    .unwrap_or_default();
-                let q = self.nonempty(line, "question", self.str_field(line, v, "question")?)?;
-                let r = self.nonempty(line, "response", self.str_field(line, v, "response")?)?;
-                let mut msgs = Vec::with_capacity(3);
-                if !sys.trim().is_empty() {
-                    msgs.push(Message::system(sys));
-                }
-                msgs.extend(turn(q, r));
-                Ok(self.sample(ordinal, msgs, label, None))
-            }
-            Format::Messages => {
-                let list = v.get("messages").and_then(Value::as_array).ok_or_else(|| {
-                    self.field(Some(line), "messages", "missing, or not an array")
-                })?;
-                let mut msgs = Vec::with_capacity(list.len());
-                for (i, m) in list.iter().enumerate() {
-                    let role = match m.get("role").and_then(Value::as_str) {
-                        Some("system") => Role::System,
-                        Some("user") | Some("human") => Role::User,
-                        Some("assistant") | Some("gpt") => Role::Assistant,
-                        Some(other) => {
-                            return Err(self.field(
-                                Some(line),
-                                &format!("messages[{i}].role"),
-                                format!("unknown role `{other}`"),
-                            ))
-                        }
-                        None => {
-                            return Err(self.field(
-                                Some(line),
-                                &format!("messages[{i}].role"),
-                                "missing",
-                            ))
-                        }
-                    };
-                    let content = m.get("content").and_then(Value::as_str).ok_or_else(|| {
-                        self.field(
-                            Some(line),
-                            &format!("messages[{i}].content"),
-                            "missing or not a string",
-                        )
-                    })?;
-                    msgs.push(Message {
-                        role,
-                        content: content.to_string(),
-                    });
-                }
-                let s = self.sample(ordinal, msgs, label, None);
-                if s.response().is_none() && !self.opts.prompt_only {
-                    return Err(self.field(
-                        Some(line),
-                        "messages",
-                        "the last message is not an assistant response",
-                    ));
-                }
-                Ok(s)
-            }
-            Format::HhRlhf => {
-                let key = self.opts.hh_side.key();
-                let t = self.str_field(line, v, key)?;
-                let msgs = parse_hh_transcript(&t).map_err(|m| self.field(Some(line), key, m))?;
-                Ok(self.sample(ordinal, msgs, label, None))
-            }
-            Format::Keys => {
-                let ik = self
-                    .opts
-                    .input_key
-                    .as_deref()
-                    .ok_or_else(|| DataError::Invalid {
-                        what: "options".into(),
-                        message: "format `keys` needs an input key".into(),
-                    })?;
-                let mut user = self.nonempty(line, ik, self.str_field(line, v, ik)?)?;
-                if let Some(ck) = &self.opts.context_key {
-                    user = join_input(&user, &self.opt_str_field(line, v, ck)?.unwrap_or_default());
-                }
-                let mut msgs = Vec::with_capacity(3);
-                if let Some(sk) = &self.opts.system_key {
-                    if let Some(sys) = self.opt_str_field(line, v, sk)? {
-                        if !sys.trim().is_empty() {
-                            msgs.push(Message::system(sys));
-                        }
-                    }
-                }
-                msgs.push(Message::user(user));
-                if let Some(ok) = &self.opts.output_key {
-                    let out = self.nonempty(line, ok, self.str_field(line, v, ok)?)?;
-                    msgs.push(Message::assistant(out));
-                }
-                Ok(self.sample(ordinal, msgs, label, None))
-            }
-            Format::Seal => {
-                let s: Sample = serde_json::from_value(v.clone()).map_err(|e| DataError::Json {
-                    path: self.path.to_path_buf(),
-                    line: Some(line),
-                    message: e.to_string(),
-                })?;
-                Ok(s)
-            }
-            Format::JailbreakBench
-            | Format::AdvBench
-            | Format::SafeRlhf
-            | Format::HarmBench
-            | Format::StrongReject
-            | Format::XsTest => Err(DataError::Invalid {
-                what: "format".into(),
-                message: format!("{format} is not a JSON record format"),
-            }),
-        }
-    }
 }
 
-/// The columns a headed CSV format reads, found by name in its header.
-struct CsvTable {
-    /// (column name, index) of every column the format needs.
-    columns: Vec<(&'static str, usize)>,
-    /// Optional columns that are present.
-    optional: Vec<(&'static str, usize)>,
-}
-
-impl CsvTable {
-    fn new(ctx: &Ctx<'_>, format: Format, header: &records::CsvRow) -> Result<Self> {
-        let (needed, optional): (&[&'static str], &[&'static str]) = match format {
-            Format::SafeRlhf => (&["question", "answer", "label"], &[]),
-            Format::HarmBench => (&["Behavior", "FunctionalCategory"], &["ContextString"]),
-            Format::StrongReject => (&["forbidden_prompt"], &[]),
-            _ => (&["prompt", "label"], &[]),
-        };
-        let find = |name: &str| {
-            header
-                .cells
-                .iter()
-                .position(|c| c.trim().trim_start_matches('\u{feff}') == name)
-        };
-        let mut columns = Vec::new();
-        for &name in needed {
-            let i = find(name).ok_or_else(|| {
-                ctx.field(
-                    Some(header.line),
-                    name,
-                    format!(
-                        "missing column in the {format} header (found: {})",
-                        header.cells.join(",")
-                    ),
-                )
-            })?;
-            columns.push((name, i));
-        }
-        let optional = optional
-            .iter()
-            .filter_map(|&n| find(n).map(|i| (n, i)))
-            .collect();
-        Ok(Self { columns, optional })
-    }
-
-    /// The cell of a needed column (an error when the row is too short).
-    fn cell<'r>(&self, ctx: &Ctx<'_>, row: &'r records::CsvRow, name: &str) -> Result<&'r str> {
-        let i = self
-            .columns
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, i)| *i)
-            .unwrap_or(usize::MAX);
-        row.cells.get(i).map(String::as_str).ok_or_else(|| {
-            ctx.field(
-                Some(row.line),
-                name,
-                format!("missing: the row has {} cells", row.cells.len()),
-            )
-        })
-    }
-
-    fn nonempty<'r>(&self, ctx: &Ctx<'_>, row: &'r records::CsvRow, name: &str) -> Result<&'r str> {
-        let v = self.cell(ctx, row, name)?;
-        if v.trim().is_empty() {
-            Err(ctx.field(Some(row.line), name, "empty"))
-        } else {
-            Ok(v)
-        }
-    }
-
-    fn convert(
-        &self,
-        ctx: &Ctx<'_>,
-        format: Format,
-        ordinal: usize,
-        row: &records::CsvRow,
-    ) -> Result<Sample> {
-        let line = Some(row.line);
-        match format {
-            Format::SafeRlhf => {
-                let q = self.nonempty(ctx, row, "question")?;
-                let a = self.nonempty(ctx, row, "answer")?;
-                let label = match self.cell(ctx, row, "label")?.trim() {
-                    "1" => Label::Harmful,
-                    "0" => Label::Benign,
-                    other => {
-                        return Err(ctx.field(
-                            line,
-                            "label",
-                            format!(
-                                "expected 0 (safe answer) or 1 (unsafe answer), found `{other}`"
-                            ),
-                        ))
-                    }
-                };
-                Ok(ctx.sample(
-                    ordinal,
-                    vec![Message::user(q), Message::assistant(a)],
-                    Some(label),
-                    None,
-                ))
-            }
-            Format::HarmBench => {
-                let behaviour = self.nonempty(ctx, row, "Behavior")?;
-                let category = self.nonempty(ctx, row, "FunctionalCategory")?.trim();
-                let context = self
-                    .optional
-                    .iter()
-                    .find(|(n, _)| *n == "ContextString")
-                    .and_then(|(_, i)| row.cells.get(*i))
-                    .map(|c| c.trim())
-                    .unwrap_or("");
-                // HarmBench's own prompt layout for contextual behaviours.
-                let prompt = if context.is_empty() {
-                    behaviour.to_string()
-                } else {
-                    format!("{context}\n\n---\n\n{behaviour}")
-                };
-                let mut s = ctx.sample(
-                    ordinal,
-                    vec![Message::user(prompt)],
-                    Some(ctx.opts.label.unwrap_or(Label::Harmful)),
-                    None,
-                );
-                s.source = format!("{}/{}", ctx.source, category.to_ascii_lowercase());
-                s.id = format!("{}:{ordinal:05}", s.source);
-                Ok(s)
-            }
-            Format::StrongReject => {
-                let p = self.nonempty(ctx, row, "forbidden_prompt")?;
-                Ok(ctx.sample(
-                    ordinal,
-                    vec![Message::user(p)],
-                    Some(ctx.opts.label.unwrap_or(Label::Harmful)),
-                    None,
-                ))
-            }
-            _ => {
-                let p = self.nonempty(ctx, row, "prompt")?;
-                let label = match self.cell(ctx, row, "label")?.trim() {
-                    "safe" => Label::Benign,
-                    "unsafe" => Label::Harmful,
-                    other => {
-                        return Err(ctx.field(
-                            line,
-                            "label",
-                            format!("expected safe or unsafe, found `{other}`"),
-                        ))
-                    }
-                };
-                Ok(ctx.sample(ordinal, vec![Message::user(p)], Some(label), None))
-            }
-        }
-    }
-}
-
-fn jailbreak_record(ctx: &Ctx<'_>, i: usize, rec: &Value) -> Result<Option<Sample>> {
-    let f = |field: &str, m: &str| ctx.field(None, &format!("jailbreaks[{i}].{field}"), m);
-    let goal = rec
-        .get("goal")
-        .and_then(Value::as_str)
-        .ok_or_else(|| f("goal", "missing or not a string"))?;
-    if goal.trim().is_empty() {
-        return Err(f("goal", "empty"));
-    }
-    let response = match rec.get("response") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) => s,
-        Some(_) => return Err(f("response", "not a string")),
-    };
-    if response.trim().is_empty() {
-        return Err(f("response", "empty response"));
-    }
-    let verdict = match rec.get("jailbroken") {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => true,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
-        _ => return Err(f("jailbroken", "missing or not a boolean")),
-    };
-    let label = ctx
-        .opts
-        .label
-        .unwrap_or(if verdict { Label::Harmful } else { Label::Safe });
-    Ok(Some(ctx.sample(
-        i,
-        vec![
-            Message::user(goal.trim()),
-            Message::assistant(response.clone()),
-        ],
-        Some(label),
-        None,
-    )))
-}
-
-fn kind(v: &Value) -> &'static str {
+pub(super) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
