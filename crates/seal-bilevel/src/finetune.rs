@@ -27,7 +27,8 @@
 use crate::error::{BilevelError, Result};
 use crate::lm::{dataset_fingerprint, lm_batch};
 use crate::plan::{
-    latest_checkpoint, load_prefixed, publish_checkpoint, seed_step, Progress, StepPlan,
+    batch_ids, latest_checkpoint, load_prefixed, publish_checkpoint, seed_step, Progress, RunClock,
+    StepPlan,
 };
 use crate::problem::LowerLevel;
 use crate::schedule::LambdaSchedule;
@@ -43,7 +44,6 @@ use seal_model::CausalLm;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 use tch::{Kind, Tensor};
 
 /// One line of the training log (`train_log.jsonl`).
@@ -80,16 +80,7 @@ impl WeightedSft {
     /// A solver with optional fixed per-sample weights (finite, `>= 0`).
     pub fn new(weights: Option<Vec<f64>>) -> Result<Self> {
         if let Some(w) = &weights {
-            if let Some((i, v)) = w
-                .iter()
-                .enumerate()
-                .find(|(_, v)| !v.is_finite() || **v < 0.0)
-            {
-                return Err(BilevelError::invalid(
-                    "weights",
-                    format!("weight {v} of sample {i}: expected a finite number >= 0"),
-                ));
-            }
+            check_weights(w)?;
         }
         Ok(Self {
             weights,
@@ -100,6 +91,21 @@ impl WeightedSft {
     /// The log handle (shared: clone it before handing the solver over).
     pub fn log(&self) -> SftLog {
         Arc::clone(&self.log)
+    }
+}
+
+/// Per-sample weights must be finite and `>= 0`.
+fn check_weights(weights: &[f64]) -> Result<()> {
+    match weights
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !v.is_finite() || **v < 0.0)
+    {
+        Some((i, v)) => Err(BilevelError::invalid(
+            "weights",
+            format!("weight {v} of sample {i}: expected a finite number >= 0"),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -432,9 +438,9 @@ impl<M: CausalLm> SftTrainer<M> {
             }
             None => data.finetune.clone(),
         };
-        // Validated as the solver form validates them.
-        let weights = WeightedSft::new(data.weights)?.weights;
+        let weights = data.weights;
         if let Some(w) = &weights {
+            check_weights(w)?;
             if w.len() != data.finetune.len() {
                 return Err(BilevelError::invalid(
                     "weights",
@@ -564,9 +570,7 @@ impl<M: CausalLm> SftTrainer<M> {
     /// Runs until [`SftTrainer::total_steps`].
     pub fn run(&mut self) -> Result<TrainReport> {
         let total = self.plan.total_steps();
-        let start_step = self.step;
-        let t0 = Instant::now();
-        let mut tokens = 0usize;
+        let mut clock = RunClock::start(self.step);
         let mut last = StepStats::default();
         let bar = Progress::new(self.config.progress, total, self.step);
         tracing::info!(
@@ -600,17 +604,10 @@ impl<M: CausalLm> SftTrainer<M> {
                 Ok(e) => e,
                 Err(BilevelError::NonFinite { what, step, .. }) => {
                     bar.abandon();
-                    let mut samples: Vec<String> = batch
-                        .finetune
-                        .iter()
-                        .flatten()
-                        .filter_map(|&i| self.finetune.get(i).map(|s| s.id.clone()))
-                        .collect();
-                    samples.dedup();
                     return Err(BilevelError::NonFinite {
                         what,
                         step,
-                        samples,
+                        samples: batch_ids(&batch, |i| self.finetune.get(i).map(|s| s.id.clone())),
                         checkpoint: self.last_checkpoint.clone(),
                     });
                 }
@@ -621,17 +618,15 @@ impl<M: CausalLm> SftTrainer<M> {
             };
             self.log.push(entry);
             last = entry.stats();
-            tokens += step_tokens;
+            clock.add_tokens(step_tokens);
             self.step += 1;
-            let secs = t0.elapsed().as_secs_f64();
-            let tps = tokens as f64 / secs.max(1e-9);
+            let tps = clock.tokens_per_second();
             bar.tick(
                 self.step,
                 format!("loss {:.4} {:.0} tok/s", entry.loss, tps),
             );
-            if self.step % self.config.log_every.max(1) == 0 || self.step == total {
-                let done = self.step - start_step;
-                let eta = secs / done as f64 * (total - self.step) as f64;
+            if RunClock::log_due(&self.config, self.step, total) {
+                let eta = clock.eta_seconds(self.step, total);
                 tracing::info!(
                     step = self.step,
                     total,
@@ -645,21 +640,12 @@ impl<M: CausalLm> SftTrainer<M> {
                     "step"
                 );
             }
-            if let Some(every) = self.config.checkpoint_every {
-                if every > 0 && self.step % every == 0 && self.step < total {
-                    self.save_checkpoint()?;
-                }
+            if RunClock::checkpoint_due(&self.config, self.step, total) {
+                self.save_checkpoint()?;
             }
         }
         bar.finish();
-        Ok(TrainReport {
-            steps: self.step - start_step,
-            resumed_from: self.resumed_from,
-            total_steps: self.step,
-            seconds: t0.elapsed().as_secs_f64(),
-            tokens,
-            last,
-        })
+        Ok(clock.report(self.step, self.resumed_from, last))
     }
 
     fn checkpoint_root(&self) -> Result<PathBuf> {

@@ -11,7 +11,7 @@
 use crate::error::{BilevelError, Result};
 use crate::problem::LowerLevel;
 use seal_data::tokenize::TokenizedSample;
-use seal_model::{CausalLm, DynLm, Llama, LmBatch, LoraLm};
+use seal_model::{CausalLm, DynLm, Llama, LmBatch, LoraConfig, LoraLm};
 use std::sync::Arc;
 use tch::Tensor;
 
@@ -21,41 +21,34 @@ pub trait ForkableLm: CausalLm + Sized {
     fn fork_lm(&self, seed: i64) -> Result<Self>;
 }
 
+/// The adapter the auxiliary copy gets: the model's own, which needs a LoRA
+/// over a frozen base.
+fn fork_config<M: LoraLm + ?Sized>(model: &M) -> Result<LoraConfig> {
+    let config = model.lora_config().cloned().ok_or_else(|| {
+        BilevelError::invalid(
+            "solver",
+            "the full penalty method needs a LoRA adapter (the auxiliary copy is a second LoRA over the frozen base)",
+        )
+    })?;
+    if model.trainable_parameters().len() != model.lora_parameters().len() {
+        return Err(BilevelError::invalid(
+            "solver",
+            "the full penalty method cannot fork a fully fine-tuned model (the base must stay frozen)",
+        ));
+    }
+    Ok(config)
+}
+
 impl ForkableLm for Llama {
     fn fork_lm(&self, seed: i64) -> Result<Self> {
-        let lora = self.lora().ok_or_else(|| {
-            BilevelError::invalid(
-                "solver",
-                "the full penalty method needs a LoRA adapter (the auxiliary copy is a second LoRA over the frozen base)",
-            )
-        })?;
-        let base_trainable = self.trainable_parameters().len() != self.lora_parameters().len();
-        if base_trainable {
-            return Err(BilevelError::invalid(
-                "solver",
-                "the full penalty method cannot fork a fully fine-tuned model (the base must stay frozen)",
-            ));
-        }
-        Ok(self.fork_with_lora(&lora.config.clone(), seed)?)
+        Ok(self.fork_with_lora(&fork_config(self)?, seed)?)
     }
 }
 
 /// A model of any registered family (see `seal_model::family`).
 impl ForkableLm for DynLm {
     fn fork_lm(&self, seed: i64) -> Result<Self> {
-        let config = self.lora_config().cloned().ok_or_else(|| {
-            BilevelError::invalid(
-                "solver",
-                "the full penalty method needs a LoRA adapter (the auxiliary copy is a second LoRA over the frozen base)",
-            )
-        })?;
-        if self.trainable_parameters().len() != self.lora_parameters().len() {
-            return Err(BilevelError::invalid(
-                "solver",
-                "the full penalty method cannot fork a fully fine-tuned model (the base must stay frozen)",
-            ));
-        }
-        Ok(self.fork_lora(&config, seed)?)
+        Ok(self.fork_lora(&fork_config(self.as_ref())?, seed)?)
     }
 }
 

@@ -8,11 +8,12 @@
 //! checkpoint and resume the same way.
 
 use crate::error::{BilevelError, Result};
-use crate::solver::StepBatch;
-use crate::train::{EpochLength, TrainConfig, LATEST};
+use crate::solver::{StepBatch, StepStats};
+use crate::train::{EpochLength, TrainConfig, TrainReport, LATEST};
 use seal_data::batch::BatchSampler;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 use tch::Tensor;
 
 /// The batches of every step of a run: fine-tuning epoch
@@ -153,6 +154,77 @@ pub fn seed_step(seed: u64, step: usize) {
             .wrapping_mul(1_000_003)
             .wrapping_add(step as i64),
     );
+}
+
+/// Wall time, tokens and steps of one `run` call: throughput, ETA, when to
+/// log and checkpoint, and the closing [`TrainReport`].
+pub struct RunClock {
+    t0: Instant,
+    start_step: usize,
+    tokens: usize,
+}
+
+impl RunClock {
+    /// Starts timing a run that begins at `step`.
+    pub fn start(step: usize) -> Self {
+        Self {
+            t0: Instant::now(),
+            start_step: step,
+            tokens: 0,
+        }
+    }
+
+    /// Counts the tokens of a completed step.
+    pub fn add_tokens(&mut self, tokens: usize) {
+        self.tokens += tokens;
+    }
+
+    /// Tokens per second so far.
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / self.t0.elapsed().as_secs_f64().max(1e-9)
+    }
+
+    /// Seconds left at the rate so far, with `step` of `total` done.
+    pub fn eta_seconds(&self, step: usize, total: usize) -> f64 {
+        let done = step.saturating_sub(self.start_step).max(1);
+        self.t0.elapsed().as_secs_f64() / done as f64 * total.saturating_sub(step) as f64
+    }
+
+    /// Whether completed step `step` gets a log line.
+    pub fn log_due(config: &TrainConfig, step: usize, total: usize) -> bool {
+        step % config.log_every.max(1) == 0 || step == total
+    }
+
+    /// Whether a checkpoint is due after completed step `step`.
+    pub fn checkpoint_due(config: &TrainConfig, step: usize, total: usize) -> bool {
+        config
+            .checkpoint_every
+            .is_some_and(|every| every > 0 && step % every == 0 && step < total)
+    }
+
+    /// The summary of the run, ended at `step`.
+    pub fn report(&self, step: usize, resumed_from: usize, last: StepStats) -> TrainReport {
+        TrainReport {
+            steps: step - self.start_step,
+            resumed_from,
+            total_steps: step,
+            seconds: self.t0.elapsed().as_secs_f64(),
+            tokens: self.tokens,
+            last,
+        }
+    }
+}
+
+/// The ids of the fine-tuning samples of `batch`, for a NaN/Inf error.
+pub fn batch_ids(batch: &StepBatch, id_of: impl Fn(usize) -> Option<String>) -> Vec<String> {
+    let mut ids: Vec<String> = batch
+        .finetune
+        .iter()
+        .flatten()
+        .filter_map(|&i| id_of(i))
+        .collect();
+    ids.dedup();
+    ids
 }
 
 /// A progress bar with rate and ETA (or nothing when disabled).

@@ -20,7 +20,8 @@
 
 use crate::error::{BilevelError, Result};
 use crate::plan::{
-    latest_checkpoint, load_prefixed, publish_checkpoint, seed_step, Progress, StepPlan,
+    batch_ids, latest_checkpoint, load_prefixed, publish_checkpoint, seed_step, Progress, RunClock,
+    StepPlan,
 };
 use crate::problem::LowerLevel;
 use crate::ranker::{Ranker, RankerConfig, RankerOptimizer};
@@ -29,7 +30,6 @@ use crate::solver::{Solver, StepBatch, StepContext, StepStats};
 use seal_model::optim::{AdamW, AdamWConfig, Optimizer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use tch::Tensor;
 
 /// Name of the pointer file in the checkpoint root.
@@ -395,9 +395,7 @@ impl<P: LowerLevel> Trainer<P> {
     /// Runs until [`Trainer::total_steps`].
     pub fn run(&mut self) -> Result<TrainReport> {
         let total = self.total_steps();
-        let start_step = self.step;
-        let t0 = Instant::now();
-        let mut tokens = 0usize;
+        let mut clock = RunClock::start(self.step);
         let mut last = StepStats::default();
         let bar = Progress::new(self.config.progress, total, self.step);
         tracing::info!(
@@ -449,10 +447,9 @@ impl<P: LowerLevel> Trainer<P> {
                 }
             }
             last = stats;
-            tokens += step_tokens;
+            clock.add_tokens(step_tokens);
             self.step += 1;
-            let secs = t0.elapsed().as_secs_f64();
-            let tps = tokens as f64 / secs.max(1e-9);
+            let tps = clock.tokens_per_second();
             bar.tick(
                 self.step,
                 format!(
@@ -460,9 +457,8 @@ impl<P: LowerLevel> Trainer<P> {
                     stats.upper_loss, stats.lower_loss, lambda, tps
                 ),
             );
-            if self.step % self.config.log_every.max(1) == 0 || self.step == total {
-                let done = self.step - start_step;
-                let eta = secs / done as f64 * (total - self.step) as f64;
+            if RunClock::log_due(&self.config, self.step, total) {
+                let eta = clock.eta_seconds(self.step, total);
                 tracing::info!(
                     step = self.step,
                     total,
@@ -477,34 +473,19 @@ impl<P: LowerLevel> Trainer<P> {
                     "step"
                 );
             }
-            if let Some(every) = self.config.checkpoint_every {
-                if every > 0 && self.step % every == 0 && self.step < total {
-                    self.save_checkpoint()?;
-                }
+            if RunClock::checkpoint_due(&self.config, self.step, total) {
+                self.save_checkpoint()?;
             }
         }
         bar.finish();
-        Ok(TrainReport {
-            steps: self.step - start_step,
-            resumed_from: self.resumed_from,
-            total_steps: self.step,
-            seconds: t0.elapsed().as_secs_f64(),
-            tokens,
-            last,
-        })
+        Ok(clock.report(self.step, self.resumed_from, last))
     }
 
     /// The error of a NaN/Inf stop: the step, the ids of its fine-tuning
     /// samples and the last good checkpoint (left as it is).
     fn non_finite(&self, what: String, step: usize, batch: &StepBatch) -> BilevelError {
         let ids = self.ranker.ids();
-        let mut samples: Vec<String> = batch
-            .finetune
-            .iter()
-            .flatten()
-            .filter_map(|&i| ids.get(i).cloned())
-            .collect();
-        samples.dedup();
+        let samples = batch_ids(batch, |i| ids.get(i).cloned());
         BilevelError::NonFinite {
             what,
             step,

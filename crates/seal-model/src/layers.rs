@@ -107,6 +107,77 @@ fn at_least_f32(x: &Tensor) -> Tensor {
     }
 }
 
+/// f64 for f64 models, else f32: the dtype of losses, softmaxes and rotary
+/// angles of a model whose weights are `kind`.
+pub fn compute_kind(kind: Kind) -> Kind {
+    if kind == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
+}
+
+/// Checks `input_ids` before a forward pass: `[batch, seq]`, integer, every
+/// id in `[0, vocab_size)` (an out-of-range id would abort inside libtorch's
+/// embedding instead of returning an error).
+pub fn check_token_ids(input_ids: &Tensor, vocab_size: usize) -> Result<()> {
+    if input_ids.dim() != 2 {
+        return Err(ModelError::InvalidInput(format!(
+            "input_ids must be [batch, seq], got {:?}",
+            input_ids.size()
+        )));
+    }
+    if !matches!(input_ids.kind(), Kind::Int64 | Kind::Int) {
+        return Err(ModelError::InvalidInput(format!(
+            "input_ids must hold integer token ids, got {:?}",
+            input_ids.kind()
+        )));
+    }
+    if input_ids.numel() > 0 {
+        let max = input_ids.max().int64_value(&[]);
+        let min = input_ids.min().int64_value(&[]);
+        if min < 0 || max >= vocab_size as i64 {
+            return Err(ModelError::InvalidInput(format!(
+                "input_ids contain token {} outside the vocabulary [0, {vocab_size})",
+                if min < 0 { min } else { max },
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Residual-stream taps after `layers` (1-based blocks, 0 = embeddings), in
+/// the order asked: checks them against `num_layers`, lets `run` record
+/// `(block, hidden)` pairs (a forward pass that stops after the deepest),
+/// and picks the asked ones out.
+pub fn collect_taps(
+    layers: &[usize],
+    num_layers: usize,
+    run: impl FnOnce(&mut Vec<(usize, Tensor)>) -> Result<()>,
+) -> Result<Vec<Tensor>> {
+    if let Some(&bad) = layers.iter().find(|&&l| l > num_layers) {
+        return Err(ModelError::InvalidInput(format!(
+            "hidden-state layer {bad} does not exist (the model has {num_layers} blocks; 0 = embeddings)"
+        )));
+    }
+    if layers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut taps = Vec::new();
+    run(&mut taps)?;
+    layers
+        .iter()
+        .map(|l| {
+            taps.iter()
+                .find(|(i, _)| i == l)
+                .map(|(_, t)| t.shallow_clone())
+                .ok_or_else(|| {
+                    ModelError::InvalidInput(format!("internal: layer {l} was not tapped"))
+                })
+        })
+        .collect()
+}
+
 impl RmsNorm {
     /// A norm with its `weight` under `p`, initialised to ones.
     pub fn new(p: &nn::Path, dim: i64, eps: f64) -> Self {

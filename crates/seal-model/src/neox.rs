@@ -23,13 +23,14 @@ use crate::config::TokenIds;
 use crate::error::{ModelError, Result};
 use crate::family::LoadFn;
 use crate::layers::{
-    attach_lora, attend, load_lora_into, merge_lora_sites, rotate_half, seeded_init_lock,
-    step_masks, AttentionMask, LayerNorm, Linear, LoraAdapter, LoraSite, StepMasks,
+    attach_lora, attend, check_token_ids, collect_taps, compute_kind, load_lora_into,
+    merge_lora_sites, rotate_half, seeded_init_lock, step_masks, AttentionMask, LayerNorm, Linear,
+    LoraAdapter, LoraSite, StepMasks,
 };
 use crate::llama::{AttentionImpl, LoadOptions};
 use crate::lora::LoraConfig;
 use crate::model::{response_nll, CausalLm, KvCache, LmBatch};
-use crate::weights::{save_safetensors, write_json_atomic, WeightFiles};
+use crate::weights::{save_safetensors, torch_dtype_name, write_json_atomic, WeightFiles};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -656,7 +657,7 @@ impl GptNeoX {
         };
         vs.freeze();
         // As transformers: 1 / θ^(2i/d) over the rotated dims, in f32.
-        let rope_kind = rope_kind(kind);
+        let rope_kind = compute_kind(kind);
         let rot = c.rotary_dims() as i64;
         let inv_freq = if rot == 0 {
             Tensor::zeros([0], (rope_kind, device))
@@ -807,43 +808,12 @@ impl GptNeoX {
             Some([("format".to_string(), "pt".to_string())].into()),
         )?;
         let mut hf = self.config.to_hf();
-        hf.torch_dtype = Some(
-            match self.kind {
-                Kind::BFloat16 => "bfloat16",
-                Kind::Half => "float16",
-                Kind::Double => "float64",
-                _ => "float32",
-            }
-            .into(),
-        );
+        hf.torch_dtype = Some(torch_dtype_name(self.kind).into());
         write_json_atomic(&dir.join("config.json"), &hf)
     }
 
     fn check_ids(&self, input_ids: &Tensor) -> Result<()> {
-        if input_ids.dim() != 2 {
-            return Err(ModelError::InvalidInput(format!(
-                "input_ids must be [batch, seq], got {:?}",
-                input_ids.size()
-            )));
-        }
-        if !matches!(input_ids.kind(), Kind::Int64 | Kind::Int) {
-            return Err(ModelError::InvalidInput(format!(
-                "input_ids must hold integers, got {:?}",
-                input_ids.kind()
-            )));
-        }
-        if input_ids.numel() > 0 {
-            let max = input_ids.max().int64_value(&[]);
-            let min = input_ids.min().int64_value(&[]);
-            if min < 0 || max >= self.config.vocab_size as i64 {
-                return Err(ModelError::InvalidInput(format!(
-                    "input_ids contain token {} outside the vocabulary [0, {})",
-                    if min < 0 { min } else { max },
-                    self.config.vocab_size
-                )));
-            }
-        }
-        Ok(())
+        check_token_ids(input_ids, self.config.vocab_size)
     }
 
     /// Final-norm hidden states `[B, L, H]` for new tokens, extending `cache`
@@ -867,28 +837,10 @@ impl GptNeoX {
         attention_mask: Option<&Tensor>,
         layers: &[usize],
     ) -> Result<Vec<Tensor>> {
-        let n = self.config.num_hidden_layers;
-        if let Some(&bad) = layers.iter().find(|&&l| l > n) {
-            return Err(ModelError::InvalidInput(format!(
-                "hidden-state layer {bad} does not exist (the model has {n} blocks; 0 = embeddings)"
-            )));
-        }
-        if layers.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut taps = Vec::new();
-        let _deepest = self.forward_impl(input_ids, attention_mask, None, layers, &mut taps)?;
-        layers
-            .iter()
-            .map(|l| {
-                taps.iter()
-                    .find(|(i, _)| i == l)
-                    .map(|(_, t)| t.shallow_clone())
-                    .ok_or_else(|| {
-                        ModelError::InvalidInput(format!("internal: layer {l} was not tapped"))
-                    })
-            })
-            .collect()
+        collect_taps(layers, self.config.num_hidden_layers, |taps| {
+            self.forward_impl(input_ids, attention_mask, None, layers, taps)
+                .map(|_| ())
+        })
     }
 
     /// The forward pass. With `taps` non-empty, records the residual stream
@@ -949,7 +901,7 @@ impl GptNeoX {
     /// cos and sin `[B, 1, L, rotary_dims]` of the positions `[B, L]`,
     /// computed in f32 (f64 for f64 models) as transformers does, then cast.
     fn rotary(&self, positions: &Tensor) -> (Tensor, Tensor) {
-        let rope_kind = rope_kind(self.kind);
+        let rope_kind = compute_kind(self.kind);
         let freqs = positions.to_kind(rope_kind).unsqueeze(-1) * self.inv_freq.view([1, 1, -1]);
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
         (
@@ -1002,19 +954,6 @@ impl GptNeoX {
     /// Applies the output embedding to hidden states (any leading shape).
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
         hidden.linear::<&Tensor>(&self.embed_out, None)
-    }
-
-    fn loss_kind(&self) -> Kind {
-        rope_kind(self.kind)
-    }
-}
-
-/// f64 for f64 models, else f32: the dtype of rotary angles and of the loss.
-fn rope_kind(kind: Kind) -> Kind {
-    if kind == Kind::Double {
-        Kind::Double
-    } else {
-        Kind::Float
     }
 }
 
@@ -1079,11 +1018,13 @@ impl CausalLm for GptNeoX {
         if ids.size()[1] < 2 {
             return Ok(Tensor::zeros(
                 [ids.size()[0]],
-                (self.loss_kind(), self.device),
+                (compute_kind(self.kind), self.device),
             ));
         }
         let hidden = self.forward_hidden(&ids, Some(&batch.attention_mask), None)?;
-        response_nll(&hidden, batch, self.loss_kind(), &|h| self.lm_head(h))
+        response_nll(&hidden, batch, compute_kind(self.kind), &|h| {
+            self.lm_head(h)
+        })
     }
 
     fn trainable_parameters(&self) -> Vec<(String, Tensor)> {

@@ -32,14 +32,14 @@ use crate::config::TokenIds;
 use crate::error::{ModelError, Result};
 use crate::family::LoadFn;
 use crate::layers::{
-    attach_lora, attend, load_lora_into, merge_lora_sites, repeat_kv, rotate_half,
-    seeded_init_lock, softmax_matmul, step_masks, AttentionMask, Linear, LoraAdapter, LoraSite,
-    RmsNorm, StepMasks,
+    attach_lora, attend, check_token_ids, collect_taps, compute_kind, load_lora_into,
+    merge_lora_sites, repeat_kv, rotate_half, seeded_init_lock, softmax_matmul, step_masks,
+    AttentionMask, Linear, LoraAdapter, LoraSite, RmsNorm, StepMasks,
 };
 use crate::llama::{AttentionImpl, LoadOptions};
 use crate::lora::LoraConfig;
 use crate::model::{response_nll, CausalLm, KvCache, LmBatch};
-use crate::weights::{save_safetensors, write_json_atomic, WeightFiles};
+use crate::weights::{save_safetensors, torch_dtype_name, write_json_atomic, WeightFiles};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -974,41 +974,18 @@ impl Phi3 {
             Some([("format".to_string(), "pt".to_string())].into()),
         )?;
         let mut hf = self.config.to_hf();
-        hf.torch_dtype = Some(
-            match self.kind {
-                Kind::BFloat16 => "bfloat16",
-                Kind::Half => "float16",
-                Kind::Double => "float64",
-                _ => "float32",
-            }
-            .into(),
-        );
+        hf.torch_dtype = Some(torch_dtype_name(self.kind).into());
         write_json_atomic(&dir.join("config.json"), &hf)
     }
 
     fn check_ids(&self, input_ids: &Tensor) -> Result<()> {
-        let size = input_ids.size();
-        if size.len() != 2 || size.contains(&0) {
+        if input_ids.size().contains(&0) {
             return Err(ModelError::InvalidInput(format!(
-                "input_ids must be a non-empty [batch, seq], got {size:?}"
+                "input_ids must be a non-empty [batch, seq], got {:?}",
+                input_ids.size()
             )));
         }
-        if !matches!(input_ids.kind(), Kind::Int64 | Kind::Int) {
-            return Err(ModelError::InvalidInput(format!(
-                "input_ids must be integer token ids, got {:?}",
-                input_ids.kind()
-            )));
-        }
-        let max = input_ids.max().int64_value(&[]);
-        let min = input_ids.min().int64_value(&[]);
-        if min < 0 || max >= self.config.vocab_size as i64 {
-            return Err(ModelError::InvalidInput(format!(
-                "input_ids contain token {} outside the vocabulary [0, {})",
-                if min < 0 { min } else { max },
-                self.config.vocab_size
-            )));
-        }
-        Ok(())
+        check_token_ids(input_ids, self.config.vocab_size)
     }
 
     /// The rotary frequencies for a call whose longest sequence reaches
@@ -1073,28 +1050,10 @@ impl Phi3 {
         attention_mask: Option<&Tensor>,
         layers: &[usize],
     ) -> Result<Vec<Tensor>> {
-        let n = self.config.num_hidden_layers;
-        if let Some(&bad) = layers.iter().find(|&&l| l > n) {
-            return Err(ModelError::InvalidInput(format!(
-                "hidden-state layer {bad} does not exist (the model has {n} blocks; 0 = embeddings)"
-            )));
-        }
-        if layers.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut taps = Vec::new();
-        let _deepest = self.forward_impl(input_ids, attention_mask, None, layers, &mut taps)?;
-        layers
-            .iter()
-            .map(|l| {
-                taps.iter()
-                    .find(|(i, _)| i == l)
-                    .map(|(_, t)| t.shallow_clone())
-                    .ok_or_else(|| {
-                        ModelError::InvalidInput(format!("internal: layer {l} was not tapped"))
-                    })
-            })
-            .collect()
+        collect_taps(layers, self.config.num_hidden_layers, |taps| {
+            self.forward_impl(input_ids, attention_mask, None, layers, taps)
+                .map(|_| ())
+        })
     }
 
     /// The forward pass. With `taps` non-empty, records the residual stream
@@ -1127,11 +1086,7 @@ impl Phi3 {
         let freqs =
             positions.to_kind(Kind::Double).unsqueeze(-1) * inv_freq.unsqueeze(0).unsqueeze(0);
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        let rope_kind = if self.kind == Kind::Double {
-            Kind::Double
-        } else {
-            Kind::Float
-        };
+        let rope_kind = compute_kind(self.kind);
         // Angles in f64, cos/sin in f32 (f64 models: f64), then the compute dtype.
         let trig = |t: Tensor| (t * self.rope_scaling).to_kind(self.kind).unsqueeze(1);
         let cos = trig(emb.to_kind(rope_kind).cos());
@@ -1273,14 +1228,6 @@ impl Phi3 {
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
         hidden.linear::<&Tensor>(&self.lm_head, None)
     }
-
-    fn loss_kind(&self) -> Kind {
-        if self.kind == Kind::Double {
-            Kind::Double
-        } else {
-            Kind::Float
-        }
-    }
 }
 
 impl CausalLm for Phi3 {
@@ -1324,11 +1271,13 @@ impl CausalLm for Phi3 {
         if ids.size()[1] < 2 {
             return Ok(Tensor::zeros(
                 [ids.size()[0]],
-                (self.loss_kind(), self.device),
+                (compute_kind(self.kind), self.device),
             ));
         }
         let hidden = self.forward_hidden(&ids, Some(&batch.attention_mask), None)?;
-        response_nll(&hidden, batch, self.loss_kind(), &|h| self.lm_head(h))
+        response_nll(&hidden, batch, compute_kind(self.kind), &|h| {
+            self.lm_head(h)
+        })
     }
 
     fn trainable_parameters(&self) -> Vec<(String, Tensor)> {

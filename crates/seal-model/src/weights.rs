@@ -316,6 +316,16 @@ pub fn save_safetensors(
     write_atomic(path, &bytes)
 }
 
+/// The `torch_dtype` name HF's `config.json` uses for `kind`.
+pub fn torch_dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BFloat16 => "bfloat16",
+        Kind::Half => "float16",
+        Kind::Double => "float64",
+        _ => "float32",
+    }
+}
+
 /// Writes bytes to `path` atomically (see [`seal_data::fsutil::write_atomic`]:
 /// a temporary file beside it, synced and renamed; devices are written in
 /// place, directories refused).

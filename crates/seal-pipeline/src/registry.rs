@@ -108,20 +108,6 @@ impl std::fmt::Debug for MethodRegistry {
     }
 }
 
-impl PartialEq for MethodRegistry {
-    /// Same names bound to the same objects.
-    fn eq(&self, other: &Self) -> bool {
-        self.methods.len() == other.methods.len()
-            && self
-                .methods
-                .iter()
-                .zip(&other.methods)
-                .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y))
-    }
-}
-
-impl Eq for MethodRegistry {}
-
 impl MethodRegistry {
     /// A registry without any method.
     pub fn empty() -> Self {
@@ -174,15 +160,16 @@ impl MethodRegistry {
 
     /// The ranker solvers that `names` need, sorted and deduplicated.
     pub fn solvers(&self, names: &[String]) -> Result<Vec<Solver>> {
-        let mut solvers: Vec<Solver> = self
-            .resolve(names)?
-            .iter()
-            .filter_map(|m| m.solver())
-            .collect();
-        solvers.sort();
-        solvers.dedup();
-        Ok(solvers)
+        Ok(solvers_of(&self.resolve(names)?))
     }
+}
+
+/// The ranker solvers `methods` read, sorted and deduplicated.
+pub fn solvers_of(methods: &[Arc<dyn PipelineMethod>]) -> Vec<Solver> {
+    let mut solvers: Vec<Solver> = methods.iter().filter_map(|m| m.solver()).collect();
+    solvers.sort();
+    solvers.dedup();
+    solvers
 }
 
 fn global() -> &'static RwLock<MethodRegistry> {

@@ -3,7 +3,7 @@
 
 use crate::config::{PipelineConfig, Solver};
 use crate::error::{PipelineError, Result};
-use crate::registry::{registered_methods, MethodNeeds, PipelineMethod};
+use crate::registry::{registered_methods, solvers_of, MethodNeeds, PipelineMethod};
 use crate::report;
 use crate::stages::{self, EvalSets, MethodInputs};
 use seal_data::benchmark::Benchmark;
@@ -224,9 +224,8 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     let start = Instant::now();
     let device = prepare(config)?;
     // Every name is resolved before anything is written or computed.
-    let registry = registered_methods();
-    let methods = registry.resolve(&config.select.methods)?;
-    let solvers = registry.solvers(&config.select.methods)?;
+    let methods = registered_methods().resolve(&config.select.methods)?;
+    let solvers = solvers_of(&methods);
     let out = config.out.clone();
     mkdir(&out)?;
     // Checked before anything is written, so a refused resume leaves the
@@ -263,12 +262,10 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
 
     let base_eval = ctx.evaluate_original(&base)?;
     let (aligned, aligned_eval, start_dir) = ctx.align_stage(&data, &base, &cache)?;
-    let needs = methods
-        .iter()
-        .fold(MethodNeeds::NONE, |acc, m| MethodNeeds {
-            model: acc.model || m.needs().model,
-            anchors: acc.anchors || m.needs().anchors,
-        });
+    let needs = MethodNeeds {
+        model: methods.iter().any(|m| m.needs().model),
+        anchors: methods.iter().any(|m| m.needs().anchors),
+    };
     let pool = ctx.prepare_pool(&data, start_dir, needs)?;
     let (sizes, pool_fingerprint) = ctx.check_resumable(&data, &pool)?;
     let mut result = PipelineResult {

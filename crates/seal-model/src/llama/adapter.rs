@@ -154,15 +154,7 @@ impl Llama {
             Some([("format".to_string(), "pt".to_string())].into()),
         )?;
         let mut hf = self.config.to_hf();
-        hf.torch_dtype = Some(
-            match self.kind {
-                Kind::BFloat16 => "bfloat16",
-                Kind::Half => "float16",
-                Kind::Double => "float64",
-                _ => "float32",
-            }
-            .into(),
-        );
+        hf.torch_dtype = Some(torch_dtype_name(self.kind).into());
         write_json_atomic(&dir.join("config.json"), &hf)
     }
 }

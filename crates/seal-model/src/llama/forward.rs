@@ -5,24 +5,7 @@ use super::*;
 
 impl Llama {
     pub(super) fn check_ids(&self, input_ids: &Tensor) -> Result<()> {
-        if input_ids.dim() != 2 {
-            return Err(ModelError::InvalidInput(format!(
-                "input_ids must be [batch, seq], got {:?}",
-                input_ids.size()
-            )));
-        }
-        if input_ids.numel() > 0 {
-            let max = input_ids.max().int64_value(&[]);
-            let min = input_ids.min().int64_value(&[]);
-            if min < 0 || max >= self.config.vocab_size as i64 {
-                return Err(ModelError::InvalidInput(format!(
-                    "input_ids contain token {} outside the vocabulary [0, {})",
-                    if min < 0 { min } else { max },
-                    self.config.vocab_size
-                )));
-            }
-        }
-        Ok(())
+        check_token_ids(input_ids, self.config.vocab_size)
     }
 
     /// Final-norm hidden states `[B, L, H]` for new tokens, extending `cache`
@@ -48,26 +31,10 @@ impl Llama {
         attention_mask: Option<&Tensor>,
         layers: &[usize],
     ) -> Result<Vec<Tensor>> {
-        let n = self.config.num_hidden_layers;
-        if let Some(&bad) = layers.iter().find(|&&l| l > n) {
-            return Err(ModelError::InvalidInput(format!(
-                "hidden-state layer {bad} does not exist (the model has {n} blocks; 0 = embeddings)"
-            )));
-        }
-        if layers.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut taps = Vec::new();
-        let _deepest = self.forward_impl(input_ids, attention_mask, None, layers, &mut taps)?;
-        Ok(layers
-            .iter()
-            .map(|l| {
-                taps.iter()
-                    .find(|(i, _)| i == l)
-                    .map(|(_, t)| t.shallow_clone())
-                    .expect("every requested layer is tapped")
-            })
-            .collect())
+        collect_taps(layers, self.config.num_hidden_layers, |taps| {
+            self.forward_impl(input_ids, attention_mask, None, layers, taps)
+                .map(|_| ())
+        })
     }
 
     /// The forward pass. With `taps` non-empty, records the residual stream
@@ -91,11 +58,7 @@ impl Llama {
         let freqs =
             positions.to_kind(Kind::Double).unsqueeze(-1) * self.inv_freq.unsqueeze(0).unsqueeze(0);
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        let rope_kind = if self.kind == Kind::Double {
-            Kind::Double
-        } else {
-            Kind::Float
-        };
+        let rope_kind = compute_kind(self.kind);
         // Angles in f64, then cos/sin in the compute dtype, as close to HF's f32 path as possible.
         let cos = emb.to_kind(rope_kind).cos().to_kind(self.kind).unsqueeze(1);
         let sin = emb.to_kind(rope_kind).sin().to_kind(self.kind).unsqueeze(1);
@@ -268,11 +231,13 @@ impl CausalLm for Llama {
         if ids.size()[1] < 2 {
             return Ok(Tensor::zeros(
                 [ids.size()[0]],
-                (self.loss_kind(), self.device),
+                (compute_kind(self.kind), self.device),
             ));
         }
         let hidden = self.forward_hidden(&ids, Some(&batch.attention_mask), None)?;
-        response_nll(&hidden, batch, self.loss_kind(), &|h| self.lm_head(h))
+        response_nll(&hidden, batch, compute_kind(self.kind), &|h| {
+            self.lm_head(h)
+        })
     }
 
     fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
@@ -294,15 +259,5 @@ impl CausalLm for Llama {
         layers: &[usize],
     ) -> Result<Vec<Tensor>> {
         self.forward_layers(input_ids, attention_mask, layers)
-    }
-}
-
-impl Llama {
-    pub(super) fn loss_kind(&self) -> Kind {
-        if self.kind == Kind::Double {
-            Kind::Double
-        } else {
-            Kind::Float
-        }
     }
 }

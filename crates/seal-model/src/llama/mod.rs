@@ -16,13 +16,13 @@ use crate::adapter::{DynLm, LoraLm};
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::layers::{
-    attach_lora, attend, load_lora_into, merge_lora_sites, repeat_kv, rotate_half,
-    seeded_init_lock, softmax_matmul, step_masks, AttentionMask, Linear, LoraSite, RmsNorm,
-    StepMasks,
+    attach_lora, attend, check_token_ids, collect_taps, compute_kind, load_lora_into,
+    merge_lora_sites, repeat_kv, rotate_half, seeded_init_lock, softmax_matmul, step_masks,
+    AttentionMask, Linear, LoraSite, RmsNorm, StepMasks,
 };
 use crate::lora::LoraConfig;
 use crate::model::{response_nll, CausalLm, KvCache, LmBatch};
-use crate::weights::{save_safetensors, write_json_atomic, WeightFiles};
+use crate::weights::{save_safetensors, torch_dtype_name, write_json_atomic, WeightFiles};
 use std::path::Path;
 use std::sync::Arc;
 use tch::{nn, Device, Kind, Tensor};
