@@ -212,8 +212,13 @@ pub struct SftConfig {
     pub batch: usize,
     /// Stop after this many steps.
     pub max_steps: Option<usize>,
-    /// AdamW learning rate.
+    /// Learning rate.
     pub lr: f64,
+    /// The registered optimiser ([`crate::registry::PipelineOptimizer`];
+    /// built-ins `adamw`, the default, `adam` and `sgd`). Left out of the
+    /// written config when it is the default.
+    #[serde(skip_serializing_if = "is_default_optimizer")]
+    pub optimizer: String,
     /// `constant` or `cosine` (3% warm-up).
     pub schedule: String,
     /// The adapter.
@@ -233,6 +238,7 @@ impl Default for SftConfig {
             batch: 8,
             max_steps: None,
             lr: 2e-4,
+            optimizer: DEFAULT_OPTIMIZER.into(),
             schedule: "constant".into(),
             lora: LoraShape::default(),
             token_weighted: false,
@@ -271,6 +277,13 @@ pub struct AlignConfig {
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+/// The model optimiser every training stage uses unless told otherwise.
+pub const DEFAULT_OPTIMIZER: &str = "adamw";
+
+fn is_default_optimizer(name: &str) -> bool {
+    name == DEFAULT_OPTIMIZER
 }
 
 /// `[align.self_distill]`: the benign align samples get the base model's own
@@ -333,6 +346,7 @@ struct SftPatch {
     batch: Option<usize>,
     max_steps: Option<usize>,
     lr: Option<f64>,
+    optimizer: Option<String>,
     schedule: Option<String>,
     lora: Option<LoraPatch>,
     token_weighted: Option<bool>,
@@ -368,6 +382,9 @@ impl From<AlignConfigFile> for AlignConfig {
             if let Some(v) = p.schedule {
                 sft.schedule = v;
             }
+            if let Some(v) = p.optimizer {
+                sft.optimizer = v;
+            }
             if let Some(l) = p.lora {
                 sft.lora.r = l.r.unwrap_or(sft.lora.r);
                 sft.lora.alpha = l.alpha.unwrap_or(sft.lora.alpha);
@@ -397,9 +414,14 @@ pub struct RankConfig {
     pub max_steps: Option<usize>,
     /// Model (LoRA) learning rate.
     pub lr: f64,
+    /// The model's registered optimiser (default `adamw`; left out of the
+    /// written config then).
+    #[serde(skip_serializing_if = "is_default_optimizer")]
+    pub optimizer: String,
     /// Ranker learning rate.
     pub ranker_lr: f64,
-    /// `adam` (official) or `sgd`.
+    /// The ranker's registered optimiser: `adam` (official), `sgd` or a
+    /// user's ([`crate::registry::register_optimizer`]).
     pub ranker_optimizer: String,
     /// The ranker's Adam betas.
     pub ranker_betas: [f64; 2],
@@ -434,6 +456,7 @@ impl RankConfig {
             batch: 8,
             max_steps: None,
             lr: s.model_lr,
+            optimizer: DEFAULT_OPTIMIZER.into(),
             ranker_lr: s.ranker_lr,
             ranker_optimizer: s.ranker_optimizer.as_str().into(),
             ranker_betas: [s.ranker_betas.0, s.ranker_betas.1],
@@ -462,6 +485,7 @@ struct RankConfigFile {
     batch: Option<usize>,
     max_steps: Option<usize>,
     lr: Option<f64>,
+    optimizer: Option<String>,
     ranker_lr: Option<f64>,
     ranker_optimizer: Option<String>,
     ranker_betas: Option<[f64; 2]>,
@@ -498,6 +522,7 @@ impl From<RankConfigFile> for RankConfig {
             epochs,
             batch,
             lr,
+            optimizer,
             ranker_lr,
             ranker_optimizer,
             ranker_betas,
@@ -633,6 +658,25 @@ pub struct EvalConfig {
     /// The judge's base model (default: the path in its judge.json).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub judge_base: Option<PathBuf>,
+    /// Registered judges ([`crate::registry::PipelineJudge`]) reported
+    /// beside the keyword rule, by name: built-ins `classifier` (the
+    /// trained judge of `judge`) and `keyword-gcg`, or a user's
+    /// ([`crate::registry::register_judge`]). Empty (the default):
+    /// `classifier` when `judge` is set, else none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub judges: Vec<String>,
+}
+
+impl EvalConfig {
+    /// The registered judges a run builds: [`EvalConfig::judges`], or
+    /// `classifier` when that is empty and a trained judge is configured.
+    pub fn judge_names(&self) -> Vec<String> {
+        if self.judges.is_empty() && self.judge.is_some() {
+            vec!["classifier".into()]
+        } else {
+            self.judges.clone()
+        }
+    }
 }
 
 impl Default for EvalConfig {
@@ -644,6 +688,7 @@ impl Default for EvalConfig {
             gsm8k_max_new_tokens: None,
             judge: None,
             judge_base: None,
+            judges: Vec::new(),
         }
     }
 }
@@ -853,9 +898,46 @@ impl PipelineConfig {
                 format!("{}: expected a finite value ≥ 0", r.full.lr_scale),
             );
         }
-        r.ranker_optimizer
-            .parse::<seal_bilevel::RankerOptimizerKind>()
-            .map_err(|e| PipelineError::config("rank.ranker_optimizer", e.to_string()))?;
+        // Every name a run looks up is checked here, before anything runs.
+        let optimizers = crate::registry::registered_optimizers();
+        for (what, name) in [
+            ("align.sft.optimizer", &self.align.sft.optimizer),
+            ("finetune.optimizer", &self.finetune.optimizer),
+            ("rank.optimizer", &r.optimizer),
+            ("rank.ranker_optimizer", &r.ranker_optimizer),
+        ] {
+            optimizers.lookup(what, name)?;
+        }
+        let solvers = crate::registry::registered_solvers();
+        for method in crate::registry::registered_methods().resolve(&self.select.methods)? {
+            match method.solver() {
+                Some(s) if !solvers.contains(s) => {
+                    return err(
+                        "select.methods",
+                        format!(
+                            "method `{}` reads the rankers of solver `{s}`, which is not registered (registered: {})",
+                            method.name(),
+                            solvers.names().join(", ")
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
+        let judges = crate::registry::registered_judges();
+        let mut seen = std::collections::HashSet::new();
+        for name in &self.eval.judges {
+            judges.lookup("eval.judges", name)?;
+            if !seen.insert(name.as_str()) {
+                return err("eval.judges", format!("`{name}` is listed twice"));
+            }
+        }
+        if self.eval.judge_names().iter().any(|n| n == "classifier") && self.eval.judge.is_none() {
+            return err(
+                "eval.judges",
+                "`classifier` needs `eval.judge`, a directory written by `seal judge train`".into(),
+            );
+        }
         r.activation
             .parse::<seal_bilevel::Activation>()
             .map_err(|e| PipelineError::config("rank.activation", e.to_string()))?;
@@ -883,9 +965,9 @@ impl PipelineConfig {
         Ok(())
     }
 
-    /// The ranker solvers the methods need, sorted (methods looked up in
-    /// [`crate::registry::registered_methods`]).
-    pub fn solvers(&self) -> Result<Vec<Solver>> {
+    /// The names of the ranker solvers the methods need, sorted (methods
+    /// looked up in [`crate::registry::registered_methods`]).
+    pub fn solvers(&self) -> Result<Vec<String>> {
         crate::registry::registered_methods().solvers(&self.select.methods)
     }
 }

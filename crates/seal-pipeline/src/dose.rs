@@ -303,8 +303,8 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
     };
 
     let (bench, conds) = conditions(dose)?;
-    let classifier = stages::load_judge(&config.eval, device)?;
-    let judge = classifier.as_ref().map(|c| c as &dyn seal_eval::Judge);
+    let loaded = stages::load_judges(&config.eval, device)?;
+    let judges: Vec<&dyn seal_eval::Judge> = loaded.iter().map(|j| j.as_ref()).collect();
     let limit = |v: &[Sample]| -> Vec<Sample> {
         let n = config.data.eval_limit.unwrap_or(v.len()).min(v.len());
         v[..n].to_vec()
@@ -366,7 +366,7 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
                 &config.eval,
                 config.max_len,
                 dir,
-                judge,
+                &judges,
             )
         };
     if result.aligned_eval.is_none() {

@@ -11,14 +11,20 @@
 //!    it: LoRA SFT on `align.jsonl` (refusals plus benign instructions),
 //!    merged into the base and cached.
 //! 2. **Ranking** ([`stages::rank`]): SEAL's data ranker, trained by the
-//!    memory-efficient or the full penalty solver of `seal-bilevel`.
+//!    memory-efficient or the full penalty solver of `seal-bilevel`, or any
+//!    solver a user registers ([`PipelineSolver`]).
 //! 3. **Selection** ([`stages::select`]): SEAL's top-p and the baselines of
 //!    `seal-select` ([`Method`]), and any rule a user registers
 //!    ([`MethodRegistry`], [`PipelineMethod`]).
 //! 4. **Fine-tuning** ([`stages::finetune_on`]): a fresh LoRA on each
 //!    selection, from the aligned model.
 //! 5. **Evaluation** ([`stages::evaluate`]): attack success rate, over-refusal,
-//!    utility NLL, GSM8K accuracy; ranker AUROC.
+//!    utility NLL, GSM8K accuracy under the keyword rule and the configured
+//!    judges ([`PipelineJudge`]); ranker AUROC.
+//!
+//! Every training stage takes its optimiser by name ([`PipelineOptimizer`]).
+//! The [`registry`] module maps the names configs use to these trait
+//! objects; built-ins and a user's own are registered the same way.
 //! 6. **Report** ([`report`]): Markdown and JSON with mean ± std over seeds,
 //!    the benchmark's goals checked, and SVG figures.
 //!
@@ -64,6 +70,9 @@ pub mod sweep;
 pub use config::{Method, PipelineConfig, Solver};
 pub use error::{PipelineError, Result};
 pub use registry::{
-    register_method, registered_methods, MethodNeeds, MethodRegistry, PipelineMethod,
+    register_judge, register_method, register_optimizer, register_solver, registered_judges,
+    registered_methods, registered_optimizers, registered_solvers, MethodNeeds, MethodRegistry,
+    NameRegistry, OptimizerSettings, PipelineJudge, PipelineMethod, PipelineOptimizer,
+    PipelineSolver,
 };
 pub use run::{run, run_with, MethodRun, PipelineResult, RankerRun, RunOptions};

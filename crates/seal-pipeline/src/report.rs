@@ -197,7 +197,7 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
 
     if !result.rankers.is_empty() {
         let mut t = Table::new(["solver", "AUROC", "steps", "s/step", "tokens/s", "time (s)"]);
-        let mut solvers: Vec<_> = result.rankers.iter().map(|k| k.solver).collect();
+        let mut solvers: Vec<_> = result.rankers.iter().map(|k| k.solver.clone()).collect();
         solvers.sort();
         solvers.dedup();
         for s in &solvers {
@@ -206,7 +206,7 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
                 fmt_ms(&runs.iter().filter_map(|k| f(k)).collect::<Vec<_>>(), d)
             };
             t.row(vec![
-                json!(s.name()),
+                json!(s),
                 v(&|k| k.auroc, 3),
                 v(&|k| Some(k.steps as f64), 0),
                 v(&|k| Some(k.seconds_per_step), 2),
@@ -237,7 +237,7 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
                 .collect();
             let svg = histogram_svg(
                 &PlotText::new(
-                    &format!("Ranker logits ({}, seed {})", k.solver.name(), k.seed),
+                    &format!("Ranker logits ({}, seed {})", k.solver, k.seed),
                     "logit",
                     "share of samples",
                 ),
@@ -246,8 +246,8 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
                 true,
             )?;
             sec.figure(
-                format!("scores_{}.svg", k.solver.name()),
-                format!("Ranker logits by label ({} solver)", k.solver.name()),
+                format!("scores_{}.svg", k.solver),
+                format!("Ranker logits by label ({} solver)", k.solver),
                 svg,
             );
         }

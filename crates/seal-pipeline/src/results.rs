@@ -3,7 +3,7 @@
 //! it ([`crate::run()`]) and the report that reads it ([`crate::report`])
 //! depend on it and not on each other.
 
-use crate::config::{PipelineConfig, Solver};
+use crate::config::PipelineConfig;
 use crate::stages::{Aligned, ModelEval};
 use seal_bilevel::SftStep;
 use serde::{Deserialize, Serialize};
@@ -15,8 +15,8 @@ use std::path::PathBuf;
 pub struct RankerRun {
     /// Seed.
     pub seed: u64,
-    /// Solver.
-    pub solver: Solver,
+    /// The solver's registered name ([`crate::registry::PipelineSolver`]).
+    pub solver: String,
     /// AUROC of the logits (benign above harmful).
     pub auroc: Option<f64>,
     /// Optimiser steps.

@@ -1,9 +1,11 @@
 //! The whole pipeline: align → (per seed) rank → select → fine-tune →
 //! evaluate, then the report.
 
-use crate::config::{PipelineConfig, Solver};
+use crate::config::PipelineConfig;
 use crate::error::{PipelineError, Result};
-use crate::registry::{registered_methods, solvers_of, MethodNeeds, PipelineMethod};
+use crate::registry::{
+    registered_methods, registered_solvers, solvers_of, MethodNeeds, PipelineMethod, PipelineSolver,
+};
 use crate::report;
 use crate::stages::{self, EvalSets, MethodInputs};
 use seal_data::benchmark::Benchmark;
@@ -176,15 +178,14 @@ fn previous_results(config: &PipelineConfig, out: &Path) -> Result<Option<Pipeli
 
 /// The logits of a ranker that `results.json` records, read back from its
 /// directory and checked against the pool size.
-fn recorded_logits(dir: &Path, seed: u64, solver: Solver, pool: usize) -> Result<Vec<f64>> {
+fn recorded_logits(dir: &Path, seed: u64, solver: &str, pool: usize) -> Result<Vec<f64>> {
     let logits = seal_bilevel::Ranker::load(dir)
         .and_then(|k| k.logits_vec())
         .map_err(|e| {
             PipelineError::stage(
                 "resume",
                 format!(
-                    "results.json records ranker {} of seed {seed}, but it cannot be read back: {e}",
-                    solver.name()
+                    "results.json records ranker {solver} of seed {seed}, but it cannot be read back: {e}"
                 ),
             )
         })?;
@@ -225,7 +226,11 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     let device = prepare(config)?;
     // Every name is resolved before anything is written or computed.
     let methods = registered_methods().resolve(&config.select.methods)?;
-    let solvers = solvers_of(&methods);
+    let solver_registry = registered_solvers();
+    let solvers = solvers_of(&methods)
+        .iter()
+        .map(|name| solver_registry.lookup("select.methods", name))
+        .collect::<Result<Vec<_>>>()?;
     let out = config.out.clone();
     mkdir(&out)?;
     // Checked before anything is written, so a refused resume leaves the
@@ -244,8 +249,8 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
         config.model.gguf.as_deref(),
         &cache,
     )?;
-    // Loaded once: its base model and fingerprint serve every evaluation.
-    let classifier = stages::load_judge(&config.eval, device)?;
+    // Loaded once: a trained judge's base model serves every evaluation.
+    let loaded_judges = stages::load_judges(&config.eval, device)?;
     let ctx = RunContext {
         config,
         device,
@@ -257,7 +262,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
             utility: &data.eval_utility,
             safety_as_judged: None,
         },
-        judge: classifier.as_ref().map(|c| c as &dyn seal_eval::Judge),
+        judges: loaded_judges.iter().map(|j| j.as_ref()).collect(),
     };
 
     let base_eval = ctx.evaluate_original(&base)?;
@@ -281,10 +286,10 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
         seconds: 0.0,
     };
     for &seed in &config.seeds {
-        let mut logits: BTreeMap<Solver, Vec<f64>> = BTreeMap::new();
-        for &solver in &solvers {
-            let run = ctx.rank_stage(&pool, seed, solver)?;
-            logits.insert(solver, run.logits.clone());
+        let mut logits: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for solver in &solvers {
+            let run = ctx.rank_stage(&pool, seed, solver.as_ref())?;
+            logits.insert(solver.name().to_string(), run.logits.clone());
             result.rankers.push(run);
         }
         for method in &methods {
@@ -319,7 +324,7 @@ struct RunContext<'a> {
     /// The recorded run being resumed, if any.
     previous: Option<&'a PipelineResult>,
     sets: EvalSets<'a>,
-    judge: Option<&'a dyn seal_eval::Judge>,
+    judges: Vec<&'a dyn seal_eval::Judge>,
 }
 
 /// The pool as every ranker and method sees it: tokenised once with the
@@ -360,7 +365,7 @@ impl RunContext<'_> {
             &self.config.eval,
             self.config.max_len,
             &dir,
-            self.judge,
+            &self.judges,
         )
     }
 
@@ -405,7 +410,7 @@ impl RunContext<'_> {
             &config.eval,
             config.max_len,
             &dir,
-            self.judge,
+            &self.judges,
         )?;
         Ok((Some(a), Some(e), d))
     }
@@ -514,29 +519,26 @@ impl RunContext<'_> {
 
     /// One SEAL ranker for `seed` (re-read from its directory when the
     /// resumed run has it).
-    fn rank_stage(&self, pool: &Pool, seed: u64, solver: Solver) -> Result<RankerRun> {
+    fn rank_stage(&self, pool: &Pool, seed: u64, solver: &dyn PipelineSolver) -> Result<RankerRun> {
         let config = self.config;
+        let name = solver.name();
         let dir = self
             .out
             .join(format!("seed-{seed}"))
-            .join(format!("rank-{}", solver.name()));
+            .join(format!("rank-{name}"));
         let recorded = self.previous.and_then(|p| {
             p.rankers
                 .iter()
-                .find(|r| r.seed == seed && r.solver == solver)
+                .find(|r| r.seed == seed && r.solver == name)
         });
         if let Some(r) = recorded {
-            let l = recorded_logits(&dir, seed, solver, pool.tokens.len())?;
-            tracing::info!(
-                seed,
-                solver = solver.name(),
-                "ranker kept from the previous run"
-            );
+            let l = recorded_logits(&dir, seed, name, pool.tokens.len())?;
+            tracing::info!(seed, solver = name, "ranker kept from the previous run");
             let mut r = r.clone();
             r.logits = l;
             return Ok(r);
         }
-        tracing::info!(seed, solver = solver.name(), "ranking");
+        tracing::info!(seed, solver = name, "ranking");
         let t0 = Instant::now();
         let model = stages::load(&pool.start_dir, self.device)?.model;
         let r = stages::rank(
@@ -559,10 +561,10 @@ impl RunContext<'_> {
         )?;
         let l = r.ranker.logits_vec()?;
         let auroc = stages::score_auroc(&l, &pool.labels)?;
-        tracing::info!(seed, solver = solver.name(), ?auroc, "ranker trained");
+        tracing::info!(seed, solver = name, ?auroc, "ranker trained");
         Ok(RankerRun {
             seed,
-            solver,
+            solver: name.to_string(),
             auroc,
             steps: r.report.steps,
             seconds: t0.elapsed().as_secs_f64(),
@@ -579,7 +581,7 @@ impl RunContext<'_> {
         pool: &Pool,
         method: &dyn PipelineMethod,
         seed: u64,
-        logits: &BTreeMap<Solver, Vec<f64>>,
+        logits: &BTreeMap<String, Vec<f64>>,
     ) -> Result<MethodRun> {
         let config = self.config;
         let name = method.name();
@@ -594,7 +596,7 @@ impl RunContext<'_> {
             task_target: &pool.task_target,
             ranker_logits: method
                 .solver()
-                .and_then(|s| logits.get(&s))
+                .and_then(|s| logits.get(s))
                 .map(Vec::as_slice),
             model: pool.start_model.as_ref(),
             anchors: method.needs().anchors.then_some(stages::AnchorInputs {
@@ -660,7 +662,7 @@ impl RunContext<'_> {
             &config.eval,
             config.max_len,
             &dir,
-            self.judge,
+            &self.judges,
         )?;
         tracing::info!(
             seed,

@@ -21,7 +21,7 @@ use seal_data::Label;
 use seal_eval::plot::{line_plot_svg, PlotText};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{PipelineConfig, Solver};
+use crate::config::PipelineConfig;
 use crate::dose::MeanStd;
 use crate::error::{PipelineError, Result};
 use crate::run::{mkdir, write_text};
@@ -33,8 +33,9 @@ pub struct LambdaSweepConfig {
     /// λ in the first epoch, one ranking per value (each decays by the
     /// config's `rank.lambda_decay` per epoch).
     pub lambdas: Vec<f64>,
-    /// The solver that ranks.
-    pub solver: Solver,
+    /// The registered solver that ranks (`seal`, `seal-full`, ...; see
+    /// [`crate::registry::PipelineSolver`]).
+    pub solver: String,
     /// A model directory to rank from instead of running the config's
     /// alignment stage (e.g. a cached aligned model).
     #[serde(default)]
@@ -114,6 +115,7 @@ pub fn run_lambda_sweep(
         ));
     }
     let device = crate::run::prepare(config)?;
+    let solver = crate::registry::registered_solvers().lookup("solver", &sweep.solver)?;
     let out = config.out.clone();
     mkdir(&out)?;
     let json = out.join("lambda_sweep.json");
@@ -159,7 +161,7 @@ pub fn run_lambda_sweep(
                 tracing::info!(seed, lambda, "kept from the previous run");
                 continue;
             }
-            tracing::info!(seed, lambda, solver = sweep.solver.name(), "ranking");
+            tracing::info!(seed, lambda, solver = %sweep.solver, "ranking");
             let t0 = Instant::now();
             let mut rank = config.rank.clone();
             rank.lambda = lambda;
@@ -171,7 +173,7 @@ pub fn run_lambda_sweep(
                     safe: safe.clone(),
                     pad,
                 },
-                sweep.solver,
+                solver.as_ref(),
                 &rank,
                 seed,
                 config.progress,
@@ -246,7 +248,7 @@ fn plot(result: &LambdaSweepResult) -> Result<Option<String>> {
     let text = PlotText::new(
         &format!(
             "Ranker AUROC against λ ({}, {} epoch{})",
-            result.sweep.solver.name(),
+            result.sweep.solver,
             result.config.rank.epochs,
             if result.config.rank.epochs == 1 {
                 ""
@@ -268,7 +270,7 @@ pub fn markdown(result: &LambdaSweepResult) -> String {
     s.push_str(&format!(
         "Solver `{}`; pool {} samples ({} harmful); {} epoch{} at batch {}, model lr {}, \
          ranker {} at {}, λ decay {} per epoch; seeds {:?}; top-p {}.\n\n",
-        result.sweep.solver.name(),
+        result.sweep.solver,
         result.pool,
         result.harmful,
         r.epochs,

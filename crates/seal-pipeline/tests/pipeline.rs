@@ -180,7 +180,7 @@ fn bad_configs_name_the_field() {
     .unwrap();
     assert_eq!(c.out, Path::new("/cfg/o"));
     assert_eq!(c.data.dir.as_deref(), Some(Path::new("/cfg/d")));
-    assert_eq!(c.solvers().unwrap(), vec![seal_pipeline::Solver::Seal]);
+    assert_eq!(c.solvers().unwrap(), ["seal"]);
     // The TOML image round-trips.
     let back =
         PipelineConfig::from_toml(&c.to_toml().unwrap(), Path::new("y"), Path::new("/")).unwrap();

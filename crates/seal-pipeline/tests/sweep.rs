@@ -6,7 +6,6 @@ mod common;
 
 use common::{config, tiny_model_dir};
 use seal_pipeline::sweep::{run_lambda_sweep, LambdaSweepConfig};
-use seal_pipeline::Solver;
 
 #[test]
 fn sweep_ranks_at_every_lambda_and_resumes() {
@@ -21,7 +20,7 @@ fn sweep_ranks_at_every_lambda_and_resumes() {
     cfg.rank.lambda_decay = 0.25;
     let sweep = LambdaSweepConfig {
         lambdas: vec![1.0, 0.5],
-        solver: Solver::Seal,
+        solver: "seal".into(),
         start: None,
         resume: true,
     };
@@ -73,7 +72,7 @@ fn sweep_refuses_bad_lambdas() {
     for lambdas in [vec![], vec![1.5], vec![f64::NAN]] {
         let sweep = LambdaSweepConfig {
             lambdas,
-            solver: Solver::Seal,
+            solver: "seal".into(),
             start: None,
             resume: false,
         };

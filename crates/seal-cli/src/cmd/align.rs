@@ -33,6 +33,9 @@ pub struct Args {
     /// Learning rate.
     #[arg(long, default_value_t = 5e-4, value_parser = super::args::positive_f64)]
     pub lr: f64,
+    /// Optimiser: a registered name (adamw, adam, sgd).
+    #[arg(long, default_value = seal_pipeline::config::DEFAULT_OPTIMIZER)]
+    pub optimizer: String,
     /// constant or cosine (3% warmup).
     #[arg(long, default_value = "constant")]
     pub schedule: String,
@@ -92,6 +95,8 @@ pub struct Args {
 
 /// Runs `seal align`.
 pub fn run(a: Args) -> Result<()> {
+    // Refused before anything is written.
+    seal_pipeline::registered_optimizers().lookup("--optimizer", &a.optimizer)?;
     let run_dir = common::RunDir::start(&a.out, a.force, a.resume, &a)?;
     let device = common::runtime(a.threads, &a.device)?;
     let samples = seal_data::read_jsonl_samples(&a.data)?;
@@ -107,6 +112,7 @@ pub fn run(a: Args) -> Result<()> {
             batch: a.batch,
             max_steps: a.max_steps,
             lr: a.lr,
+            optimizer: a.optimizer,
             schedule: a.schedule,
             lora: LoraShape {
                 r: a.lora_r,

@@ -21,19 +21,15 @@ pub fn score_auroc(scores: &[f64], labels: &[Option<Label>]) -> Result<Option<f6
     Ok(seal_eval::ranker::auroc(&benign, &harmful)?)
 }
 
-/// The trained judge of `config.judge`, if any, on `device`.
-pub fn load_judge(
-    config: &EvalConfig,
-    device: Device,
-) -> Result<Option<seal_eval::ClassifierJudge>> {
-    Ok(match &config.judge {
-        Some(dir) => Some(seal_eval::ClassifierJudge::load(
-            dir,
-            config.judge_base.as_deref(),
-            device,
-        )?),
-        None => None,
-    })
+/// The judges of `config` ([`EvalConfig::judge_names`]), built once per run
+/// on `device` from the process-wide registry.
+pub fn load_judges(config: &EvalConfig, device: Device) -> Result<Vec<Box<dyn seal_eval::Judge>>> {
+    let registry = registered_judges();
+    config
+        .judge_names()
+        .iter()
+        .map(|name| registry.lookup("eval.judges", name)?.build(config, device))
+        .collect()
 }
 
 /// The judge comparisons across evaluations use: the trained one (the
@@ -119,9 +115,9 @@ pub struct EvalSets<'a> {
 }
 
 /// Evaluates `model`: safety, over-refusal, utility NLL and (optionally)
-/// GSM8K accuracy; responses go to `out` as JSONL. `judge` (e.g. the
-/// configured [`seal_eval::ClassifierJudge`], loaded once per run with
-/// [`load_judge`]) is reported beside the keyword rule.
+/// GSM8K accuracy; responses go to `out` as JSONL. `judges` (e.g. those of
+/// the config, built once per run with [`load_judges`]) are reported beside
+/// the keyword rule, each under its own name.
 pub fn evaluate(
     model: &DynLm,
     tokenizer: &TextTokenizer,
@@ -129,7 +125,7 @@ pub fn evaluate(
     config: &EvalConfig,
     max_len: usize,
     out: &Path,
-    judge: Option<&dyn seal_eval::Judge>,
+    judges: &[&dyn seal_eval::Judge],
 ) -> Result<ModelEval> {
     let start = Instant::now();
     let opts = GenerationOptions::greedy(tokenizer, config.max_new_tokens);
@@ -137,8 +133,11 @@ pub fn evaluate(
     let keyword = KeywordJudge::new(matcher.clone());
     // The keyword rule decides (and the goals use it) until the trained
     // judge meets its agreement targets; the classifier is reported beside.
-    let mut judges: Vec<&dyn seal_eval::Judge> = vec![&keyword];
-    judges.extend(judge);
+    let keyword_name = seal_eval::Judge::name(&keyword).to_string();
+    let mut all: Vec<&dyn seal_eval::Judge> = vec![&keyword];
+    // The keyword rule always runs; naming it again adds nothing.
+    all.extend(judges.iter().filter(|j| j.name() != keyword_name));
+    let judges = all;
     let mut e = ModelEval {
         judge: Some(seal_eval::Judge::name(&keyword).to_string()),
         ..ModelEval::default()

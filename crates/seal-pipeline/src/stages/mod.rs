@@ -3,13 +3,15 @@
 //! [`evaluate`].
 
 use crate::config::{
-    AlignConfig, EvalConfig, LoraShape, Method, RankConfig, SelfDistill, SftConfig,
-    SimilarityShape, Solver,
+    AlignConfig, EvalConfig, LoraShape, Method, RankConfig, SelfDistill, SftConfig, SimilarityShape,
 };
 use crate::error::{PipelineError, Result};
+use crate::registry::{
+    registered_judges, registered_optimizers, OptimizerSettings, PipelineSolver,
+};
 use seal_bilevel::{
-    dataset_fingerprint, LambdaSchedule, LmProblem, Ranker, RankerConfig, SealPenalty,
-    SealPenaltyFull, SftData, SftStep, TrainConfig, TrainReport, Trainer,
+    dataset_fingerprint, LambdaSchedule, LmProblem, LowerLevel, Ranker, RankerConfig,
+    RankerOptimizer, SftData, SftStep, SftTrainer, TrainConfig, TrainReport, Trainer,
 };
 use seal_data::fsutil::StagingDir;
 use seal_data::tokenize::{tokenize_samples, TokenizeConfig, TokenizedSample};

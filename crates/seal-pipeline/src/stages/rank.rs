@@ -21,11 +21,13 @@ pub struct RankData {
 }
 
 /// Trains SEAL's ranker with `solver` on the pool of `data` against its
-/// safe set, starting from `model` (a fresh LoRA seeded by `seed`).
+/// safe set, starting from `model` (a fresh LoRA seeded by `seed`). The
+/// model's optimiser (`config.optimizer`) and the ranker's
+/// (`config.ranker_optimizer`) come from the process-wide registry.
 pub fn rank(
     mut model: DynLm,
     data: RankData,
-    solver: Solver,
+    solver: &dyn PipelineSolver,
     config: &RankConfig,
     seed: u64,
     progress: bool,
@@ -40,27 +42,29 @@ pub fn rank(
         .activation
         .parse()
         .map_err(|e: seal_bilevel::BilevelError| PipelineError::stage(&stage, e.to_string()))?;
-    let optimizer: seal_bilevel::RankerOptimizerKind = config
-        .ranker_optimizer
-        .parse()
-        .map_err(|e: seal_bilevel::BilevelError| PipelineError::stage(&stage, e.to_string()))?;
+    let optimizers = registered_optimizers();
+    let model_rule = optimizers.lookup("rank.optimizer", &config.optimizer)?;
+    let ranker_rule = optimizers.lookup("rank.ranker_optimizer", &config.ranker_optimizer)?;
     let ids: Vec<String> = finetune.iter().map(|s| s.id.clone()).collect();
     let fingerprint = dataset_fingerprint(&finetune);
     model.add_lora(&lora(&config.lora), seed as i64)?;
+    solver.configure_model(&mut model)?;
     let device = model.device();
     let problem = LmProblem::new(model, finetune, safe, pad)?;
     let mut ranker = Ranker::new(ids, fingerprint, activation, Kind::Float, Device::Cpu)?;
     ranker.to(Kind::Float, device);
-    let solver: Box<dyn seal_bilevel::Solver<LmProblem<DynLm>>> = match solver {
-        Solver::Seal => Box::new(SealPenalty),
-        Solver::SealFull => Box::new(SealPenaltyFull::new(seal_bilevel::FullPenaltyConfig {
-            optimizer: model_optimizer(config.lr),
-            lr_scale: config.full.lr_scale,
-            inner_steps: config.full.inner_steps,
-            warm_start_steps: config.full.warm_start_steps,
-            warm_start_batch: config.batch,
-            read_after_update: config.full.read_after_update,
-        })),
+    let ranker_settings = RankerConfig {
+        activation,
+        // Recorded only: the registry builds the update rule below.
+        optimizer: config
+            .ranker_optimizer
+            .parse()
+            .unwrap_or(seal_bilevel::RankerOptimizerKind::Adam),
+        lr: config.ranker_lr,
+        beta1: config.ranker_betas[0],
+        beta2: config.ranker_betas[1],
+        max_grad_norm: (config.ranker_clip > 0.0).then_some(config.ranker_clip),
+        ..Default::default()
     };
     let train = TrainConfig {
         epochs: config.epochs,
@@ -70,15 +74,7 @@ pub fn rank(
         seed,
         bucket_batches: (config.bucket > 0).then_some(config.bucket),
         model_optimizer: model_optimizer(config.lr),
-        ranker: RankerConfig {
-            activation,
-            optimizer,
-            lr: config.ranker_lr,
-            beta1: config.ranker_betas[0],
-            beta2: config.ranker_betas[1],
-            max_grad_norm: (config.ranker_clip > 0.0).then_some(config.ranker_clip),
-            ..Default::default()
-        },
+        ranker: ranker_settings,
         lambda: LambdaSchedule {
             start: config.lambda,
             decay_per_epoch: config.lambda_decay,
@@ -89,7 +85,24 @@ pub fn rank(
         epoch_length: config.epoch_length,
         ..Default::default()
     };
-    let mut trainer = Trainer::new(problem, solver, ranker, train)?;
+    // Both optimisers come from the registry, built over what the trainer
+    // holds (the same names, in the same order, as its defaults).
+    let trainer = Trainer::new(problem, solver.build(config)?, ranker, train)?;
+    let model_opt = model_rule.build(
+        trainer.problem().parameters(),
+        &OptimizerSettings::model(config.lr),
+    )?;
+    let ranker_opt = RankerOptimizer::with_optimizer(
+        trainer.ranker(),
+        ranker_settings,
+        ranker_rule.build(
+            trainer.ranker().parameters(),
+            &OptimizerSettings::ranker(config),
+        )?,
+    )?;
+    let mut trainer = trainer
+        .with_optimizer(model_opt)?
+        .with_ranker_optimizer(ranker_opt)?;
     let report = trainer.run()?;
     let (_, ranker) = trainer.into_parts();
     Ok(Ranked { ranker, report })

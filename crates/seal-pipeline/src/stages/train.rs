@@ -77,10 +77,10 @@ pub struct SftRun {
     pub log: Vec<SftStep>,
 }
 
-/// LoRA fine-tuning of `model` on `data` (see [`seal_bilevel::finetune()`]):
+/// LoRA fine-tuning of `model` on `data` with a [`seal_bilevel::SftTrainer`]:
 /// a fresh adapter seeded by `seed`, then `config`'s SFT run with the
-/// objective `λ·safe + (1−λ)·mean(w·ℓ)`, checkpointed (and resumed) as
-/// `checkpoints` says.
+/// objective `λ·safe + (1−λ)·mean(w·ℓ)` and the registered optimiser
+/// `config.optimizer`, checkpointed (and resumed) as `checkpoints` says.
 #[allow(clippy::too_many_arguments)]
 pub fn finetune_on(
     mut model: DynLm,
@@ -96,13 +96,22 @@ pub fn finetune_on(
         data.weights = Some(with_token_weights(data.weights.take(), &data.finetune));
     }
     model.add_lora(&lora(&config.lora), seed as i64)?;
-    let out = seal_bilevel::finetune(
-        model,
-        data,
-        pad,
-        lambda,
-        sft_train_config(config, seed, progress, checkpoints)?,
+    let optimizer = registered_optimizers().lookup("optimizer", &config.optimizer)?;
+    let train = sft_train_config(config, seed, progress, checkpoints)?;
+    let resume = train.resume;
+    let trainer = SftTrainer::new(model, data, pad, lambda, train)?;
+    // The registry's optimiser over the adapter, as the trainer's default
+    // would be built (same parameters, same order).
+    let opt = optimizer.build(
+        trainer.model().trainable_parameters(),
+        &OptimizerSettings::model(config.lr),
     )?;
+    let mut trainer = trainer.with_optimizer(opt)?;
+    if resume && trainer.resume()? {
+        tracing::info!(step = trainer.step(), "fine-tuning resumed");
+    }
+    let report = trainer.run()?;
+    let out = trainer.into_outcome(report);
     Ok(SftRun {
         model: out.model,
         report: out.report,
