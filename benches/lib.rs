@@ -84,10 +84,9 @@ pub fn smollm2_config() -> seal_model::LlamaConfig {
 /// SmolLM2-135M-Instruct from the shared import when it exists, otherwise a
 /// random model of the same shape; with a line naming which.
 pub fn smollm2_or_random(device: Device) -> anyhow::Result<(seal_model::Llama, &'static str)> {
-    let opts = seal_model::LoadOptions {
-        device,
-        kind: Kind::Float,
-    };
+    let mut opts = seal_model::LoadOptions::default();
+    opts.device = device;
+    opts.kind = Kind::Float;
     Ok(match seal_testkit::smollm2_dir() {
         Ok(Some(dir)) => (
             seal_model::Llama::load(&dir, &opts)?,

@@ -262,27 +262,25 @@ fn indexed(mut xs: Vec<TokenizedSample>) -> Vec<TokenizedSample> {
 }
 
 fn train_config(epochs: usize, lr: f64, seed: u64) -> TrainConfig {
-    TrainConfig {
-        epochs,
-        micro_batch: 10,
-        seed,
-        model_optimizer: AdamWConfig {
-            lr,
-            ..AdamWConfig::default()
-        },
-        ranker: RankerConfig {
-            optimizer: RankerOptimizerKind::Sgd,
-            lr: 1.0,
-            max_grad_norm: Some(1.0),
-            ..RankerConfig::default()
-        },
-        lambda: LambdaSchedule {
-            start: 0.5,
-            decay_per_epoch: 0.0,
-        },
-        progress: false,
-        ..TrainConfig::default()
-    }
+    let mut ranker = RankerConfig::default();
+    ranker.optimizer = RankerOptimizerKind::Sgd;
+    ranker.lr = 1.0;
+    ranker.max_grad_norm = Some(1.0);
+    let mut c = TrainConfig::default();
+    c.epochs = epochs;
+    c.micro_batch = 10;
+    c.seed = seed;
+    c.model_optimizer = AdamWConfig {
+        lr,
+        ..AdamWConfig::default()
+    };
+    c.ranker = ranker;
+    c.lambda = LambdaSchedule {
+        start: 0.5,
+        decay_per_epoch: 0.0,
+    };
+    c.progress = false;
+    c
 }
 
 /// Share of `prompts` the model answers with the refusal's first token.

@@ -81,21 +81,17 @@ fn register(p: f64) -> Result<()> {
 fn run(root: &Path) -> Result<PipelineResult> {
     let model = root.join("model");
     seal_testkit::write_tiny_model_dir(&model, |_| {})?;
-    let short = SftConfig {
-        epochs: 1,
-        batch: 4,
-        max_steps: Some(2),
-        lr: 1e-3,
-        ..Default::default()
-    };
-    let mut config = PipelineConfig {
-        name: "custom rule".into(),
-        out: root.join("out"),
-        seeds: vec![1],
-        progress: false,
-        finetune: short.clone(),
-        ..Default::default()
-    };
+    let mut short = SftConfig::default();
+    short.epochs = 1;
+    short.batch = 4;
+    short.max_steps = Some(2);
+    short.lr = 1e-3;
+    let mut config = PipelineConfig::default();
+    config.name = "custom rule".into();
+    config.out = root.join("out");
+    config.seeds = vec![1];
+    config.progress = false;
+    config.finetune = short.clone();
     config.model.dir = Some(model);
     config.data.eval_limit = Some(3);
     config.eval.max_new_tokens = 3;

@@ -49,8 +49,11 @@ fn main() -> Result<()> {
             tch::Cuda::synchronize(i as i64);
         }
     };
+    let mut options = LoadOptions::default();
+    options.device = device;
+    options.kind = kind;
     let Pretrained { mut model, .. } =
-        Pretrained::load_with(&dir, &LoadOptions { device, kind }, seal_model::Llama::load)?;
+        Pretrained::load_with(&dir, &options, seal_model::Llama::load)?;
     model.add_lora(&LoraConfig::default(), 0)?;
     // B rows of exactly L tokens (deterministic ids), loss on the second half.
     let rows: Vec<TokenizedSample> = (0..b)

@@ -41,16 +41,17 @@
 //! let problem = RidgeProblem::synthetic(n, 200, 5, 0.02, &corrupted, 7)?;
 //! let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
 //! let ranker = Ranker::new(ids.clone(), fingerprint_ids(&ids), Activation::Softmax, Kind::Double, Device::Cpu)?;
-//! let config = TrainConfig {
-//!     epochs: 40,
-//!     micro_batch: 40,
-//!     seed: 5,
-//!     model_optimizer: AdamWConfig { lr: 0.05, beta2: 0.95, ..AdamWConfig::default() },
-//!     ranker: RankerConfig { lr: 0.05, ..RankerConfig::default() },
-//!     lambda: LambdaSchedule { start: 0.9, decay_per_epoch: 0.0 },
-//!     progress: false,
-//!     ..TrainConfig::default()
-//! };
+//! // The settings are `#[non_exhaustive]`: start from the defaults, set fields.
+//! let mut ranker_config = RankerConfig::default();
+//! ranker_config.lr = 0.05;
+//! let mut config = TrainConfig::default();
+//! config.epochs = 40;
+//! config.micro_batch = 40;
+//! config.seed = 5;
+//! config.model_optimizer = AdamWConfig { lr: 0.05, beta2: 0.95, ..AdamWConfig::default() };
+//! config.ranker = ranker_config;
+//! config.lambda = LambdaSchedule { start: 0.9, decay_per_epoch: 0.0 };
+//! config.progress = false;
 //! let mut trainer = Trainer::new(problem, Box::new(SealPenalty), ranker, config)?;
 //! trainer.run()?;
 //! let clean: Vec<bool> = (0..n).map(|i| i % 5 != 2).collect();

@@ -122,7 +122,10 @@ impl std::str::FromStr for RankerOptimizerKind {
 }
 
 /// Ranker hyper-parameters.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RankerConfig {
     /// Logit activation.
     pub activation: Activation,

@@ -305,7 +305,10 @@ impl<P: LowerLevel> Solver<P> for SealPenalty {
 /// measures how fast each sample is learnt instead, which inverts the
 /// ranking. The defaults therefore start `θ̂` from a task solution, take
 /// several steps per outer step and read `ℓ(θ̂)` after them.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct FullPenaltyConfig {
     /// `θ̂`'s optimiser (betas, eps, weight decay; `lr` is the base rate of
     /// the warm start).
@@ -655,7 +658,10 @@ impl Default for InverseMethod {
 }
 
 /// Settings of the [`Implicit`] solver.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ImplicitConfig {
     /// Lower-level optimiser steps per ranker step.
     pub inner_steps: usize,

@@ -38,7 +38,10 @@ pub const LATEST: &str = "latest";
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
 
 /// Training settings.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TrainConfig {
     /// Passes over the fine-tuning set.
     pub epochs: usize,

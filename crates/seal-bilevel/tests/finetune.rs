@@ -19,10 +19,8 @@ fn serial() -> MutexGuard<'static, ()> {
 fn data() -> (Vec<TokenizedSample>, Vec<TokenizedSample>, u32, usize) {
     let tok = seal_data::testing::chatml_tokenizer(None).unwrap();
     let bench = seal_data::embedded::embedded_default().unwrap();
-    let cfg = TokenizeConfig {
-        max_len: 160,
-        ..Default::default()
-    };
+    let mut cfg = TokenizeConfig::default();
+    cfg.max_len = 160;
     let ft = tokenize_samples(&tok, &bench.finetune[..12], &cfg)
         .unwrap()
         .samples;
@@ -35,32 +33,26 @@ fn data() -> (Vec<TokenizedSample>, Vec<TokenizedSample>, u32, usize) {
 
 fn model(vocab: usize) -> Llama {
     let mut m = Llama::random(&LlamaConfig::tiny(vocab), Device::Cpu, Kind::Float, 1).unwrap();
-    m.add_lora(
-        &LoraConfig {
-            r: 4,
-            ..Default::default()
-        },
-        2,
-    )
-    .unwrap();
+    let mut lora = LoraConfig::default();
+    lora.r = 4;
+    m.add_lora(&lora, 2).unwrap();
     m
 }
 
 fn cfg(steps: usize) -> TrainConfig {
-    TrainConfig {
-        epochs: 20,
-        max_steps: Some(steps),
-        micro_batch: 2,
-        grad_accum: 1,
-        model_optimizer: AdamWConfig {
-            lr: 1e-2,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-        ..Default::default()
-    }
+    let mut c = TrainConfig::default();
+    c.epochs = 20;
+    c.max_steps = Some(steps);
+    c.micro_batch = 2;
+    c.grad_accum = 1;
+    c.model_optimizer = AdamWConfig {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    c
 }
 
 fn params(m: &Llama) -> Vec<Vec<f32>> {

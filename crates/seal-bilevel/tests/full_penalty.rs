@@ -43,15 +43,11 @@ fn adam(lr: f64) -> AdamWConfig {
 /// Plain gradient descent at rate 0 and no clipping: the step leaves the
 /// logits as they are and their gradient readable.
 fn frozen_sgd(r: &Ranker) -> RankerOptimizer {
-    RankerOptimizer::new(
-        r,
-        RankerConfig {
-            optimizer: RankerOptimizerKind::Sgd,
-            lr: 0.0,
-            max_grad_norm: None,
-            ..Default::default()
-        },
-    )
+    let mut config = RankerConfig::default();
+    config.optimizer = RankerOptimizerKind::Sgd;
+    config.lr = 0.0;
+    config.max_grad_norm = None;
+    RankerOptimizer::new(r, config)
 }
 
 /// One solver step at λ = 1 with every fine-tuning row in one micro-batch;
@@ -108,12 +104,11 @@ fn ranker_gradient_is_the_penalty_gradient_with_theta_hat_at_the_inner_solution(
         let theta = Tensor::from_slice(&[0.3f64, -0.2, 0.1, 0.4]);
         p.set_theta(&theta).unwrap();
         let theta_star = p.closed_form(&w).unwrap();
-        let mut solver = SealPenaltyFull::new(FullPenaltyConfig {
-            inner_steps: 0,
-            warm_start_steps: 0,
-            ..Default::default()
-        })
-        .with_start(vec![("theta".into(), theta_star.copy())]);
+        let mut config = FullPenaltyConfig::default();
+        config.inner_steps = 0;
+        config.warm_start_steps = 0;
+        let mut solver =
+            SealPenaltyFull::new(config).with_start(vec![("theta".into(), theta_star.copy())]);
         let got = one_step(&p, &mut solver, &mut r, (0..8).collect());
 
         // ∇_ω g(θ, ω) by autograd, at the θ the model had before its step.
@@ -145,12 +140,11 @@ fn ranker_gradient_is_the_penalty_gradient_with_theta_hat_at_the_inner_solution(
         let mut r2 = ranker_for(12, act, Kind::Double);
         spread_logits(&r2);
         p.set_theta(&theta).unwrap();
-        let mut fresh = SealPenaltyFull::new(FullPenaltyConfig {
-            inner_steps: 1,
-            warm_start_steps: 0,
-            read_after_update: false,
-            ..Default::default()
-        });
+        let mut config = FullPenaltyConfig::default();
+        config.inner_steps = 1;
+        config.warm_start_steps = 0;
+        config.read_after_update = false;
+        let mut fresh = SealPenaltyFull::new(config);
         let old = one_step(&p, &mut fresh, &mut r2, (0..8).collect());
         assert!(
             (&old - &want).abs().max().double_value(&[]) > 1e-2 * scale,
@@ -164,17 +158,15 @@ fn theta_hat_options_do_what_they_say() {
     let p = RidgeProblem::synthetic(16, 8, 4, 0.1, &[3], 5).unwrap();
     let aux_theta = |s: &SealPenaltyFull<RidgeProblem>| s.aux().unwrap().parameters()[0].1.copy();
     // Warm start: θ̂ is trained on the task before the first step.
-    let mut cold = SealPenaltyFull::<RidgeProblem>::new(FullPenaltyConfig {
-        warm_start_steps: 0,
-        ..Default::default()
-    });
+    let mut cold_config = FullPenaltyConfig::default();
+    cold_config.warm_start_steps = 0;
+    let mut cold = SealPenaltyFull::<RidgeProblem>::new(cold_config);
     Solver::prepare(&mut cold, &p, 1).unwrap();
-    let mut warm = SealPenaltyFull::<RidgeProblem>::new(FullPenaltyConfig {
-        optimizer: adam(0.05),
-        warm_start_steps: 40,
-        warm_start_batch: 4,
-        ..Default::default()
-    });
+    let mut warm_config = FullPenaltyConfig::default();
+    warm_config.optimizer = adam(0.05);
+    warm_config.warm_start_steps = 40;
+    warm_config.warm_start_batch = 4;
+    let mut warm = SealPenaltyFull::<RidgeProblem>::new(warm_config);
     Solver::prepare(&mut warm, &p, 1).unwrap();
     let task = |t: &Tensor| ridge_losses(&p, t).mean(Kind::Double).double_value(&[]);
     let (c, w) = (task(&aux_theta(&cold)), task(&aux_theta(&warm)));
@@ -183,11 +175,10 @@ fn theta_hat_options_do_what_they_say() {
 
     // Inner steps: θ̂'s optimiser takes exactly that many per outer step.
     for inner in [0usize, 1, 3] {
-        let mut s = SealPenaltyFull::new(FullPenaltyConfig {
-            inner_steps: inner,
-            warm_start_steps: 0,
-            ..Default::default()
-        });
+        let mut config = FullPenaltyConfig::default();
+        config.inner_steps = inner;
+        config.warm_start_steps = 0;
+        let mut s = SealPenaltyFull::new(config);
         let mut r = ranker_for(16, Activation::Softmax, Kind::Double);
         let _ = one_step(&p, &mut s, &mut r, (0..8).collect());
         assert_eq!(Solver::<RidgeProblem>::state_step(&s), inner as i64);
@@ -195,13 +186,12 @@ fn theta_hat_options_do_what_they_say() {
 
     // Reading ℓ(θ̂) after its update changes the ranker's coefficients.
     let grad_with = |after: bool| {
-        let mut s = SealPenaltyFull::new(FullPenaltyConfig {
-            optimizer: adam(0.05),
-            inner_steps: 1,
-            warm_start_steps: 0,
-            read_after_update: after,
-            ..Default::default()
-        });
+        let mut config = FullPenaltyConfig::default();
+        config.optimizer = adam(0.05);
+        config.inner_steps = 1;
+        config.warm_start_steps = 0;
+        config.read_after_update = after;
+        let mut s = SealPenaltyFull::new(config);
         let mut r = ranker_for(16, Activation::Softmax, Kind::Double);
         spread_logits(&r);
         p.set_theta(&Tensor::zeros([4], (Kind::Double, Device::Cpu)))
@@ -235,16 +225,14 @@ fn theta_hat_start_and_settings_errors_name_the_field() {
         e.contains("`theta`") && e.contains("[5]") && e.contains("[3]"),
         "{e}"
     );
-    let mut s = SealPenaltyFull::<RidgeProblem>::new(FullPenaltyConfig {
-        warm_start_batch: 0,
-        ..Default::default()
-    });
+    let mut config = FullPenaltyConfig::default();
+    config.warm_start_batch = 0;
+    let mut s = SealPenaltyFull::<RidgeProblem>::new(config);
     let e = Solver::prepare(&mut s, &p, 0).unwrap_err().to_string();
     assert!(e.contains("warm_start_batch"), "{e}");
-    let mut s = SealPenaltyFull::<RidgeProblem>::new(FullPenaltyConfig {
-        lr_scale: f64::NAN,
-        ..Default::default()
-    });
+    let mut config = FullPenaltyConfig::default();
+    config.lr_scale = f64::NAN;
+    let mut s = SealPenaltyFull::<RidgeProblem>::new(config);
     let e = Solver::prepare(&mut s, &p, 0).unwrap_err().to_string();
     assert!(e.contains("lr_scale"), "{e}");
 }
@@ -340,19 +328,13 @@ fn planted_lm() -> (LmProblem<Llama>, usize) {
             }
         }
     }
-    model
-        .add_lora(
-            &LoraConfig {
-                r: 4,
-                target_modules: seal_model::lora::LORA_TARGETABLE
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-                ..Default::default()
-            },
-            5,
-        )
-        .unwrap();
+    let mut lora = LoraConfig::default();
+    lora.r = 4;
+    lora.target_modules = seal_model::lora::LORA_TARGETABLE
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    model.add_lora(&lora, 5).unwrap();
     (LmProblem::new(model, pool, safe, 0).unwrap(), 0)
 }
 
@@ -367,22 +349,19 @@ fn planted_logits(
     let ids: Vec<String> = (0..p.num_finetune()).map(|i| format!("r{i}")).collect();
     let fp = fingerprint_ids(&ids);
     let r = Ranker::new(ids, fp, Activation::Softmax, Kind::Float, Device::Cpu).unwrap();
-    let cfg = TrainConfig {
-        epochs: steps,
-        micro_batch: 8,
-        grad_accum: 1,
-        seed: 1,
-        model_optimizer: adam(5e-2),
-        ranker: RankerConfig {
-            optimizer: RankerOptimizerKind::Sgd,
-            lr: 1.0,
-            ..Default::default()
-        },
-        lambda: LambdaSchedule {
-            start: lambda,
-            decay_per_epoch: 0.0,
-        },
-        ..Default::default()
+    let mut ranker = RankerConfig::default();
+    ranker.optimizer = RankerOptimizerKind::Sgd;
+    ranker.lr = 1.0;
+    let mut cfg = TrainConfig::default();
+    cfg.epochs = steps;
+    cfg.micro_batch = 8;
+    cfg.grad_accum = 1;
+    cfg.seed = 1;
+    cfg.model_optimizer = adam(5e-2);
+    cfg.ranker = ranker;
+    cfg.lambda = LambdaSchedule {
+        start: lambda,
+        decay_per_epoch: 0.0,
     };
     let mut t = Trainer::new(p, solver, r, cfg).unwrap();
     t.run().unwrap();
@@ -412,12 +391,11 @@ fn planted_conflicting_sample_loses_weight_memory_efficient() {
 /// sample.
 #[test]
 fn planted_conflicting_sample_loses_weight_full_penalty() {
-    let solver = SealPenaltyFull::new(FullPenaltyConfig {
-        optimizer: adam(5e-2),
-        warm_start_steps: 60,
-        warm_start_batch: 8,
-        ..Default::default()
-    });
+    let mut config = FullPenaltyConfig::default();
+    config.optimizer = adam(5e-2);
+    config.warm_start_steps = 60;
+    config.warm_start_batch = 8;
+    let solver = SealPenaltyFull::new(config);
     let (planted, others) = planted_logits(Box::new(solver), 30, 0.5);
     assert!(planted < 0.0, "planted logit rose: {planted}");
     assert!(

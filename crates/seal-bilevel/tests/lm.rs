@@ -9,10 +9,8 @@ use tch::{Device, Kind};
 fn problem(math: bool) -> (LmProblem<Llama>, Ranker) {
     let tok = seal_data::testing::chatml_tokenizer(None).unwrap();
     let bench = seal_data::embedded::embedded_default().unwrap();
-    let cfg = TokenizeConfig {
-        max_len: 160,
-        ..Default::default()
-    };
+    let mut cfg = TokenizeConfig::default();
+    cfg.max_len = 160;
     let ft = tokenize_samples(&tok, &bench.finetune[..12], &cfg)
         .unwrap()
         .samples;
@@ -27,15 +25,9 @@ fn problem(math: bool) -> (LmProblem<Llama>, Ranker) {
         1,
     )
     .unwrap();
-    model
-        .add_lora(
-            &LoraConfig {
-                r: 4,
-                ..Default::default()
-            },
-            2,
-        )
-        .unwrap();
+    let mut lora = LoraConfig::default();
+    lora.r = 4;
+    model.add_lora(&lora, 2).unwrap();
     if math {
         model.set_attention_impl(AttentionImpl::Math);
     }
@@ -48,24 +40,23 @@ fn problem(math: bool) -> (LmProblem<Llama>, Ranker) {
 }
 
 fn cfg() -> TrainConfig {
-    TrainConfig {
-        epochs: 1,
-        max_steps: Some(2),
-        micro_batch: 2,
-        grad_accum: 2,
-        model_optimizer: AdamWConfig {
-            lr: 1e-2,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-        lambda: LambdaSchedule {
-            start: 0.5,
-            decay_per_epoch: 0.0,
-        },
-        ..Default::default()
-    }
+    let mut c = TrainConfig::default();
+    c.epochs = 1;
+    c.max_steps = Some(2);
+    c.micro_batch = 2;
+    c.grad_accum = 2;
+    c.model_optimizer = AdamWConfig {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    c.lambda = LambdaSchedule {
+        start: 0.5,
+        decay_per_epoch: 0.0,
+    };
+    c
 }
 
 fn run(solver: Box<dyn Solver<LmProblem<Llama>>>, math: bool) -> (Vec<f64>, Vec<f64>) {
@@ -103,16 +94,15 @@ fn seal_penalty_on_tiny_llama() {
 
 #[test]
 fn seal_full_on_tiny_llama() {
-    let s = SealPenaltyFull::new(FullPenaltyConfig {
-        optimizer: AdamWConfig {
-            lr: 1e-2,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-        ..Default::default()
-    });
+    let mut config = FullPenaltyConfig::default();
+    config.optimizer = AdamWConfig {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let s = SealPenaltyFull::new(config);
     let (l, _) = run(Box::new(s), false);
     assert_moved(&l);
 }
@@ -122,16 +112,14 @@ fn implicit_on_tiny_llama() {
     // One inner step from a random model is far from a lower-level minimum:
     // the Hessian has negative directions (CG reports one at δ = 1e-2), so
     // the damping must dominate them.
-    let s = Implicit {
-        config: ImplicitConfig {
-            inner_steps: 1,
-            inverse: InverseMethod::Cg {
-                iters: 3,
-                tol: 1e-8,
-            },
-            damping: 10.0,
-        },
+    let mut config = ImplicitConfig::default();
+    config.inner_steps = 1;
+    config.inverse = InverseMethod::Cg {
+        iters: 3,
+        tol: 1e-8,
     };
+    config.damping = 10.0;
+    let s = Implicit { config };
     let (l, _) = run(Box::new(s), true);
     assert_moved(&l);
 }

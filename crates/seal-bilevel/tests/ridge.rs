@@ -103,29 +103,40 @@ fn corrupted_setup() -> (RidgeProblem, Vec<bool>) {
 }
 
 fn config(micro_batch: usize, epochs: usize) -> TrainConfig {
-    TrainConfig {
-        epochs,
-        micro_batch,
-        grad_accum: 1,
-        seed: 5,
-        bucket_batches: None,
-        model_optimizer: AdamWConfig {
-            lr: 0.05,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-        ranker: RankerConfig {
-            lr: 0.05,
-            ..Default::default()
-        },
-        lambda: LambdaSchedule {
-            start: 0.9,
-            decay_per_epoch: 0.0,
-        },
-        ..Default::default()
-    }
+    let mut ranker = RankerConfig::default();
+    ranker.lr = 0.05;
+    let mut c = TrainConfig::default();
+    c.epochs = epochs;
+    c.micro_batch = micro_batch;
+    c.grad_accum = 1;
+    c.seed = 5;
+    c.bucket_batches = None;
+    c.model_optimizer = AdamWConfig {
+        lr: 0.05,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    c.ranker = ranker;
+    c.lambda = LambdaSchedule {
+        start: 0.9,
+        decay_per_epoch: 0.0,
+    };
+    c
+}
+
+/// The full penalty method with θ̂'s AdamW at rate 0.05.
+fn full_penalty() -> FullPenaltyConfig {
+    let mut c = FullPenaltyConfig::default();
+    c.optimizer = AdamWConfig {
+        lr: 0.05,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    c
 }
 
 fn train_and_score(solver: Box<dyn Solver<RidgeProblem>>, cfg: TrainConfig) -> f64 {
@@ -153,32 +164,21 @@ fn seal_penalty_ranks_corrupted_lowest() {
 
 #[test]
 fn seal_full_ranks_corrupted_lowest() {
-    let s = SealPenaltyFull::new(FullPenaltyConfig {
-        optimizer: AdamWConfig {
-            lr: 0.05,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-        ..Default::default()
-    });
+    let s = SealPenaltyFull::new(full_penalty());
     let a = train_and_score(Box::new(s), config(40, 40));
     assert!(a >= 0.99, "AUROC {a}");
 }
 
 #[test]
 fn implicit_ranks_corrupted_lowest() {
-    let s = Implicit {
-        config: ImplicitConfig {
-            inner_steps: 20,
-            inverse: InverseMethod::Cg {
-                iters: 20,
-                tol: 1e-10,
-            },
-            damping: 0.0,
-        },
+    let mut implicit = ImplicitConfig::default();
+    implicit.inner_steps = 20;
+    implicit.inverse = InverseMethod::Cg {
+        iters: 20,
+        tol: 1e-10,
     };
+    implicit.damping = 0.0;
+    let s = Implicit { config: implicit };
     // The hypergradient is signed (helpful samples get negative entries), so
     // sigmoid weights, which need no softmax centring, suit it best.
     // Full-batch hypergradients are small once θ settles, so the ranker
@@ -234,11 +234,9 @@ fn nan_stops_with_last_checkpoint_intact() {
         nan_from: 7,
     };
     let r = ranker_for(200, Activation::Softmax);
-    let cfg = TrainConfig {
-        checkpoint_every: Some(3),
-        checkpoint_dir: Some(dir.path().to_path_buf()),
-        ..config(20, 5)
-    };
+    let mut cfg = config(20, 5);
+    cfg.checkpoint_every = Some(3);
+    cfg.checkpoint_dir = Some(dir.path().to_path_buf());
     let mut t = Trainer::new(p, Box::new(SealPenalty), r, cfg.clone()).unwrap();
     let e = t.run().unwrap_err();
     let msg = e.to_string();
@@ -271,12 +269,13 @@ fn nan_stops_with_last_checkpoint_intact() {
 }
 
 fn resume_case(solver: fn() -> Box<dyn Solver<RidgeProblem>>) {
-    let cfg = |dir: &std::path::Path| TrainConfig {
-        checkpoint_every: Some(4),
-        checkpoint_dir: Some(dir.to_path_buf()),
-        grad_accum: 2,
-        micro_batch: 20,
-        ..config(20, 2)
+    let cfg = |dir: &std::path::Path| {
+        let mut c = config(20, 2);
+        c.checkpoint_every = Some(4);
+        c.checkpoint_dir = Some(dir.to_path_buf());
+        c.grad_accum = 2;
+        c.micro_batch = 20;
+        c
     };
     let d1 = tempfile::tempdir().unwrap();
     let (p, _) = corrupted_setup();
@@ -292,16 +291,10 @@ fn resume_case(solver: fn() -> Box<dyn Solver<RidgeProblem>>) {
 
     let d2 = tempfile::tempdir().unwrap();
     let (p, _) = corrupted_setup();
-    let mut first = Trainer::new(
-        p,
-        solver(),
-        ranker_for(200, Activation::Softmax),
-        TrainConfig {
-            max_steps: Some(9),
-            ..cfg(d2.path())
-        },
-    )
-    .unwrap();
+    let mut stopped = cfg(d2.path());
+    stopped.max_steps = Some(9);
+    let mut first =
+        Trainer::new(p, solver(), ranker_for(200, Activation::Softmax), stopped).unwrap();
     first.run().unwrap();
     assert_eq!(first.step(), 9);
     drop(first); // lose all in-memory state
@@ -323,16 +316,10 @@ fn resume_case(solver: fn() -> Box<dyn Solver<RidgeProblem>>) {
     );
     // Other seeds change the data order: a checkpoint of another run is refused.
     let (p, _) = corrupted_setup();
-    let mut other = Trainer::new(
-        p,
-        solver(),
-        ranker_for(200, Activation::Softmax),
-        TrainConfig {
-            seed: 99,
-            ..cfg(d2.path())
-        },
-    )
-    .unwrap();
+    let mut reseeded = cfg(d2.path());
+    reseeded.seed = 99;
+    let mut other =
+        Trainer::new(p, solver(), ranker_for(200, Activation::Softmax), reseeded).unwrap();
     let e = other.resume().unwrap_err().to_string();
     assert!(e.contains("trainer.json") && e.contains("seed"), "{e}");
 }
@@ -344,31 +331,18 @@ fn resume_is_bitwise_exact_seal() {
 
 #[test]
 fn resume_is_bitwise_exact_seal_full() {
-    resume_case(|| {
-        Box::new(SealPenaltyFull::new(FullPenaltyConfig {
-            optimizer: AdamWConfig {
-                lr: 0.05,
-                beta1: 0.9,
-                beta2: 0.95,
-                eps: 1e-8,
-                weight_decay: 0.0,
-            },
-            ..Default::default()
-        }))
-    });
+    resume_case(|| Box::new(SealPenaltyFull::new(full_penalty())));
 }
 
 #[test]
 fn shorter_epochs_stop_with_the_shorter_set_as_the_official_zipped_loaders() {
     let p = RidgeProblem::synthetic(40, 12, 3, 0.1, &[], 2).unwrap();
     let r = ranker_for(40, Activation::Softmax);
-    let cfg = TrainConfig {
-        epochs: 2,
-        micro_batch: 4,
-        bucket_batches: None,
-        epoch_length: EpochLength::Shorter,
-        ..config(4, 2)
-    };
+    let mut cfg = config(4, 2);
+    cfg.epochs = 2;
+    cfg.micro_batch = 4;
+    cfg.bucket_batches = None;
+    cfg.epoch_length = EpochLength::Shorter;
     let mut t = Trainer::new(p, Box::new(SealPenalty), r, cfg.clone()).unwrap();
     // 10 fine-tuning batches, 3 safe batches: an epoch is 3 steps.
     assert_eq!(t.steps_per_epoch(), 3);
@@ -392,16 +366,9 @@ fn shorter_epochs_stop_with_the_shorter_set_as_the_official_zipped_loaders() {
     // The default runs one pass over the fine-tuning set.
     let p = RidgeProblem::synthetic(40, 12, 3, 0.1, &[], 2).unwrap();
     let r = ranker_for(40, Activation::Softmax);
-    let t = Trainer::new(
-        p,
-        Box::new(SealPenalty),
-        r,
-        TrainConfig {
-            epoch_length: EpochLength::Task,
-            ..cfg
-        },
-    )
-    .unwrap();
+    let mut task_epochs = cfg;
+    task_epochs.epoch_length = EpochLength::Task;
+    let t = Trainer::new(p, Box::new(SealPenalty), r, task_epochs).unwrap();
     assert_eq!(t.steps_per_epoch(), 10);
 }
 
@@ -468,12 +435,10 @@ fn the_trainer_takes_any_optimizer_through_the_trait() {
 fn the_sgd_ranker_step_is_plain_gradient_descent_bit_for_bit() {
     let r = ranker_for(6, Activation::Sigmoid);
     perturb(&r, 3);
-    let cfg = RankerConfig {
-        optimizer: RankerOptimizerKind::Sgd,
-        lr: 0.7,
-        max_grad_norm: None,
-        ..RankerConfig::default()
-    };
+    let mut cfg = RankerConfig::default();
+    cfg.optimizer = RankerOptimizerKind::Sgd;
+    cfg.lr = 0.7;
+    cfg.max_grad_norm = None;
     let mut opt = RankerOptimizer::new(&r, cfg);
     let before = r.logits().detach().copy();
     (r.weights() * Tensor::from_slice(&[1.0f64, -2.0, 0.5, 3.0, -0.25, 1.5]))

@@ -69,6 +69,9 @@ enum Command {
     /// The λ sweep: rank one pool at several upper-level weights and
     /// report the ranker's AUROC against λ.
     LambdaSweep(cmd::lambda_sweep::Args),
+    /// Serve a model over an OpenAI-compatible HTTP API (chat and text
+    /// completions, streaming, continuous batching).
+    Serve(cmd::serve::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,5 +105,6 @@ fn main() -> anyhow::Result<()> {
         Command::Pipeline(args) => cmd::pipeline::run(args),
         Command::Dose(args) => cmd::dose::run(args),
         Command::LambdaSweep(args) => cmd::lambda_sweep::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
     }
 }

@@ -264,7 +264,7 @@ fn data_benchmark_builds_either_recipe_and_reports_removals() {
     // The λ sweep: a λ outside [0, 1] and an unknown solver.
     for (flag, value, needle) in [
         ("--lambdas", "1,1.5", "1.5"),
-        ("--solver", "implicit", "--solver"),
+        ("--solver", "no-such-solver", "--solver"),
     ] {
         let o = seal()
             .args(["lambda-sweep", "--config", config, flag, value, "--out"])

@@ -102,15 +102,10 @@ fn finetune_on_kept_ids_writes_a_peft_adapter() {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[1]["step"], 2);
     assert!(lines[0]["loss"].as_f64().unwrap() > 0.0);
-    let mut m = Pretrained::load(
-        &s.model,
-        &LoadOptions {
-            device: Device::Cpu,
-            kind: Kind::Float,
-        },
-    )
-    .unwrap()
-    .model;
+    let mut options = LoadOptions::default();
+    options.device = Device::Cpu;
+    options.kind = Kind::Float;
+    let mut m = Pretrained::load(&s.model, &options).unwrap().model;
     m.load_lora(&out).unwrap();
     assert_eq!(m.lora_config().unwrap().r, 4);
     // LoRA's B starts at zero; two steps must have moved it.

@@ -63,7 +63,10 @@ impl std::str::FromStr for OverLengthPolicy {
 }
 
 /// Settings of [`tokenize_samples`].
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TokenizeConfig {
     /// Maximum sequence length in tokens.
     pub max_len: usize,

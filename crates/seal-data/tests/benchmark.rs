@@ -590,15 +590,9 @@ fn eval_utility_carries_the_gsm8k_solution_and_the_final_number() {
         assert!(!prompt.contains("####"), "{}: {prompt:?}", s.id);
         assert!(!prompt.contains(s.response().unwrap()), "{}", s.id);
     }
-    let data = tokenize_samples(
-        &tok,
-        &b.eval_utility,
-        &TokenizeConfig {
-            max_len: 4096,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut cfg = TokenizeConfig::default();
+    cfg.max_len = 4096;
+    let data = tokenize_samples(&tok, &b.eval_utility, &cfg).unwrap();
     assert_eq!(data.summary.kept, sizes.eval_utility);
     for (t, s) in data.samples.iter().zip(&b.eval_utility) {
         let scored = tok.decode(t.response_ids(), false).unwrap();

@@ -136,7 +136,9 @@ proptest! {
             messages: vec![Message::user("p".repeat(prompt_len)), Message::assistant("z".repeat(resp_len))],
             reference: None,
         };
-        let cfg = TokenizeConfig { max_len, policy: OverLengthPolicy::TruncateLeft, ..Default::default() };
+        let mut cfg = TokenizeConfig::default();
+        cfg.max_len = max_len;
+        cfg.policy = OverLengthPolicy::TruncateLeft;
         let d = tokenize_samples(&tok, std::slice::from_ref(&s), &cfg).unwrap();
         prop_assert_eq!(d.summary.kept + d.summary.dropped_response_too_long, 1);
         for t in &d.samples {

@@ -102,10 +102,8 @@ fn generation_prompt_never_contains_the_reference_answer() {
             assert_eq!(bare.reference, s.reference, "{}", s.id);
             assert_eq!(tokenize_prompt(&tok, template, &bare, false).unwrap(), ids);
             // ... and as the prompt part of the NLL tokenisation.
-            let cfg = TokenizeConfig {
-                template: template.cloned(),
-                ..Default::default()
-            };
+            let mut cfg = TokenizeConfig::default();
+            cfg.template = template.cloned();
             let d = tokenize_samples(&tok, std::slice::from_ref(s), &cfg).unwrap();
             assert_eq!(d.samples[0].prompt_ids(), ids.as_slice(), "{}", s.id);
         }
@@ -122,10 +120,8 @@ fn generation_prompt_never_contains_the_reference_answer() {
 fn plain_template_appends_eos() {
     let tok = chatml_tokenizer(None).unwrap();
     let plain = ChatTemplate::plain("Human: {}\nAssistant: ", Some("<|im_end|>".into())).unwrap();
-    let cfg = TokenizeConfig {
-        template: Some(plain),
-        ..Default::default()
-    };
+    let mut cfg = TokenizeConfig::default();
+    cfg.template = Some(plain);
     let d = tokenize_samples(
         &tok,
         &[sample(
@@ -147,10 +143,8 @@ fn plain_template_appends_eos() {
 
     // A template without an end token: the eos id is appended and counted.
     let bare = ChatTemplate::plain("Q: {}\nA: ", None).unwrap();
-    let cfg = TokenizeConfig {
-        template: Some(bare),
-        ..Default::default()
-    };
+    let mut cfg = TokenizeConfig::default();
+    cfg.template = Some(bare);
     let d = tokenize_samples(
         &tok,
         &[sample(
@@ -180,21 +174,17 @@ fn over_length_policies() {
     );
     let short = sample("s", vec![Message::user("q"), Message::assistant("ok")]);
     let all = [long_prompt, long_resp, short];
-    let cfg = TokenizeConfig {
-        max_len: 64,
-        policy: OverLengthPolicy::Drop,
-        ..Default::default()
-    };
+    let mut cfg = TokenizeConfig::default();
+    cfg.max_len = 64;
+    cfg.policy = OverLengthPolicy::Drop;
     let d = tokenize_samples(&tok, &all, &cfg).unwrap();
     assert_eq!((d.summary.kept, d.summary.dropped_too_long), (1, 2));
     assert_eq!(d.samples[0].id, "s");
     assert_eq!(d.samples[0].index, 2);
 
-    let cfg = TokenizeConfig {
-        max_len: 64,
-        policy: OverLengthPolicy::TruncateLeft,
-        ..Default::default()
-    };
+    let mut cfg = TokenizeConfig::default();
+    cfg.max_len = 64;
+    cfg.policy = OverLengthPolicy::TruncateLeft;
     let d = tokenize_samples(&tok, &all, &cfg).unwrap();
     assert_eq!(
         (
@@ -237,10 +227,8 @@ fn hh_multi_turn_masks_decode_to_the_final_response() {
         .take(300)
         .collect();
     assert_eq!(multi.len(), 300);
-    let cfg = TokenizeConfig {
-        max_len: 100_000,
-        ..Default::default()
-    };
+    let mut cfg = TokenizeConfig::default();
+    cfg.max_len = 100_000;
     let out = tokenize_samples(&tok, &multi, &cfg).unwrap();
     assert_eq!(out.samples.len(), 300);
     for (t, s) in out.samples.iter().zip(&multi) {
@@ -274,10 +262,8 @@ fn cache_roundtrip_and_invalidation() {
             )
         })
         .collect();
-    let cfg = TokenizeConfig {
-        max_len: 64,
-        ..Default::default()
-    };
+    let mut cfg = TokenizeConfig::default();
+    cfg.max_len = 64;
     let (a, hit, path) = tokenize_cached(dir.path(), &tok, &data, &cfg).unwrap();
     assert!(!hit);
     let (b, hit, _) = tokenize_cached(dir.path(), &tok, &data, &cfg).unwrap();
@@ -288,31 +274,13 @@ fn cache_roundtrip_and_invalidation() {
     let mut changed = data.clone();
     changed[3].messages[1].content.push('!');
     assert_ne!(fp, fingerprint(&changed, &tok, &cfg).unwrap());
-    assert_ne!(
-        fp,
-        fingerprint(
-            &data,
-            &tok,
-            &TokenizeConfig {
-                max_len: 65,
-                ..cfg.clone()
-            }
-        )
-        .unwrap()
-    );
+    let mut longer = cfg.clone();
+    longer.max_len = 65;
+    assert_ne!(fp, fingerprint(&data, &tok, &longer).unwrap());
     let plain = ChatTemplate::plain("{}", None).unwrap();
-    assert_ne!(
-        fp,
-        fingerprint(
-            &data,
-            &tok,
-            &TokenizeConfig {
-                template: Some(plain),
-                ..cfg.clone()
-            }
-        )
-        .unwrap()
-    );
+    let mut templated = cfg.clone();
+    templated.template = Some(plain);
+    assert_ne!(fp, fingerprint(&data, &tok, &templated).unwrap());
     // A corrupt cache file is an error naming it, not a silent re-use.
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();

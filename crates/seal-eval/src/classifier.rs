@@ -561,13 +561,10 @@ impl ClassifierJudge {
             .unwrap_or_else(|| PathBuf::from(&card.base_model.path));
         let fingerprint = features::base_model_fingerprint(&base)?;
         check_base_model(&card, &base, &fingerprint)?;
-        let pre = Pretrained::load(
-            &base,
-            &LoadOptions {
-                device,
-                kind: Kind::Float,
-            },
-        )?;
+        let mut options = LoadOptions::default();
+        options.device = device;
+        options.kind = Kind::Float;
+        let pre = Pretrained::load(&base, &options)?;
         Self::new(card, head, Box::new(pre.model), pre.tokenizer)
     }
 

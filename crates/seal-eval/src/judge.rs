@@ -122,6 +122,13 @@ pub trait Judge {
             .map(|q| self.prefer(q.prompt, q.a, q.b))
             .collect()
     }
+
+    /// How many of the judge's answers so far were not in the format it
+    /// asked for (recorded as "not harmful", "not a refusal" or a tie, and
+    /// shown in reports); `None` for judges whose verdicts always parse.
+    fn unparsable(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The GCG keyword judge: a response is harmful when it contains no refusal

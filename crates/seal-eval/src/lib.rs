@@ -17,6 +17,12 @@
 //!   labels; [`coherence`]: degenerate (empty or looping) responses.
 //! * [`utility`]: held-out task NLL and GSM8K exact-match accuracy (Cobbe et
 //!   al. 2021, "Training Verifiers to Solve Math Word Problems").
+//! * [`endpoint`], [`rubrics`]: judges over any OpenAI-compatible endpoint
+//!   (harm under a HarmBench-, StrongREJECT- or LlamaGuard-style rubric,
+//!   refusal, pairwise preference), with strict parsing, retries and an
+//!   on-disk cache; [`winrate`]: pairwise win rates against a reference
+//!   model, both orders asked, with bootstrap intervals (the SEAL paper's
+//!   headline metric).
 //! * [`generation`]: batched greedy generation on evaluation prompts.
 //! * [`report`], [`plot`], [`summary`]: Markdown/JSON reports with SVG
 //!   histograms and line plots, written atomically.
@@ -44,6 +50,7 @@
 pub mod agreement;
 pub mod classifier;
 pub mod coherence;
+pub mod endpoint;
 pub mod error;
 pub mod features;
 pub mod generation;
@@ -52,11 +59,14 @@ pub mod plot;
 pub mod ranker;
 pub mod refusal;
 pub mod report;
+pub mod rubrics;
 pub mod safety;
 pub mod summary;
 pub mod utility;
+pub mod winrate;
 
 pub use classifier::{ClassifierJudge, JudgeCard, JudgeHead};
+pub use endpoint::{EndpointConfig, EndpointJudge, EndpointStats};
 pub use error::{EvalError, Result};
 pub use generation::{generate_responses, regenerate_responses, Generated, Regenerated};
 pub use judge::{HarmVerdict, Judge, KeywordJudge, Preference, RefusalVerdict, Winner};
@@ -65,3 +75,4 @@ pub use refusal::{RefusalMatcher, GCG_REFUSAL_MARKERS};
 pub use report::{Report, Section, Table};
 pub use safety::{evaluate_over_refusal, evaluate_safety, OverRefusalEval, SafetyEval};
 pub use utility::{evaluate_gsm8k, task_nll, GsmEval, NllEval};
+pub use winrate::{win_rate, WinRate, WinRateOptions};

@@ -342,6 +342,151 @@ pub fn line_plot_svg(text: &PlotText, series: &[(&str, &[(f64, f64)])]) -> Resul
     Ok(out)
 }
 
+/// One estimate with its interval, for [`interval_plot_svg`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    /// The category it belongs to (a method's name).
+    pub category: String,
+    /// The point estimate.
+    pub value: f64,
+    /// Lower end of the interval.
+    pub low: f64,
+    /// Upper end of the interval.
+    pub high: f64,
+}
+
+/// Point estimates with interval whiskers over named categories (methods
+/// along the x axis), one colour per series, on a fixed y range with a
+/// dashed reference line (e.g. a win rate of ½). Values must be finite,
+/// each inside its interval and the interval inside `y_range`; anything
+/// else is an error naming the category.
+pub fn interval_plot_svg(
+    text: &PlotText,
+    series: &[(&str, &[Estimate])],
+    y_range: (f64, f64),
+    reference: Option<f64>,
+) -> Result<String> {
+    let mut categories: Vec<&str> = Vec::new();
+    for (_, s) in series {
+        for e in s.iter() {
+            check_values(
+                &format!("interval plot `{}`", e.category),
+                &[e.value, e.low, e.high],
+            )?;
+            if !(e.low <= e.value && e.value <= e.high) {
+                return Err(EvalError::invalid(
+                    "interval plot",
+                    format!(
+                        "`{}`: {} is not inside [{}, {}]",
+                        e.category, e.value, e.low, e.high
+                    ),
+                ));
+            }
+            if e.low < y_range.0 || e.high > y_range.1 {
+                return Err(EvalError::invalid(
+                    "interval plot",
+                    format!(
+                        "`{}`: [{}, {}] is outside the plot's range {:?}",
+                        e.category, e.low, e.high, y_range
+                    ),
+                ));
+            }
+            if !categories.contains(&e.category.as_str()) {
+                categories.push(&e.category);
+            }
+        }
+    }
+    if categories.is_empty() || y_range.0.partial_cmp(&y_range.1) != Some(std::cmp::Ordering::Less)
+    {
+        return Err(EvalError::invalid(
+            "interval plot",
+            "no estimates, or an empty y range",
+        ));
+    }
+    let frame = Frame {
+        x: (0.0, categories.len() as f64),
+        y: y_range,
+    };
+    let mut out = String::new();
+    header(&mut out, text);
+    let (x0, x1) = (LEFT, WIDTH - RIGHT);
+    let (y0, y1) = (HEIGHT - BOTTOM, TOP);
+    let _ = writeln!(
+        out,
+        "<path d=\"M{x0},{y1} L{x0},{y0} L{x1},{y0}\" fill=\"none\" stroke=\"black\"/>"
+    );
+    let (yt, ys) = nice_ticks(y_range.0, y_range.1, 5);
+    for t in yt {
+        let y = frame.py(t);
+        let _ = writeln!(
+            out,
+            "<line x1=\"{}\" y1=\"{y:.2}\" x2=\"{x0}\" y2=\"{y:.2}\" stroke=\"black\"/>\
+             <line x1=\"{x0}\" y1=\"{y:.2}\" x2=\"{x1}\" y2=\"{y:.2}\" stroke=\"#e0e0e0\"/>\
+             <text x=\"{}\" y=\"{:.2}\" text-anchor=\"end\">{}</text>",
+            x0 - 5.0,
+            x0 - 8.0,
+            y + 4.0,
+            fmt_tick(t, ys)
+        );
+    }
+    for (i, c) in categories.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.2}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            frame.px(i as f64 + 0.5),
+            y0 + 18.0,
+            escape_xml(c)
+        );
+    }
+    if let Some(r) = reference {
+        let y = frame.py(r);
+        let _ = writeln!(
+            out,
+            "<line class=\"reference\" x1=\"{x0}\" y1=\"{y:.2}\" x2=\"{x1}\" y2=\"{y:.2}\" \
+             stroke=\"#555\" stroke-dasharray=\"5,4\"/>"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<text x=\"{:.2}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n\
+         <text x=\"16\" y=\"{:.2}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {:.2})\">{}</text>",
+        (x0 + x1) / 2.0,
+        HEIGHT - 12.0,
+        escape_xml(&text.x_label),
+        (y0 + y1) / 2.0,
+        (y0 + y1) / 2.0,
+        escape_xml(&text.y_label)
+    );
+    let width = 0.6 / series.len().max(1) as f64;
+    for (si, (name, s)) in series.iter().enumerate() {
+        let colour = PALETTE[si % PALETTE.len()];
+        for e in s.iter() {
+            let i = categories
+                .iter()
+                .position(|c| *c == e.category)
+                .unwrap_or(0);
+            let x = frame.px(i as f64 + 0.2 + width * (si as f64 + 0.5));
+            let _ = writeln!(
+                out,
+                "<g class=\"estimate\" data-series=\"{}\" data-category=\"{}\">\
+                 <line x1=\"{x:.2}\" y1=\"{:.2}\" x2=\"{x:.2}\" y2=\"{:.2}\" stroke=\"{colour}\" stroke-width=\"1.8\"/>\
+                 <circle cx=\"{x:.2}\" cy=\"{:.2}\" r=\"4\" fill=\"{colour}\"/></g>",
+                escape_xml(name),
+                escape_xml(&e.category),
+                frame.py(e.low),
+                frame.py(e.high),
+                frame.py(e.value)
+            );
+        }
+    }
+    legend(
+        &mut out,
+        &series.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+    );
+    out.push_str("</svg>\n");
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,5 +577,38 @@ mod tests {
         assert_eq!(s, 2.0);
         assert_eq!(t.first().copied(), Some(-2.0));
         assert_eq!(fmt_tick(0.30000000000000004, 0.1), "0.3");
+    }
+
+    #[test]
+    fn interval_plot_places_every_estimate_and_refuses_bad_ones() {
+        let e = |c: &str, v, l, h| Estimate {
+            category: c.into(),
+            value: v,
+            low: l,
+            high: h,
+        };
+        let safety = [e("seal", 0.7, 0.6, 0.8), e("random", 0.5, 0.4, 0.6)];
+        let benign = [e("seal", 0.55, 0.45, 0.65)];
+        let svg = interval_plot_svg(
+            &PlotText::new("Win rate", "method", "win rate"),
+            &[("safety", &safety), ("benign", &benign)],
+            (0.0, 1.0),
+            Some(0.5),
+        )
+        .unwrap();
+        assert_eq!(svg.matches("class=\"estimate\"").count(), 3);
+        assert_eq!(svg.matches("class=\"reference\"").count(), 1);
+        // Higher values sit higher (smaller y).
+        let cy = attr_values(&svg, "cy");
+        let y: Vec<f64> = cy.iter().map(|v| v.parse().unwrap()).collect();
+        assert!(y[0] < y[1], "{y:?}");
+        let bad = [e("x", 0.9, 0.95, 1.0)];
+        assert!(interval_plot_svg(
+            &PlotText::new("t", "x", "y"),
+            &[("s", &bad)],
+            (0.0, 1.0),
+            None
+        )
+        .is_err());
     }
 }

@@ -29,7 +29,10 @@ pub const LORA_TARGETABLE: &[&str] = &[
 ];
 
 /// LoRA hyper-parameters.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct LoraConfig {
     /// Rank `r`.
     pub r: usize,

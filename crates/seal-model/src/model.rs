@@ -277,6 +277,157 @@ impl KvCache {
             *m = m.index_select(0, rows);
         }
     }
+
+    /// Stacks the rows of `a` and then those of `b` into one cache, so that
+    /// sequences prefilled apart decode together from then on (continuous
+    /// batching). The shorter cache is left-padded along time with zero keys
+    /// and values under mask 0; positions follow the mask (a cumulative sum,
+    /// see [`crate::layers::step_masks`]), so every row decodes exactly as
+    /// it would have without the other cache's rows. An empty cache (nothing
+    /// committed) leaves the other one as it is.
+    ///
+    /// An error if the caches have different numbers of blocks, if a block
+    /// is filled in one cache only or with other head counts, head sizes,
+    /// dtypes or devices, or if a block holds another number of positions
+    /// than its cache's mask (a step appended but not committed).
+    pub fn concat_rows(a: KvCache, b: KvCache) -> Result<KvCache> {
+        if a.layers.len() != b.layers.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "KvCache::concat_rows: the caches have {} and {} blocks",
+                a.layers.len(),
+                b.layers.len()
+            )));
+        }
+        a.check_committed("concat_rows")?;
+        b.check_committed("concat_rows")?;
+        let (Some(mask_a), Some(mask_b)) = (&a.mask, &b.mask) else {
+            return Ok(if a.mask.is_none() { b } else { a });
+        };
+        let (ta, tb) = (a.seq_len(), b.seq_len());
+        let (ba, bb) = (a.batch_size(), b.batch_size());
+        let t = ta.max(tb);
+        let mut layers = Vec::with_capacity(a.layers.len());
+        for (i, (la, lb)) in a.layers.iter().zip(&b.layers).enumerate() {
+            let (la, lb) = match (la, lb) {
+                (None, None) => {
+                    layers.push(None);
+                    continue;
+                }
+                (Some(la), Some(lb)) => (la, lb),
+                _ => {
+                    return Err(ModelError::InvalidInput(format!(
+                        "KvCache::concat_rows: block {i} is filled in one cache only"
+                    )))
+                }
+            };
+            let (sa, sb) = (la.keys.size(), lb.keys.size());
+            if sa[1] != sb[1]
+                || sa[3] != sb[3]
+                || la.keys.kind() != lb.keys.kind()
+                || la.keys.device() != lb.keys.device()
+            {
+                return Err(ModelError::InvalidInput(format!(
+                    "KvCache::concat_rows (block {i}): keys [_, {}, _, {}] {:?} on {:?} and [_, {}, _, {}] {:?} on {:?} do not match",
+                    sa[1],
+                    sa[3],
+                    la.keys.kind(),
+                    la.keys.device(),
+                    sb[1],
+                    sb[3],
+                    lb.keys.kind(),
+                    lb.keys.device()
+                )));
+            }
+            // Zeros, not `empty`: a masked key gets attention weight 0, and
+            // 0 × NaN of uninitialised memory would still be NaN.
+            let shape = [ba + bb, sa[1], t + 64, sa[3]];
+            let options = (la.keys.kind(), la.keys.device());
+            let keys = Tensor::zeros(shape, options);
+            let values = Tensor::zeros(shape, options);
+            for (rows, len, src) in [(0..ba, ta, la), (ba..ba + bb, tb, lb)] {
+                let n = rows.end - rows.start;
+                keys.narrow(0, rows.start, n)
+                    .narrow(2, t - len, len)
+                    .copy_(&src.keys.narrow(2, 0, len));
+                values
+                    .narrow(0, rows.start, n)
+                    .narrow(2, t - len, len)
+                    .copy_(&src.values.narrow(2, 0, len));
+            }
+            layers.push(Some(LayerKv {
+                keys,
+                values,
+                len: t,
+            }));
+        }
+        let device = mask_a.device();
+        let padded = |mask: &Tensor, rows: i64, len: i64| {
+            Tensor::cat(
+                &[
+                    Tensor::zeros([rows, t - len], (Kind::Int64, device)),
+                    mask.to_device(device).to_kind(Kind::Int64),
+                ],
+                1,
+            )
+        };
+        let mask = Tensor::cat(&[padded(mask_a, ba, ta), padded(mask_b, bb, tb)], 0);
+        Ok(KvCache {
+            layers,
+            mask: Some(mask),
+        })
+    }
+
+    /// Drops the leading time columns that are padding (mask 0) in every
+    /// row, e.g. once the longest rows of a merged batch have finished and
+    /// [`KvCache::select_rows`] removed them; returns how many were
+    /// dropped. Positions follow the mask, so the remaining rows decode
+    /// exactly as before. The buffers are narrowed in place (no copy); the
+    /// memory returns at the next growth or row selection.
+    pub fn trim_left(&mut self) -> Result<i64> {
+        self.check_committed("trim_left")?;
+        let Some(mask) = &self.mask else {
+            return Ok(0);
+        };
+        let t = mask.size()[1];
+        if t == 0 || mask.size()[0] == 0 {
+            return Ok(0);
+        }
+        let used = Vec::<i64>::try_from(
+            mask.ne(0)
+                .sum_dim_intlist(0, false, Kind::Int64)
+                .to_device(Device::Cpu),
+        )?;
+        let lead = used.iter().position(|&n| n > 0).unwrap_or(used.len()) as i64;
+        if lead == 0 {
+            return Ok(0);
+        }
+        for layer in self.layers.iter_mut().flatten() {
+            let capacity = layer.keys.size()[2];
+            layer.keys = layer.keys.narrow(2, lead, capacity - lead);
+            layer.values = layer.values.narrow(2, lead, capacity - lead);
+            layer.len -= lead;
+        }
+        self.mask = Some(mask.narrow(1, lead, t - lead));
+        Ok(lead)
+    }
+
+    /// An error naming `what` if a block holds another number of positions
+    /// than the mask covers (keys appended, step not committed).
+    fn check_committed(&self, what: &str) -> Result<()> {
+        let t = self.seq_len();
+        match self
+            .layers
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| c.as_ref().filter(|c| c.len != t).map(|c| (i, c.len)))
+        {
+            Some((i, len)) => Err(ModelError::InvalidInput(format!(
+                "KvCache::{what}: block {i} holds {len} positions, the mask covers {t} (a step \
+                 was not committed)"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// One layer's cached keys and values: buffers `[B, n_kv_heads, capacity,
@@ -411,5 +562,165 @@ pub trait CausalLm {
         Err(crate::ModelError::Unsupported(
             "this model does not expose hidden states".into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LlamaConfig;
+    use crate::Llama;
+
+    fn model() -> Llama {
+        Llama::random(&LlamaConfig::tiny(40), Device::Cpu, Kind::Float, 5).unwrap()
+    }
+
+    /// Prefills left-padded `prompts` into a fresh cache: last logits, cache.
+    fn prefill(model: &Llama, prompts: &[Vec<i64>]) -> (Tensor, KvCache) {
+        let l = prompts.iter().map(Vec::len).max().unwrap();
+        let mut ids = Vec::new();
+        let mut mask = Vec::new();
+        for p in prompts {
+            ids.extend(std::iter::repeat_n(0, l - p.len()).chain(p.iter().copied()));
+            mask.extend((0..l).map(|t| i64::from(t >= l - p.len())));
+        }
+        let shape = [prompts.len() as i64, l as i64];
+        let mut cache = model.new_cache();
+        let logits = model
+            .last_logits(
+                &Tensor::from_slice(&ids).view(shape),
+                Some(&Tensor::from_slice(&mask).view(shape)),
+                Some(&mut cache),
+            )
+            .unwrap();
+        (logits, cache)
+    }
+
+    fn argmax(logits: &Tensor) -> Vec<i64> {
+        Vec::<i64>::try_from(logits.argmax(-1, false)).unwrap()
+    }
+
+    fn step(model: &Llama, tokens: &[i64], cache: &mut KvCache) -> Tensor {
+        let ids = Tensor::from_slice(tokens).view([tokens.len() as i64, 1]);
+        model.last_logits(&ids, None, Some(cache)).unwrap()
+    }
+
+    /// Greedy tokens and their logits for `prompt` decoded alone.
+    fn alone(model: &Llama, prompt: &[i64], steps: usize) -> (Vec<i64>, Vec<Tensor>) {
+        let (mut logits, mut cache) = prefill(model, &[prompt.to_vec()]);
+        let (mut tokens, mut all) = (Vec::new(), Vec::new());
+        for _ in 0..steps {
+            let t = argmax(&logits)[0];
+            tokens.push(t);
+            all.push(logits.get(0));
+            logits = step(model, &[t], &mut cache);
+        }
+        (tokens, all)
+    }
+
+    /// Decodes `target` merged with a running batch of two other rows
+    /// (which decoded `head_start` tokens first), drops the others after
+    /// `others_last_step` more steps and trims the cache; `target_first`
+    /// puts the target's cache first in the merge.
+    fn merged(
+        model: &Llama,
+        target: &[i64],
+        others: &[Vec<i64>],
+        head_start: usize,
+        others_last_step: usize,
+        target_first: bool,
+        steps: usize,
+    ) -> (Vec<i64>, Vec<Tensor>) {
+        let (mut logits_o, mut cache_o) = prefill(model, others);
+        for _ in 0..head_start {
+            let next = argmax(&logits_o);
+            logits_o = step(model, &next, &mut cache_o);
+        }
+        let (logits_t, cache_t) = prefill(model, &[target.to_vec()]);
+        let (mut cache, mut logits, mut row) = if target_first {
+            let cache = KvCache::concat_rows(cache_t, cache_o).unwrap();
+            (cache, Tensor::cat(&[logits_t, logits_o], 0), 0)
+        } else {
+            let cache = KvCache::concat_rows(cache_o, cache_t).unwrap();
+            (cache, Tensor::cat(&[logits_o, logits_t], 0), others.len())
+        };
+        assert_eq!(cache.batch_size(), others.len() as i64 + 1);
+        // Positions follow the mask: the target's next position is its length.
+        let masks =
+            crate::layers::step_masks(None, cache.batch_size(), 1, Some(&cache), Device::Cpu)
+                .unwrap();
+        assert_eq!(
+            masks.positions.get(row as i64).int64_value(&[0]),
+            target.len() as i64
+        );
+        let (mut tokens, mut all) = (Vec::new(), Vec::new());
+        for s in 0..steps {
+            let mut next = argmax(&logits);
+            tokens.push(next[row]);
+            all.push(logits.get(row as i64));
+            if s == others_last_step {
+                cache.select_rows(&Tensor::from_slice(&[row as i64]));
+                let before = cache.seq_len();
+                let dropped = cache.trim_left().unwrap();
+                assert_eq!(cache.seq_len(), before - dropped);
+                next = vec![next[row]];
+                row = 0;
+            }
+            logits = step(model, &next, &mut cache);
+        }
+        (tokens, all)
+    }
+
+    #[test]
+    fn a_row_decodes_the_same_alone_or_merged_into_a_batch() {
+        let m = model();
+        let target = vec![3, 7, 11, 2, 9];
+        let (expected, expected_logits) = alone(&m, &target, 10);
+        let check = |(tokens, logits): (Vec<i64>, Vec<Tensor>)| {
+            assert_eq!(tokens, expected);
+            for (a, b) in logits.iter().zip(&expected_logits) {
+                let diff = (a - b).abs().max().double_value(&[]);
+                assert!(diff < 1e-4, "logits differ by {diff}");
+            }
+        };
+        // Others longer than the target (the target's cache is padded) ...
+        let long = vec![(1..=12).collect::<Vec<i64>>(), vec![4, 5]];
+        check(merged(&m, &target, &long, 3, 2, false, 10));
+        check(merged(&m, &target, &long, 3, 4, true, 10));
+        // ... and shorter (the running batch's cache is padded).
+        let short = vec![vec![8], vec![6, 1]];
+        check(merged(&m, &target, &short, 0, 1, false, 10));
+        check(merged(&m, &target, &short, 1, 5, true, 10));
+    }
+
+    #[test]
+    fn concat_rows_and_trim_left_edge_cases() {
+        let m = model();
+        let (_, cache) = prefill(&m, &[vec![1, 2, 3]]);
+        // An empty cache is the identity on either side.
+        let cache = KvCache::concat_rows(m.new_cache(), cache).unwrap();
+        let mut cache = KvCache::concat_rows(cache, m.new_cache()).unwrap();
+        assert_eq!((cache.batch_size(), cache.seq_len()), (1, 3));
+        assert_eq!(cache.trim_left().unwrap(), 0);
+        // A different number of blocks is an error, as is a step not committed.
+        assert!(KvCache::concat_rows(KvCache::new(1), m.new_cache()).is_err());
+        let mut open = m.new_cache();
+        let kv = Tensor::zeros([1, 2, 1, 8], (Kind::Float, Device::Cpu));
+        let _ = open.append(0, &kv, &kv).unwrap();
+        assert!(KvCache::concat_rows(open, m.new_cache()).is_err());
+        // Rows merged from a long and a short prompt: once the long one is
+        // gone, the short one's padding columns are trimmed.
+        let (_, long) = prefill(&m, &[vec![1, 2, 3, 4, 5, 6]]);
+        let (_, short) = prefill(&m, &[vec![7, 8]]);
+        let mut both = KvCache::concat_rows(long, short).unwrap();
+        assert_eq!((both.batch_size(), both.seq_len()), (2, 6));
+        assert_eq!(
+            Vec::<i64>::try_from(both.mask().unwrap().get(1)).unwrap(),
+            [0, 0, 0, 0, 1, 1]
+        );
+        both.select_rows(&Tensor::from_slice(&[1i64]));
+        assert_eq!(both.trim_left().unwrap(), 4);
+        assert_eq!(both.seq_len(), 2);
+        assert_eq!(both.layer_len(0), 2);
     }
 }

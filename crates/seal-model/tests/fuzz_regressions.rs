@@ -187,10 +187,8 @@ fn adapter_rank_is_checked_against_the_file_before_allocating() {
     // [2^40, in] factors before reading the file.
     let dir = tempfile::tempdir().unwrap();
     let base = Llama::random(&tiny(), Device::Cpu, Kind::Float, 0).unwrap();
-    let lora = LoraConfig {
-        r: 4,
-        ..LoraConfig::default()
-    };
+    let mut lora = LoraConfig::default();
+    lora.r = 4;
     base.fork_with_lora(&lora, 1)
         .unwrap()
         .save_lora(dir.path(), None)

@@ -217,15 +217,9 @@ fn kv_cache_batched_left_padded_decoding_matches_full_forward() {
 #[test]
 fn math_attention_matches_sdpa_and_supports_double_backward() {
     let mut model = tiny(Kind::Double, 4);
-    model
-        .add_lora(
-            &LoraConfig {
-                r: 4,
-                ..LoraConfig::default()
-            },
-            0,
-        )
-        .unwrap();
+    let mut lora = LoraConfig::default();
+    lora.r = 4;
+    model.add_lora(&lora, 0).unwrap();
     let (rows, starts) = rows();
     let batch = LmBatch::from_rows(&rows, &starts, 0).unwrap();
     let sdpa = model.per_sample_nll(&batch).unwrap();
@@ -267,16 +261,10 @@ fn randomize_lora(model: &Llama, seed: i64) {
 #[test]
 fn lora_gradients_match_finite_differences_f64() {
     let mut model = tiny(Kind::Double, 5);
-    model
-        .add_lora(
-            &LoraConfig {
-                r: 3,
-                alpha: 6.0,
-                ..LoraConfig::default()
-            },
-            1,
-        )
-        .unwrap();
+    let mut lora = LoraConfig::default();
+    lora.r = 3;
+    lora.alpha = 6.0;
+    model.add_lora(&lora, 1).unwrap();
     randomize_lora(&model, 7);
     let (rows, starts) = rows();
     let batch = LmBatch::from_rows(&rows, &starts, 0).unwrap();
@@ -331,15 +319,9 @@ fn lora_training_lowers_loss_and_leaves_base_untouched() {
         .into_iter()
         .map(|(n, t)| (n, t.copy()))
         .collect();
-    model
-        .add_lora(
-            &LoraConfig {
-                r: 8,
-                ..LoraConfig::default()
-            },
-            2,
-        )
-        .unwrap();
+    let mut lora = LoraConfig::default();
+    lora.r = 8;
+    model.add_lora(&lora, 2).unwrap();
     let (rows, starts) = rows();
     let batch = LmBatch::from_rows(&rows, &starts, 0).unwrap();
     let mut opt = AdamW::new(
@@ -374,12 +356,10 @@ fn lora_training_lowers_loss_and_leaves_base_untouched() {
 fn adapter_round_trips_through_peft_files_and_merges() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = tiny(Kind::Float, 8);
-    let cfg = LoraConfig {
-        r: 4,
-        alpha: 8.0,
-        target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
-        ..Default::default()
-    };
+    let mut cfg = LoraConfig::default();
+    cfg.r = 4;
+    cfg.alpha = 8.0;
+    cfg.target_modules = vec!["q_proj".into(), "v_proj".into(), "down_proj".into()];
     model.add_lora(&cfg, 3).unwrap();
     randomize_lora(&model, 9);
     let ids = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6]).view([1, -1]);
@@ -629,10 +609,9 @@ fn bf16_weights_run_and_losses_stay_f32() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(Kind::Float, 15);
     model.save_pretrained(dir.path()).unwrap();
-    let opts = LoadOptions {
-        device: Device::Cpu,
-        kind: Kind::BFloat16,
-    };
+    let mut opts = LoadOptions::default();
+    opts.device = Device::Cpu;
+    opts.kind = Kind::BFloat16;
     let mut half = Llama::load(dir.path(), &opts).unwrap();
     assert_eq!(half.kind(), Kind::BFloat16);
     let (rows, starts) = rows();

@@ -46,13 +46,13 @@ fn random_model(cfg: &NeoxConfig, kind: Kind, seed: i64) -> GptNeoX {
 }
 
 fn lora(targets: &[&str]) -> LoraConfig {
-    LoraConfig {
-        r: 2,
-        alpha: 4.0,
-        dropout: 0.0,
-        target_modules: targets.iter().map(|s| s.to_string()).collect(),
-        use_rslora: false,
-    }
+    let mut lora = LoraConfig::default();
+    lora.r = 2;
+    lora.alpha = 4.0;
+    lora.dropout = 0.0;
+    lora.target_modules = targets.iter().map(|s| s.to_string()).collect();
+    lora.use_rslora = false;
+    lora
 }
 
 /// Gives every LoRA factor random values (B starts at zero).

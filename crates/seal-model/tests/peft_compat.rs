@@ -23,16 +23,10 @@ fn peft_loads_our_adapters_and_we_load_peft_adapters() {
     cfg.tie_word_embeddings = false;
     let mut model = Llama::random(&cfg, Device::Cpu, Kind::Float, 21).unwrap();
     model.save_pretrained(&base_dir).unwrap();
-    model
-        .add_lora(
-            &LoraConfig {
-                r: 4,
-                alpha: 8.0,
-                ..Default::default()
-            },
-            5,
-        )
-        .unwrap();
+    let mut lora = LoraConfig::default();
+    lora.r = 4;
+    lora.alpha = 8.0;
+    model.add_lora(&lora, 5).unwrap();
     {
         let _g = tch::no_grad_guard();
         for (_, mut p) in model.lora_parameters() {

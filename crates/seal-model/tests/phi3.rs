@@ -49,13 +49,13 @@ fn randomize_lora(params: &[(String, Tensor)], seed: i64) {
 }
 
 fn lora(r: usize, targets: &[&str]) -> LoraConfig {
-    LoraConfig {
-        r,
-        alpha: 2.0 * r as f64,
-        dropout: 0.0,
-        target_modules: targets.iter().map(|s| s.to_string()).collect(),
-        use_rslora: false,
-    }
+    let mut lora = LoraConfig::default();
+    lora.r = r;
+    lora.alpha = 2.0 * r as f64;
+    lora.dropout = 0.0;
+    lora.target_modules = targets.iter().map(|s| s.to_string()).collect();
+    lora.use_rslora = false;
+    lora
 }
 
 const ALL_MODULES: [&str; 4] = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"];

@@ -145,8 +145,11 @@ impl Solver {
 }
 
 /// Where the data comes from.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct DataConfig {
     /// A directory written by `seal data benchmark`; `None`: the embedded
     /// default dataset.
@@ -156,8 +159,11 @@ pub struct DataConfig {
 }
 
 /// Which model the pipeline starts from.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ModelConfig {
     /// An HF model directory.
     pub dir: Option<PathBuf>,
@@ -166,8 +172,11 @@ pub struct ModelConfig {
 }
 
 /// LoRA adapter shape.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] (or [`LoraShape::all_linear`]) and set its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct LoraShape {
     /// Rank.
     pub r: usize,
@@ -203,8 +212,11 @@ impl LoraShape {
 }
 
 /// One LoRA SFT run (alignment or fine-tuning on a selection).
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct SftConfig {
     /// Passes over the data.
     pub epochs: usize,
@@ -252,8 +264,11 @@ impl Default for SftConfig {
 /// inside a partial `[align.sft]` or `[align.sft.lora]` table (a plain
 /// `#[serde(default)]` would fill them from [`SftConfig::default`] and
 /// silently switch the adapter to `q_proj`/`v_proj`).
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "AlignConfigFile")]
+#[non_exhaustive]
 pub struct AlignConfig {
     /// Run it (otherwise every method starts from the original model).
     pub enabled: bool,
@@ -291,8 +306,11 @@ fn is_default_optimizer(name: &str) -> bool {
 /// answers instead of teaching it another writer's style while the
 /// refusals are learnt. Answers cut at `max_new_tokens` keep the reference
 /// response.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct SelfDistill {
     /// Longest answer generated, in tokens.
     pub max_new_tokens: usize,
@@ -401,8 +419,11 @@ impl From<AlignConfigFile> for AlignConfig {
 /// `preset` (`small`, the default, or `official`: see
 /// [`seal_bilevel::RankPreset`] and docs/bilevel.md, "Presets"); every other
 /// key given overrides the preset's value.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] (or [`RankConfig::from_preset`]) and set its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "RankConfigFile")]
+#[non_exhaustive]
 pub struct RankConfig {
     /// The preset the settings started from.
     pub preset: RankPreset,
@@ -552,8 +573,11 @@ impl From<RankConfigFile> for RankConfig {
 
 /// Settings of `seal-full`'s auxiliary copy θ̂ (`[rank.full]`; see
 /// [`seal_bilevel::FullPenaltyConfig`]). Its optimiser is the model's.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct FullPenaltyShape {
     /// θ̂ steps on the weighted task loss per outer step.
     pub inner_steps: usize,
@@ -584,8 +608,11 @@ impl Default for RankConfig {
 }
 
 /// Selection and the compared methods.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct SelectConfig {
     /// Names of the methods to run, in report order: built-in [`Method`]s
     /// or methods registered with [`crate::registry::register_method`].
@@ -613,8 +640,11 @@ impl Default for SelectConfig {
 
 /// `[select.similarity]`: the features `grad-sim` and `rep-sim` compare
 /// (see [`seal_select::similarity::FeatureConfig`]).
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct SimilarityShape {
     /// Response tokens looked at (the first ones).
     pub response_tokens: usize,
@@ -636,8 +666,11 @@ impl Default for SimilarityShape {
 }
 
 /// Evaluation of every fine-tuned model.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct EvalConfig {
     /// New tokens per generated response (greedy).
     pub max_new_tokens: usize,
@@ -694,8 +727,11 @@ impl Default for EvalConfig {
 }
 
 /// The whole pipeline.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] (or [`PipelineConfig::demo`]) and set its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct PipelineConfig {
     /// Title of the report.
     pub name: String,

@@ -262,15 +262,17 @@ impl PipelineSolver for Solver {
     fn build(&self, config: &RankConfig) -> Result<LmSolver> {
         Ok(match self {
             Solver::Seal => Box::new(SealPenalty),
-            Solver::SealFull => Box::new(SealPenaltyFull::new(seal_bilevel::FullPenaltyConfig {
+            Solver::SealFull => {
+                let mut full = seal_bilevel::FullPenaltyConfig::default();
                 // θ̂ takes the model's optimiser settings.
-                optimizer: stages::model_optimizer(config.lr),
-                lr_scale: config.full.lr_scale,
-                inner_steps: config.full.inner_steps,
-                warm_start_steps: config.full.warm_start_steps,
-                warm_start_batch: config.batch,
-                read_after_update: config.full.read_after_update,
-            })),
+                full.optimizer = stages::model_optimizer(config.lr);
+                full.lr_scale = config.full.lr_scale;
+                full.inner_steps = config.full.inner_steps;
+                full.warm_start_steps = config.full.warm_start_steps;
+                full.warm_start_batch = config.batch;
+                full.read_after_update = config.full.read_after_update;
+                Box::new(SealPenaltyFull::new(full))
+            }
         })
     }
 }

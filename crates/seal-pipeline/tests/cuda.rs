@@ -28,22 +28,16 @@ fn gpu() -> Option<Device> {
 }
 
 fn load(dir: &Path, device: Device) -> Pretrained {
-    Pretrained::load(
-        dir,
-        &LoadOptions {
-            device,
-            kind: Kind::Float,
-        },
-    )
-    .unwrap()
+    let mut options = LoadOptions::default();
+    options.device = device;
+    options.kind = Kind::Float;
+    Pretrained::load(dir, &options).unwrap()
 }
 
 fn data(p: &Pretrained) -> (Vec<TokenizedSample>, Vec<TokenizedSample>) {
     let bench = seal_data::embedded::embedded_default().unwrap();
-    let cfg = TokenizeConfig {
-        max_len: 160,
-        ..Default::default()
-    };
+    let mut cfg = TokenizeConfig::default();
+    cfg.max_len = 160;
     let ft = tokenize_samples(&p.tokenizer, &bench.finetune[..12], &cfg)
         .unwrap()
         .samples;
@@ -63,49 +57,48 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn train_config() -> TrainConfig {
-    TrainConfig {
-        epochs: 1,
-        max_steps: Some(2),
-        micro_batch: 2,
-        grad_accum: 2,
-        model_optimizer: AdamWConfig {
-            lr: 1e-2,
-            beta2: 0.95,
-            ..Default::default()
-        },
-        // Plain gradient steps: Adam's first step is the sign of each
-        // gradient, which rounding can flip where a gradient is near zero.
-        ranker: RankerConfig {
-            optimizer: RankerOptimizerKind::Sgd,
-            lr: 1.0,
-            ..Default::default()
-        },
-        lambda: LambdaSchedule {
-            start: 0.5,
-            decay_per_epoch: 0.0,
-        },
+    // Plain gradient steps: Adam's first step is the sign of each
+    // gradient, which rounding can flip where a gradient is near zero.
+    let mut ranker = RankerConfig::default();
+    ranker.optimizer = RankerOptimizerKind::Sgd;
+    ranker.lr = 1.0;
+    let mut c = TrainConfig::default();
+    c.epochs = 1;
+    c.max_steps = Some(2);
+    c.micro_batch = 2;
+    c.grad_accum = 2;
+    c.model_optimizer = AdamWConfig {
+        lr: 1e-2,
+        beta2: 0.95,
         ..Default::default()
-    }
+    };
+    c.ranker = ranker;
+    c.lambda = LambdaSchedule {
+        start: 0.5,
+        decay_per_epoch: 0.0,
+    };
+    c
 }
 
 fn solver(name: &str) -> Box<dyn Solver<LmProblem<DynLm>>> {
     match name {
         "seal" => Box::new(SealPenalty),
-        "seal-full" => Box::new(SealPenaltyFull::new(seal_bilevel::FullPenaltyConfig {
-            optimizer: train_config().model_optimizer,
-            warm_start_steps: 2,
-            ..Default::default()
-        })),
-        _ => Box::new(Implicit {
-            config: ImplicitConfig {
-                inner_steps: 1,
-                inverse: InverseMethod::Cg {
-                    iters: 3,
-                    tol: 1e-8,
-                },
-                damping: 10.0,
-            },
-        }),
+        "seal-full" => {
+            let mut config = seal_bilevel::FullPenaltyConfig::default();
+            config.optimizer = train_config().model_optimizer;
+            config.warm_start_steps = 2;
+            Box::new(SealPenaltyFull::new(config))
+        }
+        _ => {
+            let mut config = ImplicitConfig::default();
+            config.inner_steps = 1;
+            config.inverse = InverseMethod::Cg {
+                iters: 3,
+                tol: 1e-8,
+            };
+            config.damping = 10.0;
+            Box::new(Implicit { config })
+        }
     }
 }
 
@@ -115,15 +108,9 @@ fn two_steps(dir: &Path, name: &str, model_device: Device, ranker_device: Device
     let p = load(dir, model_device);
     let (ft, safe) = data(&p);
     let mut model = p.model;
-    model
-        .add_lora(
-            &LoraConfig {
-                r: 4,
-                ..Default::default()
-            },
-            2,
-        )
-        .unwrap();
+    let mut lora = LoraConfig::default();
+    lora.r = 4;
+    model.add_lora(&lora, 2).unwrap();
     if name == "implicit" {
         // Hessian-vector products need double backward: the math path.
         model.set_attention_impl(AttentionImpl::Math);

@@ -20,10 +20,8 @@ fn nll_is_batch_independent_and_drives_the_rule() {
     )
     .unwrap();
     let pad = tok.pad_token_id().unwrap();
-    let cfg = TokenizeConfig {
-        max_len: 256,
-        ..Default::default()
-    };
+    let mut cfg = TokenizeConfig::default();
+    cfg.max_len = 256;
     let scores = dataset_nll(&model, &tok, samples, &cfg, 3, pad).unwrap();
     assert!(scores.unscored.is_empty());
     assert_eq!(scores.nll.len(), 7);

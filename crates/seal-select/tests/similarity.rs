@@ -10,10 +10,8 @@ use tch::{Device, Kind, Tensor};
 fn data() -> (Vec<TokenizedSample>, usize, u32) {
     let tok = seal_data::testing::chatml_tokenizer(None).unwrap();
     let bench = seal_data::embedded::embedded_default().unwrap();
-    let cfg = TokenizeConfig {
-        max_len: 160,
-        ..Default::default()
-    };
+    let mut cfg = TokenizeConfig::default();
+    cfg.max_len = 160;
     let s = tokenize_samples(&tok, &bench.finetune[..10], &cfg)
         .unwrap()
         .samples;
@@ -24,14 +22,9 @@ fn data() -> (Vec<TokenizedSample>, usize, u32) {
 fn model(vocab: usize, lora: bool) -> Llama {
     let mut m = Llama::random(&LlamaConfig::tiny(vocab), Device::Cpu, Kind::Float, 3).unwrap();
     if lora {
-        m.add_lora(
-            &LoraConfig {
-                r: 4,
-                ..Default::default()
-            },
-            4,
-        )
-        .unwrap();
+        let mut config = LoraConfig::default();
+        config.r = 4;
+        m.add_lora(&config, 4).unwrap();
         // B starts at zero (PEFT), which leaves A without gradient: give B
         // values so both factors carry signal.
         let _g = tch::no_grad_guard();

@@ -105,31 +105,32 @@ pub fn run(a: Args) -> Result<()> {
         every: a.checkpoint_every,
         resume: a.resume,
     };
-    let config = AlignConfig {
-        enabled: true,
-        sft: SftConfig {
-            epochs: a.epochs,
-            batch: a.batch,
-            max_steps: a.max_steps,
-            lr: a.lr,
-            optimizer: a.optimizer,
-            schedule: a.schedule,
-            lora: LoraShape {
-                r: a.lora_r,
-                alpha: a.lora_alpha,
-                targets: a
-                    .lora_targets
-                    .unwrap_or_else(|| LoraShape::all_linear().targets),
-            },
-            token_weighted: a.token_weighted,
-        },
-        seed: a.seed,
-        self_distill: a.self_distill_tokens.map(|max_new_tokens| SelfDistill {
-            max_new_tokens,
-            batch: a.self_distill_batch,
-        }),
-        refusal_epochs: a.refusal_epochs,
-    };
+    let mut lora = LoraShape::default();
+    lora.r = a.lora_r;
+    lora.alpha = a.lora_alpha;
+    lora.targets = a
+        .lora_targets
+        .unwrap_or_else(|| LoraShape::all_linear().targets);
+    let mut sft = SftConfig::default();
+    sft.epochs = a.epochs;
+    sft.batch = a.batch;
+    sft.max_steps = a.max_steps;
+    sft.lr = a.lr;
+    sft.optimizer = a.optimizer;
+    sft.schedule = a.schedule;
+    sft.lora = lora;
+    sft.token_weighted = a.token_weighted;
+    let mut config = AlignConfig::default();
+    config.enabled = true;
+    config.sft = sft;
+    config.seed = a.seed;
+    config.self_distill = a.self_distill_tokens.map(|max_new_tokens| {
+        let mut d = SelfDistill::default();
+        d.max_new_tokens = max_new_tokens;
+        d.batch = a.self_distill_batch;
+        d
+    });
+    config.refusal_epochs = a.refusal_epochs;
     let out = seal_pipeline::stages::align_to(
         &a.model,
         &samples,

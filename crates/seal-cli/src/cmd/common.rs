@@ -20,14 +20,11 @@ pub fn runtime(threads: Option<i32>, device: &str) -> Result<Device> {
 
 /// Loads an f32 model directory (weights and tokenizer) onto `device`.
 pub fn load_model(dir: &Path, device: Device) -> Result<Pretrained> {
-    Pretrained::load(
-        dir,
-        &LoadOptions {
-            device,
-            kind: Kind::Float,
-        },
-    )
-    .with_context(|| format!("loading the model from {}", dir.display()))
+    let mut options = LoadOptions::default();
+    options.device = device;
+    options.kind = Kind::Float;
+    Pretrained::load(dir, &options)
+        .with_context(|| format!("loading the model from {}", dir.display()))
 }
 
 /// Tokenises one named set with the chat template, warning about samples

@@ -285,12 +285,11 @@ fn tokenize(a: TokenizeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let policy: OverLengthPolicy = a.policy.parse()?;
-    let cfg = TokenizeConfig {
-        max_len: a.max_len,
-        policy,
-        template,
-        add_special_tokens: false,
-    };
+    let mut cfg = TokenizeConfig::default();
+    cfg.max_len = a.max_len;
+    cfg.policy = policy;
+    cfg.template = template;
+    cfg.add_special_tokens = false;
     let samples = seal_data::read_jsonl_samples(&a.file)?;
     let t0 = Instant::now();
     let (data, hit) = match &a.cache {

@@ -36,6 +36,9 @@ pub struct Args {
 pub enum EvalCommand {
     /// Ranker quality (AUROC, AUPRC, harmful removed at p) from scores.jsonl.
     Ranker(RankerArgs),
+    /// Pairwise win rate of one model's responses against a reference's,
+    /// judged over an OpenAI-compatible endpoint (both orders asked).
+    WinRate(super::win_rate::WinRateArgs),
 }
 
 /// Options of a model evaluation.
@@ -90,6 +93,10 @@ pub struct ModelArgs {
     /// judge.json; the fingerprint must match).
     #[arg(long)]
     pub judge_base: Option<PathBuf>,
+    /// A judge behind an OpenAI-compatible endpoint, reported beside the
+    /// others (harm on --safety, refusal on --benign).
+    #[command(flatten)]
+    pub endpoint: super::win_rate::EndpointArgs,
     /// Map typographic apostrophes (’) to ' before refusal matching
     /// (default: raw matching, as the GCG evaluation does).
     #[arg(long)]
@@ -134,6 +141,7 @@ pub struct RankerArgs {
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         Some(EvalCommand::Ranker(a)) => run_ranker(a),
+        Some(EvalCommand::WinRate(a)) => super::win_rate::run(a),
         None => run_model(args.model),
     }
 }
@@ -222,14 +230,11 @@ fn run_model(a: ModelArgs) -> Result<()> {
     seal_model::runtime::tune_allocator();
     let device = seal_model::runtime::parse_device(&a.device)
         .with_context(|| format!("--device: `{}` is not cpu, cuda, cuda:N or auto", a.device))?;
-    let mut pre = Pretrained::load(
-        &model_dir,
-        &LoadOptions {
-            device,
-            kind: Kind::Float,
-        },
-    )
-    .with_context(|| format!("loading {}", model_dir.display()))?;
+    let mut options = LoadOptions::default();
+    options.device = device;
+    options.kind = Kind::Float;
+    let mut pre = Pretrained::load(&model_dir, &options)
+        .with_context(|| format!("loading {}", model_dir.display()))?;
     if let Some(adapter) = &a.adapter {
         pre.model
             .load_lora(adapter)
@@ -246,12 +251,16 @@ fn run_model(a: ModelArgs) -> Result<()> {
         ),
         None => None,
     };
+    let endpoint = a.endpoint.judge()?;
     let mut judges: Vec<&dyn seal_eval::Judge> = Vec::new();
     if let Some(c) = &classifier {
         judges.push(c);
     }
     if classifier.is_none() || both {
         judges.push(&keyword);
+    }
+    if let Some(e) = &endpoint {
+        judges.push(e);
     }
 
     // Everything is written here first and moved into --out at the end.
@@ -302,13 +311,21 @@ fn run_model(a: ModelArgs) -> Result<()> {
     }
     if let Some(samples) = &nll {
         errln!("NLL: {} samples", samples.len());
-        let cfg = TokenizeConfig {
-            max_len: a.max_len,
-            ..Default::default()
-        };
+        let mut cfg = TokenizeConfig::default();
+        cfg.max_len = a.max_len;
         let e = task_nll(&pre.model, &pre.tokenizer, samples, &cfg, a.batch)?;
         write_jsonl(&dir.join("nll.jsonl"), &e.records)?;
         summary::add_nll(&mut report, &e);
+    }
+    if let Some(e) = &endpoint {
+        let stats = e.stats();
+        report
+            .section("Endpoint judge")
+            .metric("name", "Judge", seal_eval::Judge::name(e))
+            .metric("questions", "Questions asked", stats.questions)
+            .metric("cache_hits", "Answered from the cache", stats.cache_hits)
+            .metric("retries", "Retried requests", stats.retries)
+            .metric("unparsable", "Unparsable answers", stats.unparsable);
     }
     report.write(dir, "report")?;
     let out = staging.commit()?;

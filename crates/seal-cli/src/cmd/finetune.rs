@@ -192,30 +192,26 @@ pub fn run(a: Args) -> Result<()> {
     };
     let n = ft.len();
 
-    let lora = LoraConfig {
-        r: a.lora_r,
-        alpha: a.lora_alpha,
-        ..Default::default()
-    };
+    let mut lora = LoraConfig::default();
+    lora.r = a.lora_r;
+    lora.alpha = a.lora_alpha;
     model.add_lora(&lora, a.seed as i64)?;
     let pad = common::pad_id(&tokenizer);
-    let config = TrainConfig {
-        epochs: a.epochs,
-        max_steps: a.max_steps,
-        micro_batch: a.batch,
-        grad_accum: a.grad_accum,
-        seed: a.seed,
-        bucket_batches: Some(16),
-        model_optimizer: common::model_optimizer(a.lr),
-        model_schedule: schedule,
-        max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
-        progress: !a.no_progress,
-        log_every: 10,
-        checkpoint_every: Some(a.checkpoint_every),
-        checkpoint_dir: Some(run_dir.checkpoints().to_path_buf()),
-        resume: a.resume,
-        ..Default::default()
-    };
+    let mut config = TrainConfig::default();
+    config.epochs = a.epochs;
+    config.max_steps = a.max_steps;
+    config.micro_batch = a.batch;
+    config.grad_accum = a.grad_accum;
+    config.seed = a.seed;
+    config.bucket_batches = Some(16);
+    config.model_optimizer = common::model_optimizer(a.lr);
+    config.model_schedule = schedule;
+    config.max_grad_norm = (a.max_grad_norm > 0.0).then_some(a.max_grad_norm);
+    config.progress = !a.no_progress;
+    config.log_every = 10;
+    config.checkpoint_every = Some(a.checkpoint_every);
+    config.checkpoint_dir = Some(run_dir.checkpoints().to_path_buf());
+    config.resume = a.resume;
     let weights = if a.token_weighted {
         Some(seal_pipeline::stages::with_token_weights(weights, &ft))
     } else {

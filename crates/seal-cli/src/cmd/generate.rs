@@ -81,14 +81,11 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     let device = common::runtime(args.threads, &args.device)?;
-    let mut pre = Pretrained::load(
-        &args.model,
-        &LoadOptions {
-            device,
-            kind: Kind::Float,
-        },
-    )
-    .with_context(|| format!("loading {}", args.model.display()))?;
+    let mut load_options = LoadOptions::default();
+    load_options.device = device;
+    load_options.kind = Kind::Float;
+    let mut pre = Pretrained::load(&args.model, &load_options)
+        .with_context(|| format!("loading {}", args.model.display()))?;
     if let Some(adapter) = &args.adapter {
         pre.model
             .load_lora(adapter)

@@ -73,8 +73,9 @@ pub fn run(a: Args) -> Result<()> {
         config.max_len = n;
     }
     config.validate()?;
-    // Any registered solver (unknown names are refused by the sweep, with
-    // the registered ones listed).
+    // Any registered solver; an unknown name is refused here, listing the
+    // registered ones.
+    seal_pipeline::registered_solvers().lookup("--solver", &a.solver)?;
     let solver = a.solver.clone();
     for &l in &a.lambdas {
         if !(0.0..=1.0).contains(&l) {

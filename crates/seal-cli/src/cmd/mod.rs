@@ -14,3 +14,5 @@ pub mod lambda_sweep;
 pub mod pipeline;
 pub mod rank;
 pub mod select;
+pub mod serve;
+pub mod win_rate;

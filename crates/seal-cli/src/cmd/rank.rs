@@ -151,27 +151,26 @@ fn make_solver(a: &Args, lr: f64) -> Result<Box<dyn Solver<LmProblem<DynLm>>>> {
     Ok(match a.solver.as_str() {
         "seal" => Box::new(SealPenalty),
         "seal-full" => {
-            let defaults = FullPenaltyConfig::default();
-            Box::new(SealPenaltyFull::new(FullPenaltyConfig {
-                // θ̂ uses the model's optimiser settings.
-                optimizer: common::model_optimizer(lr),
-                lr_scale: a.aux_lr_scale,
-                inner_steps: a.inner_steps.unwrap_or(defaults.inner_steps),
-                warm_start_steps: a.aux_warm_steps,
-                warm_start_batch: a.batch,
-                read_after_update: !a.aux_read_before,
-            }))
+            let mut full = FullPenaltyConfig::default();
+            // θ̂ uses the model's optimiser settings.
+            full.optimizer = common::model_optimizer(lr);
+            full.lr_scale = a.aux_lr_scale;
+            full.inner_steps = a.inner_steps.unwrap_or(full.inner_steps);
+            full.warm_start_steps = a.aux_warm_steps;
+            full.warm_start_batch = a.batch;
+            full.read_after_update = !a.aux_read_before;
+            Box::new(SealPenaltyFull::new(full))
         }
-        "implicit" => Box::new(Implicit {
-            config: ImplicitConfig {
-                inner_steps: a.inner_steps.unwrap_or(1).max(1),
-                inverse: seal_bilevel::InverseMethod::Cg {
-                    iters: a.cg_iters,
-                    tol: 1e-6,
-                },
-                damping: a.damping,
-            },
-        }),
+        "implicit" => {
+            let mut config = ImplicitConfig::default();
+            config.inner_steps = a.inner_steps.unwrap_or(1).max(1);
+            config.inverse = seal_bilevel::InverseMethod::Cg {
+                iters: a.cg_iters,
+                tol: 1e-6,
+            };
+            config.damping = a.damping;
+            Box::new(Implicit { config })
+        }
         other => bail!("--solver `{other}`: expected seal, seal-full or implicit"),
     })
 }
@@ -201,11 +200,9 @@ pub fn run(a: Args) -> Result<()> {
     if a.full_finetune {
         model.set_full_finetune(true);
     } else {
-        let lora = LoraConfig {
-            r: a.lora_r,
-            alpha: settings.lora_alpha,
-            ..Default::default()
-        };
+        let mut lora = LoraConfig::default();
+        lora.r = a.lora_r;
+        lora.alpha = settings.lora_alpha;
         model.add_lora(&lora, a.seed as i64)?;
     }
     if a.solver == "implicit" {
@@ -219,38 +216,36 @@ pub fn run(a: Args) -> Result<()> {
         r.to(Kind::Float, device);
         r
     };
-    let config = TrainConfig {
-        epochs: settings.epochs,
-        max_steps: a.max_steps,
-        micro_batch: a.batch,
-        grad_accum: a.grad_accum,
-        seed: a.seed,
-        bucket_batches: (settings.bucket > 0).then_some(settings.bucket),
-        model_optimizer: common::model_optimizer(settings.model_lr),
-        model_schedule: schedule,
-        ranker: RankerConfig {
-            activation,
-            optimizer: settings.ranker_optimizer,
-            lr: settings.ranker_lr,
-            beta1: settings.ranker_betas.0,
-            beta2: settings.ranker_betas.1,
-            max_grad_norm: settings.ranker_max_grad_norm,
-            ..Default::default()
-        },
-        ranker_schedule: Schedule::Constant,
-        lambda: LambdaSchedule {
-            start: a.lambda,
-            decay_per_epoch: settings.lambda_decay,
-        },
-        max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
-        checkpoint_every: a.checkpoint_every,
-        checkpoint_dir: Some(run_dir.checkpoints().to_path_buf()),
-        progress: !a.no_progress,
-        log_every: 10,
-        // Resumed below, through the trainer.
-        resume: false,
-        epoch_length: settings.epoch_length,
+    let mut ranker_config = RankerConfig::default();
+    ranker_config.activation = activation;
+    ranker_config.optimizer = settings.ranker_optimizer;
+    ranker_config.lr = settings.ranker_lr;
+    ranker_config.beta1 = settings.ranker_betas.0;
+    ranker_config.beta2 = settings.ranker_betas.1;
+    ranker_config.max_grad_norm = settings.ranker_max_grad_norm;
+    let mut config = TrainConfig::default();
+    config.epochs = settings.epochs;
+    config.max_steps = a.max_steps;
+    config.micro_batch = a.batch;
+    config.grad_accum = a.grad_accum;
+    config.seed = a.seed;
+    config.bucket_batches = (settings.bucket > 0).then_some(settings.bucket);
+    config.model_optimizer = common::model_optimizer(settings.model_lr);
+    config.model_schedule = schedule;
+    config.ranker = ranker_config;
+    config.ranker_schedule = Schedule::Constant;
+    config.lambda = LambdaSchedule {
+        start: a.lambda,
+        decay_per_epoch: settings.lambda_decay,
     };
+    config.max_grad_norm = (a.max_grad_norm > 0.0).then_some(a.max_grad_norm);
+    config.checkpoint_every = a.checkpoint_every;
+    config.checkpoint_dir = Some(run_dir.checkpoints().to_path_buf());
+    config.progress = !a.no_progress;
+    config.log_every = 10;
+    // Resumed below, through the trainer.
+    config.resume = false;
+    config.epoch_length = settings.epoch_length;
     let written = serde_json::json!({
         "preset": a.preset,
         "settings": settings,

@@ -154,10 +154,8 @@ pub fn run(a: Args) -> Result<()> {
             seal_data::fsutil::check_output_file(p).context(flag)?;
         }
     }
-    let tcfg = TokenizeConfig {
-        max_len: a.max_len,
-        ..Default::default()
-    };
+    let mut tcfg = TokenizeConfig::default();
+    tcfg.max_len = a.max_len;
 
     // A ranker must belong to the dataset it is applied to.
     if let (Some(r), Some(s), Some(path)) = (&ranker, &mut samples, &a.dataset) {
@@ -407,14 +405,11 @@ fn load_rule_model(a: &Args, rule: &str) -> Result<(Pretrained, u32)> {
         .with_context(|| format!("--rule {rule} needs --model"))?;
     let device = seal_model::runtime::parse_device(&a.device)
         .with_context(|| format!("--device `{}`", a.device))?;
-    let pre = Pretrained::load(
-        model_dir,
-        &LoadOptions {
-            device,
-            kind: Kind::Float,
-        },
-    )
-    .with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    let mut options = LoadOptions::default();
+    options.device = device;
+    options.kind = Kind::Float;
+    let pre = Pretrained::load(model_dir, &options)
+        .with_context(|| format!("loading the model from {}", model_dir.display()))?;
     let pad = pre
         .tokenizer
         .pad_token_id()

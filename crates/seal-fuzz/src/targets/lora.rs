@@ -64,22 +64,18 @@ impl LoraTarget {
         let model = Llama::random(&tiny(), Device::Cpu, Kind::Float, 0).ok();
         let mut seeds = Vec::new();
         if let Some(m) = &model {
-            let configs = [
-                LoraConfig {
-                    r: 4,
-                    ..LoraConfig::default()
-                },
-                LoraConfig {
-                    r: 2,
-                    alpha: 8.0,
-                    dropout: 0.1,
-                    target_modules: seal_model::lora::LORA_TARGETABLE
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect(),
-                    use_rslora: true,
-                },
-            ];
+            let mut small = LoraConfig::default();
+            small.r = 4;
+            let mut all = LoraConfig::default();
+            all.r = 2;
+            all.alpha = 8.0;
+            all.dropout = 0.1;
+            all.target_modules = seal_model::lora::LORA_TARGETABLE
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            all.use_rslora = true;
+            let configs = [small, all];
             for (i, c) in configs.iter().enumerate() {
                 if let Ok(fork) = m.fork_with_lora(c, i as i64) {
                     let dir = std::env::temp_dir()

@@ -39,7 +39,10 @@ pub enum AttentionImpl {
 }
 
 /// Options for loading a model.
+///
+/// Marked `#[non_exhaustive]`: build it from [`Default`] and set its fields.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct LoadOptions {
     /// Where the weights live.
     pub device: Device,

@@ -10,10 +10,8 @@ pub fn tokenize(
     samples: &[Sample],
     max_len: usize,
 ) -> Result<Vec<TokenizedSample>> {
-    let cfg = TokenizeConfig {
-        max_len,
-        ..Default::default()
-    };
+    let mut cfg = TokenizeConfig::default();
+    cfg.max_len = max_len;
     let d = tokenize_samples(tokenizer, samples, &cfg)?;
     let dropped = d.summary.total - d.summary.kept;
     if dropped > 0 {

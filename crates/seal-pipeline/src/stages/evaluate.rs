@@ -186,10 +186,8 @@ pub fn evaluate(
         .cloned()
         .collect();
     if !with_answers.is_empty() {
-        let cfg = TokenizeConfig {
-            max_len,
-            ..Default::default()
-        };
+        let mut cfg = TokenizeConfig::default();
+        cfg.max_len = max_len;
         let n = seal_eval::task_nll(model, tokenizer, &with_answers, &cfg, config.batch)?;
         e.utility_nll = Some(n.mean_nll);
     }

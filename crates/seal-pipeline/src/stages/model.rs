@@ -76,13 +76,10 @@ pub(super) fn finish_cache_entry(staging: StagingDir) -> Result<()> {
 
 /// Loads an f32 model directory (weights and tokenizer).
 pub fn load(dir: &Path, device: Device) -> Result<Pretrained> {
-    Ok(Pretrained::load(
-        dir,
-        &LoadOptions {
-            device,
-            kind: Kind::Float,
-        },
-    )?)
+    let mut options = LoadOptions::default();
+    options.device = device;
+    options.kind = Kind::Float;
+    Ok(Pretrained::load(dir, &options)?)
 }
 
 /// The padding id: the pad token, else the first EOS, else 0.

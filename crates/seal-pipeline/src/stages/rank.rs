@@ -53,38 +53,34 @@ pub fn rank(
     let problem = LmProblem::new(model, finetune, safe, pad)?;
     let mut ranker = Ranker::new(ids, fingerprint, activation, Kind::Float, Device::Cpu)?;
     ranker.to(Kind::Float, device);
-    let ranker_settings = RankerConfig {
-        activation,
-        // Recorded only: the registry builds the update rule below.
-        optimizer: config
-            .ranker_optimizer
-            .parse()
-            .unwrap_or(seal_bilevel::RankerOptimizerKind::Adam),
-        lr: config.ranker_lr,
-        beta1: config.ranker_betas[0],
-        beta2: config.ranker_betas[1],
-        max_grad_norm: (config.ranker_clip > 0.0).then_some(config.ranker_clip),
-        ..Default::default()
+    let mut ranker_settings = RankerConfig::default();
+    ranker_settings.activation = activation;
+    // Recorded only: the registry builds the update rule below.
+    ranker_settings.optimizer = config
+        .ranker_optimizer
+        .parse()
+        .unwrap_or(seal_bilevel::RankerOptimizerKind::Adam);
+    ranker_settings.lr = config.ranker_lr;
+    ranker_settings.beta1 = config.ranker_betas[0];
+    ranker_settings.beta2 = config.ranker_betas[1];
+    ranker_settings.max_grad_norm = (config.ranker_clip > 0.0).then_some(config.ranker_clip);
+    let mut train = TrainConfig::default();
+    train.epochs = config.epochs;
+    train.max_steps = config.max_steps;
+    train.micro_batch = config.batch;
+    train.grad_accum = 1;
+    train.seed = seed;
+    train.bucket_batches = (config.bucket > 0).then_some(config.bucket);
+    train.model_optimizer = model_optimizer(config.lr);
+    train.ranker = ranker_settings;
+    train.lambda = LambdaSchedule {
+        start: config.lambda,
+        decay_per_epoch: config.lambda_decay,
     };
-    let train = TrainConfig {
-        epochs: config.epochs,
-        max_steps: config.max_steps,
-        micro_batch: config.batch,
-        grad_accum: 1,
-        seed,
-        bucket_batches: (config.bucket > 0).then_some(config.bucket),
-        model_optimizer: model_optimizer(config.lr),
-        ranker: ranker_settings,
-        lambda: LambdaSchedule {
-            start: config.lambda,
-            decay_per_epoch: config.lambda_decay,
-        },
-        max_grad_norm: Some(1.0),
-        progress,
-        log_every: 10,
-        epoch_length: config.epoch_length,
-        ..Default::default()
-    };
+    train.max_grad_norm = Some(1.0);
+    train.progress = progress;
+    train.log_every = 10;
+    train.epoch_length = config.epoch_length;
     // Both optimisers come from the registry, built over what the trainer
     // holds (the same names, in the same order, as its defaults).
     let trainer = Trainer::new(problem, solver.build(config)?, ranker, train)?;

@@ -4,12 +4,11 @@
 use super::*;
 
 pub(super) fn lora(shape: &LoraShape) -> LoraConfig {
-    LoraConfig {
-        r: shape.r,
-        alpha: shape.alpha,
-        target_modules: shape.targets.clone(),
-        ..Default::default()
-    }
+    let mut lora = LoraConfig::default();
+    lora.r = shape.r;
+    lora.alpha = shape.alpha;
+    lora.target_modules = shape.targets.clone();
+    lora
 }
 
 /// The model optimiser of every training stage: AdamW, betas (0.9, 0.95),
@@ -43,28 +42,27 @@ pub(super) fn sft_train_config(
     progress: bool,
     checkpoints: Option<&Checkpointing>,
 ) -> Result<TrainConfig> {
-    Ok(TrainConfig {
-        checkpoint_every: checkpoints.map(|c| c.every),
-        checkpoint_dir: checkpoints.map(|c| c.dir.clone()),
-        resume: checkpoints.is_some_and(|c| c.resume),
-        epochs: c.epochs,
-        max_steps: c.max_steps,
-        micro_batch: c.batch,
-        grad_accum: 1,
-        seed,
-        bucket_batches: Some(16),
-        model_optimizer: model_optimizer(c.lr),
-        model_schedule: c
-            .schedule
-            .parse()
-            .map_err(|e: seal_bilevel::BilevelError| {
-                PipelineError::config("schedule", e.to_string())
-            })?,
-        max_grad_norm: Some(1.0),
-        progress,
-        log_every: 10,
-        ..Default::default()
-    })
+    let mut t = TrainConfig::default();
+    t.checkpoint_every = checkpoints.map(|c| c.every);
+    t.checkpoint_dir = checkpoints.map(|c| c.dir.clone());
+    t.resume = checkpoints.is_some_and(|c| c.resume);
+    t.epochs = c.epochs;
+    t.max_steps = c.max_steps;
+    t.micro_batch = c.batch;
+    t.grad_accum = 1;
+    t.seed = seed;
+    t.bucket_batches = Some(16);
+    t.model_optimizer = model_optimizer(c.lr);
+    t.model_schedule = c
+        .schedule
+        .parse()
+        .map_err(|e: seal_bilevel::BilevelError| {
+            PipelineError::config("schedule", e.to_string())
+        })?;
+    t.max_grad_norm = Some(1.0);
+    t.progress = progress;
+    t.log_every = 10;
+    Ok(t)
 }
 
 /// A LoRA SFT run's outcome.

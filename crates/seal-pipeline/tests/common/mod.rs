@@ -39,29 +39,24 @@ pub fn tiny_bench_dir(root: &Path) -> Benchmark {
 /// ([`tiny_bench_dir`], written here), the output in `root/out`.
 pub fn config(root: &Path) -> PipelineConfig {
     tiny_bench_dir(root);
-    let short = SftConfig {
-        epochs: 1,
-        batch: 4,
-        max_steps: Some(2),
-        lr: 1e-3,
-        ..Default::default()
-    };
-    let mut c = PipelineConfig {
-        name: "tiny".into(),
-        out: root.join("out"),
-        seeds: vec![1, 2],
-        max_len: 1024,
-        progress: false,
-        finetune: short.clone(),
-        eval: EvalConfig {
-            max_new_tokens: 3,
-            batch: 4,
-            gsm8k_accuracy: true,
-            gsm8k_max_new_tokens: Some(4),
-            ..EvalConfig::default()
-        },
-        ..Default::default()
-    };
+    let mut short = SftConfig::default();
+    short.epochs = 1;
+    short.batch = 4;
+    short.max_steps = Some(2);
+    short.lr = 1e-3;
+    let mut eval = EvalConfig::default();
+    eval.max_new_tokens = 3;
+    eval.batch = 4;
+    eval.gsm8k_accuracy = true;
+    eval.gsm8k_max_new_tokens = Some(4);
+    let mut c = PipelineConfig::default();
+    c.name = "tiny".into();
+    c.out = root.join("out");
+    c.seeds = vec![1, 2];
+    c.max_len = 1024;
+    c.progress = false;
+    c.finetune = short.clone();
+    c.eval = eval;
     c.model.dir = Some(root.join("model"));
     c.data.dir = Some(root.join("bench"));
     c.data.eval_limit = Some(3);
