@@ -107,7 +107,9 @@ fn header(out: &mut String, text: &PlotText) {
     );
 }
 
-fn axes(out: &mut String, frame: &Frame, text: &PlotText) {
+/// The frame, y ticks with grid lines and both axis labels; x ticks only for
+/// a numeric x axis (`x_ticks`).
+fn axes(out: &mut String, frame: &Frame, text: &PlotText, x_ticks: bool) {
     let (x0, x1) = (LEFT, WIDTH - RIGHT);
     let (y0, y1) = (HEIGHT - BOTTOM, TOP);
     let _ = writeln!(
@@ -115,7 +117,7 @@ fn axes(out: &mut String, frame: &Frame, text: &PlotText) {
         "<path d=\"M{x0},{y1} L{x0},{y0} L{x1},{y0}\" fill=\"none\" stroke=\"black\"/>"
     );
     let (xt, xs) = nice_ticks(frame.x.0, frame.x.1, 6);
-    for t in xt {
+    for t in xt.into_iter().filter(|_| x_ticks) {
         let x = frame.px(t);
         let _ = writeln!(
             out,
@@ -268,7 +270,7 @@ pub fn histogram_svg(
             );
         }
     }
-    axes(&mut out, &frame, text);
+    axes(&mut out, &frame, text, true);
     let names: Vec<String> = groups
         .iter()
         .map(|(n, v)| format!("{n} (n={})", v.len()))
@@ -312,7 +314,7 @@ pub fn line_plot_svg(text: &PlotText, series: &[(&str, &[(f64, f64)])]) -> Resul
     };
     let mut out = String::new();
     header(&mut out, text);
-    axes(&mut out, &frame, text);
+    axes(&mut out, &frame, text, true);
     for (si, (name, s)) in series.iter().enumerate() {
         let mut d = String::new();
         let mut pen_down = false;
@@ -409,26 +411,9 @@ pub fn interval_plot_svg(
     };
     let mut out = String::new();
     header(&mut out, text);
+    axes(&mut out, &frame, text, false);
     let (x0, x1) = (LEFT, WIDTH - RIGHT);
-    let (y0, y1) = (HEIGHT - BOTTOM, TOP);
-    let _ = writeln!(
-        out,
-        "<path d=\"M{x0},{y1} L{x0},{y0} L{x1},{y0}\" fill=\"none\" stroke=\"black\"/>"
-    );
-    let (yt, ys) = nice_ticks(y_range.0, y_range.1, 5);
-    for t in yt {
-        let y = frame.py(t);
-        let _ = writeln!(
-            out,
-            "<line x1=\"{}\" y1=\"{y:.2}\" x2=\"{x0}\" y2=\"{y:.2}\" stroke=\"black\"/>\
-             <line x1=\"{x0}\" y1=\"{y:.2}\" x2=\"{x1}\" y2=\"{y:.2}\" stroke=\"#e0e0e0\"/>\
-             <text x=\"{}\" y=\"{:.2}\" text-anchor=\"end\">{}</text>",
-            x0 - 5.0,
-            x0 - 8.0,
-            y + 4.0,
-            fmt_tick(t, ys)
-        );
-    }
+    let y0 = HEIGHT - BOTTOM;
     for (i, c) in categories.iter().enumerate() {
         let _ = writeln!(
             out,
@@ -446,17 +431,6 @@ pub fn interval_plot_svg(
              stroke=\"#555\" stroke-dasharray=\"5,4\"/>"
         );
     }
-    let _ = writeln!(
-        out,
-        "<text x=\"{:.2}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n\
-         <text x=\"16\" y=\"{:.2}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {:.2})\">{}</text>",
-        (x0 + x1) / 2.0,
-        HEIGHT - 12.0,
-        escape_xml(&text.x_label),
-        (y0 + y1) / 2.0,
-        (y0 + y1) / 2.0,
-        escape_xml(&text.y_label)
-    );
     let width = 0.6 / series.len().max(1) as f64;
     for (si, (name, s)) in series.iter().enumerate() {
         let colour = PALETTE[si % PALETTE.len()];
