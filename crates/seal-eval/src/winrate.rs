@@ -212,7 +212,9 @@ pub fn win_rate_of_files(
     let cand = read_responses(candidate)?;
     let refs = read_responses(reference)?;
     let by_id: HashMap<&str, &ResponseRecord> = refs.iter().map(|r| (r.id.as_str(), r)).collect();
-    if let Some(extra) = refs.iter().find(|r| !cand.iter().any(|c| c.id == r.id)) {
+    let candidate_ids: std::collections::HashSet<&str> =
+        cand.iter().map(|c| c.id.as_str()).collect();
+    if let Some(extra) = refs.iter().find(|r| !candidate_ids.contains(r.id.as_str())) {
         return Err(EvalError::invalid(
             "win rate",
             format!(

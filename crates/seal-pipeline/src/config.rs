@@ -867,7 +867,7 @@ impl PipelineConfig {
             }
         }
         // Unknown names are refused here, with the registered ones listed.
-        crate::registry::registered_methods().resolve(&self.select.methods)?;
+        let methods = crate::registry::registered_methods().resolve(&self.select.methods)?;
         if !positive(self.select.p) || self.select.p > 1.0 {
             return err(
                 "select.p",
@@ -945,7 +945,7 @@ impl PipelineConfig {
             optimizers.lookup(what, name)?;
         }
         let solvers = crate::registry::registered_solvers();
-        for method in crate::registry::registered_methods().resolve(&self.select.methods)? {
+        for method in &methods {
             match method.solver() {
                 Some(s) if !solvers.contains(s) => {
                     return err(
