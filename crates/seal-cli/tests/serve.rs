@@ -202,3 +202,95 @@ fn win_rate_runs_against_seal_serve_and_keeps_the_key_out_of_every_output() {
     unsafe { libc::kill(server.0.id() as libc::pid_t, libc::SIGTERM) };
     let _ = server.0.wait();
 }
+
+/// `seal serve` driven by the official `openai` Python client
+/// (`scripts/openai_client_check.py`): model listing, chat with `n` and
+/// logprobs, streaming with usage, text completions, and a malformed
+/// request surfacing as the client's `BadRequestError`. Skipped when the
+/// project's `.venv` has no `openai` package (`cargo xtask setup` installs
+/// it).
+#[test]
+fn the_openai_python_client_talks_to_seal_serve() {
+    let Some(python) = seal_testkit::venv_python() else {
+        seal_data::testing::skip(
+            "python",
+            "no Python environment at $SEAL_VENV (run `cargo xtask setup`)",
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tiny-model");
+    std::fs::create_dir(&dir).unwrap();
+    seal_testkit::write_tiny_model_dir(&dir, |_| {}).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_seal"))
+        .args(["serve", "--model"])
+        .arg(&dir)
+        .args(["--port", "0", "--device", "cpu", "--threads", "1"])
+        .args(["--max-tokens-limit", "32"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    let mut stdout = BufReader::new(server.0.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line.trim().split_once("http://").unwrap().1.to_string();
+
+    let script = seal_testkit::workspace_root().join("scripts/openai_client_check.py");
+    let run = Command::new(&python)
+        .arg(&script)
+        .arg("--base-url")
+        .arg(format!("http://{addr}/v1"))
+        .args(["--model", "tiny-model"])
+        .output()
+        .unwrap();
+    // Safety: stopping the child this test started.
+    unsafe { libc::kill(server.0.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = server.0.wait();
+    let (so, se) = (
+        String::from_utf8_lossy(&run.stdout).to_string(),
+        String::from_utf8_lossy(&run.stderr).to_string(),
+    );
+    if run.status.code() == Some(3) {
+        seal_data::testing::skip("python", "the `openai` package is not in .venv");
+        return;
+    }
+    assert!(run.status.success(), "{so}\n{se}");
+    let v: serde_json::Value = serde_json::from_str(so.trim()).unwrap();
+    assert_eq!(v["models"], serde_json::json!(["tiny-model"]));
+    let chat = &v["chat"];
+    assert_eq!(chat["object"], "chat.completion");
+    assert_eq!(chat["choices"], 2, "n = 2");
+    let tokens = chat["completion_tokens"].as_u64().unwrap();
+    assert!((1..=12).contains(&tokens), "{chat}");
+    for (reason, n) in chat["finish_reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(chat["logprob_tokens"].as_array().unwrap())
+    {
+        assert!(reason == "length" || reason == "stop", "{chat}");
+        let n = n.as_u64().unwrap();
+        assert!(
+            (1..=6).contains(&n),
+            "one logprob per generated token: {chat}"
+        );
+    }
+    assert_eq!(chat["logprobs_finite_nonpositive"], true);
+    // Greedy decoding: both choices are the same text.
+    assert_eq!(chat["texts"][0], chat["texts"][1]);
+    let stream = &v["stream"];
+    assert!(stream["finish_reason"] == "length" || stream["finish_reason"] == "stop");
+    let streamed = stream["completion_tokens"].as_u64().unwrap();
+    assert!((1..=6).contains(&streamed), "{stream}");
+    assert_eq!(v["completion"]["object"], "text_completion");
+    assert!(v["completion"]["completion_tokens"].as_u64().unwrap() <= 4);
+    let bad = &v["empty_messages"];
+    assert_eq!(bad["raised"], "BadRequestError", "{bad}");
+    assert_eq!(bad["status"], 400);
+    assert!(
+        bad["message"].as_str().unwrap().contains("messages"),
+        "{bad}"
+    );
+}

@@ -260,6 +260,11 @@ pub fn gsm8k_reference(sample: &Sample) -> Result<String> {
 pub struct GsmRecord {
     /// The sample id.
     pub id: String,
+    /// The problem (the last user turn), so that the file can be judged
+    /// pairwise like the other `*_responses.jsonl` (empty in files written
+    /// before it was recorded).
+    #[serde(default)]
+    pub prompt: String,
     /// The normalised reference answer.
     pub reference: String,
     /// The normalised last number of the response, if any.
@@ -316,6 +321,7 @@ pub fn score_gsm8k(samples: &[Sample], generations: &[Generated]) -> Result<GsmE
         let prediction = extract_prediction(&g.response);
         records.push(GsmRecord {
             id: s.id.clone(),
+            prompt: g.prompt.clone(),
             correct: prediction.as_deref() == Some(reference.as_str()),
             reference,
             prediction,

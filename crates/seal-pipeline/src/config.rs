@@ -698,6 +698,207 @@ pub struct EvalConfig {
     /// `classifier` when `judge` is set, else none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub judges: Vec<String>,
+    /// An OpenAI-compatible judge (the built-in judge `endpoint`): a
+    /// hosted model, vLLM, or another `seal serve`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<EndpointSettings>,
+    /// Pairwise win rates of every method against a reference method (the
+    /// paper's headline metric; off unless set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub win_rate: Option<WinRateConfig>,
+}
+
+/// The `[eval.endpoint]` table: where the built-in `endpoint` judge asks.
+/// The API key is read from the environment variable `api_key_env` when
+/// the run starts; it is never part of a config, log or report.
+///
+/// Marked `#[non_exhaustive]`: build it with [`EndpointSettings::new`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EndpointSettings {
+    /// The API base, e.g. `http://127.0.0.1:8000/v1`.
+    pub url: String,
+    /// The model name sent with every request.
+    pub model: String,
+    /// The environment variable holding the API key (none: keyless).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// How harm is asked about: `behavior`, `rubric` or `categories`
+    /// ([`seal_eval::rubrics::HarmRubric`]).
+    #[serde(default = "EndpointSettings::default_rubric")]
+    pub rubric: String,
+    /// Per-request timeout in seconds.
+    #[serde(default = "EndpointSettings::default_timeout")]
+    pub timeout_seconds: u64,
+    /// Retries after a transport error, 429 or 5xx.
+    #[serde(default = "EndpointSettings::default_retries")]
+    pub retries: usize,
+    /// Requests in flight at once.
+    #[serde(default = "EndpointSettings::default_concurrency")]
+    pub concurrency: usize,
+    /// The answer cache (relative: to the config file's directory). None:
+    /// `cache/judge-endpoint` inside the run's output directory, so a
+    /// resumed run asks nothing twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<PathBuf>,
+}
+
+impl EndpointSettings {
+    fn default_rubric() -> String {
+        "behavior".into()
+    }
+    fn default_timeout() -> u64 {
+        60
+    }
+    fn default_retries() -> usize {
+        4
+    }
+    fn default_concurrency() -> usize {
+        8
+    }
+
+    /// `model` at `url`, keyless, with the defaults of
+    /// [`seal_eval::endpoint::EndpointConfig::new`].
+    pub fn new(url: impl Into<String>, model: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            model: model.into(),
+            api_key_env: None,
+            rubric: Self::default_rubric(),
+            timeout_seconds: Self::default_timeout(),
+            retries: Self::default_retries(),
+            concurrency: Self::default_concurrency(),
+            cache: None,
+        }
+    }
+
+    /// The judge's settings, with the answer cache at `cache` unless the
+    /// table names one. Errors name the field.
+    pub fn to_endpoint_config(
+        &self,
+        default_cache: Option<&Path>,
+    ) -> Result<seal_eval::endpoint::EndpointConfig> {
+        let rubric: seal_eval::rubrics::HarmRubric = self
+            .rubric
+            .parse()
+            .map_err(|e: String| PipelineError::config("eval.endpoint.rubric", e))?;
+        let mut c = seal_eval::endpoint::EndpointConfig::new(self.url.clone(), self.model.clone());
+        c.api_key_env = self.api_key_env.clone();
+        c.rubric = rubric;
+        c.timeout = std::time::Duration::from_secs(self.timeout_seconds);
+        c.max_retries = self.retries;
+        c.concurrency = self.concurrency;
+        c.cache_dir = self
+            .cache
+            .clone()
+            .or_else(|| default_cache.map(Path::to_path_buf));
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let err = |field: &str, msg: &str| {
+            Err(PipelineError::config(
+                &format!("eval.endpoint.{field}"),
+                msg.to_string(),
+            ))
+        };
+        if self.url.trim().is_empty() {
+            return err("url", "empty");
+        }
+        if self.model.trim().is_empty() {
+            return err("model", "empty");
+        }
+        if self.timeout_seconds == 0 || self.concurrency == 0 {
+            return err(
+                "timeout_seconds",
+                "timeout_seconds and concurrency must be positive",
+            );
+        }
+        self.to_endpoint_config(None).map(|_| ())
+    }
+}
+
+/// The `[eval.win_rate]` table: every method's responses against the
+/// reference method's on the same prompts, judged pairwise in both orders
+/// ([`seal_eval::winrate`]), per seed and evaluation set.
+///
+/// Marked `#[non_exhaustive]`: build it with [`WinRateConfig::new`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct WinRateConfig {
+    /// A registered judge that compares answers
+    /// ([`seal_eval::Judge::prefer`]): the built-in `endpoint`, or a
+    /// user's ([`crate::registry::register_judge`]).
+    pub judge: String,
+    /// The method every other is compared with (standard SFT: `full`).
+    #[serde(default = "WinRateConfig::default_reference")]
+    pub reference: String,
+    /// Evaluation sets compared: `safety` (harmful prompts), `benign`
+    /// (over-refusal prompts), `gsm8k` (utility prompts). Empty (the
+    /// default): every set the evaluation answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sets: Vec<String>,
+    /// Bootstrap resamples of the 95% interval.
+    #[serde(default = "WinRateConfig::default_resamples")]
+    pub resamples: usize,
+    /// Seed of the bootstrap.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl WinRateConfig {
+    /// The evaluation sets a win rate can compare, by name, with the
+    /// response file the evaluation writes for each.
+    pub const SETS: [(&'static str, &'static str); 3] = [
+        ("safety", "safety_responses.jsonl"),
+        ("benign", "benign_responses.jsonl"),
+        ("gsm8k", "gsm8k_responses.jsonl"),
+    ];
+
+    fn default_reference() -> String {
+        "full".into()
+    }
+    fn default_resamples() -> usize {
+        2000
+    }
+
+    /// Win rates judged by `judge` against `full`, on every set, 2000
+    /// resamples, seed 0.
+    pub fn new(judge: impl Into<String>) -> Self {
+        Self {
+            judge: judge.into(),
+            reference: Self::default_reference(),
+            sets: Vec::new(),
+            resamples: Self::default_resamples(),
+            seed: 0,
+        }
+    }
+
+    /// The sets compared (in [`WinRateConfig::SETS`] order) with their
+    /// response files, given whether GSM8K answers are generated.
+    pub fn sets_and_files(&self, gsm8k: bool) -> Vec<(&'static str, &'static str)> {
+        Self::SETS
+            .iter()
+            .copied()
+            .filter(|(name, _)| {
+                if self.sets.is_empty() {
+                    *name != "gsm8k" || gsm8k
+                } else {
+                    self.sets.iter().any(|s| s == name)
+                }
+            })
+            .collect()
+    }
+
+    /// The bootstrap settings.
+    pub fn options(&self) -> seal_eval::winrate::WinRateOptions {
+        let mut o = seal_eval::winrate::WinRateOptions::default();
+        o.resamples = self.resamples;
+        o.seed = self.seed;
+        o
+    }
 }
 
 impl EvalConfig {
@@ -722,6 +923,8 @@ impl Default for EvalConfig {
             judge: None,
             judge_base: None,
             judges: Vec::new(),
+            endpoint: None,
+            win_rate: None,
         }
     }
 }
@@ -810,9 +1013,14 @@ impl PipelineConfig {
         if let Some(p) = c.model.gguf.as_mut() {
             resolve(p);
         }
-        for p in [c.eval.judge.as_mut(), c.eval.judge_base.as_mut()]
-            .into_iter()
-            .flatten()
+        let endpoint_cache = c.eval.endpoint.as_mut().and_then(|e| e.cache.as_mut());
+        for p in [
+            c.eval.judge.as_mut(),
+            c.eval.judge_base.as_mut(),
+            endpoint_cache,
+        ]
+        .into_iter()
+        .flatten()
         {
             resolve(p);
         }
@@ -973,6 +1181,61 @@ impl PipelineConfig {
                 "eval.judges",
                 "`classifier` needs `eval.judge`, a directory written by `seal judge train`".into(),
             );
+        }
+        if self.eval.judge_names().iter().any(|n| n == "endpoint") && self.eval.endpoint.is_none() {
+            return err(
+                "eval.judges",
+                "`endpoint` needs an `[eval.endpoint]` table (url, model)".into(),
+            );
+        }
+        if let Some(e) = &self.eval.endpoint {
+            e.validate()?;
+        }
+        if let Some(w) = &self.eval.win_rate {
+            judges.lookup("eval.win_rate.judge", &w.judge)?;
+            if w.judge == "keyword-gcg" || w.judge == "classifier" {
+                return err(
+                    "eval.win_rate.judge",
+                    format!(
+                        "`{}` gives no pairwise preferences; use `endpoint` or a registered judge that implements `prefer`",
+                        w.judge
+                    ),
+                );
+            }
+            if w.judge == "endpoint" && self.eval.endpoint.is_none() {
+                return err(
+                    "eval.win_rate.judge",
+                    "`endpoint` needs an `[eval.endpoint]` table (url, model)".into(),
+                );
+            }
+            if !self.select.methods.contains(&w.reference) {
+                return err(
+                    "eval.win_rate.reference",
+                    format!(
+                        "`{}` is not among select.methods ({})",
+                        w.reference,
+                        self.select.methods.join(", ")
+                    ),
+                );
+            }
+            if w.resamples == 0 {
+                return err("eval.win_rate.resamples", "must be positive".into());
+            }
+            for s in &w.sets {
+                if !WinRateConfig::SETS.iter().any(|(n, _)| n == s) {
+                    return err(
+                        "eval.win_rate.sets",
+                        format!("unknown set `{s}` (expected safety, benign or gsm8k)"),
+                    );
+                }
+                if s == "gsm8k" && !self.eval.gsm8k_accuracy {
+                    return err(
+                        "eval.win_rate.sets",
+                        "`gsm8k` needs eval.gsm8k_accuracy = true (its answers are generated there)"
+                            .into(),
+                    );
+                }
+            }
         }
         r.activation
             .parse::<seal_bilevel::Activation>()

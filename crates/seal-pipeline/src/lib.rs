@@ -75,4 +75,4 @@ pub use registry::{
     NameRegistry, OptimizerSettings, PipelineJudge, PipelineMethod, PipelineOptimizer,
     PipelineSolver,
 };
-pub use run::{run, run_with, MethodRun, PipelineResult, RankerRun, RunOptions};
+pub use run::{run, run_with, MethodRun, PipelineResult, RankerRun, RunOptions, SetWinRate};

@@ -9,7 +9,7 @@
 //! |---|---|---|---|
 //! | selection method | [`PipelineMethod`] | `select.methods` | every [`Method`] |
 //! | ranking solver | [`PipelineSolver`] | a method's [`PipelineMethod::solver`] | `seal`, `seal-full` ([`Solver`]), `implicit` |
-//! | judge | [`PipelineJudge`] | `eval.judges` | `keyword-gcg`, `classifier` |
+//! | judge | [`PipelineJudge`] | `eval.judges`, `eval.win_rate.judge` | `keyword-gcg`, `classifier`, `endpoint` |
 //! | optimiser | [`PipelineOptimizer`] | `align.sft.optimizer`, `rank.optimizer`, `rank.ranker_optimizer`, `finetune.optimizer` | `adamw`, `adam`, `sgd` |
 //!
 //! The built-ins are registered exactly as a user's are. Runs look names up
@@ -380,14 +380,39 @@ impl PipelineJudge for TrainedClassifier {
     }
 }
 
+/// A judge behind any OpenAI-compatible endpoint (`endpoint`), from the
+/// `[eval.endpoint]` table: harm and refusal verdicts with its rubric, and
+/// pairwise preferences (what `[eval.win_rate]` needs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenAiEndpoint;
+
+impl PipelineJudge for OpenAiEndpoint {
+    fn name(&self) -> &str {
+        "endpoint"
+    }
+    fn build(&self, config: &EvalConfig, _device: Device) -> Result<Box<dyn seal_eval::Judge>> {
+        let settings = config.endpoint.as_ref().ok_or_else(|| {
+            PipelineError::config(
+                "eval.judges",
+                "`endpoint` needs an `[eval.endpoint]` table (url, model)",
+            )
+        })?;
+        let judge = seal_eval::endpoint::EndpointJudge::new(settings.to_endpoint_config(None)?)?;
+        Ok(Box::new(judge))
+    }
+}
+
 /// Judges by name.
 pub type JudgeRegistry = NameRegistry<dyn PipelineJudge>;
 
 impl Default for NameRegistry<dyn PipelineJudge> {
     fn default() -> Self {
         let mut registry = Self::empty("eval.judges");
-        let builtins: [Arc<dyn PipelineJudge>; 2] =
-            [Arc::new(KeywordGcg), Arc::new(TrainedClassifier)];
+        let builtins: [Arc<dyn PipelineJudge>; 3] = [
+            Arc::new(KeywordGcg),
+            Arc::new(TrainedClassifier),
+            Arc::new(OpenAiEndpoint),
+        ];
         for judge in builtins {
             let _ = registry.register(judge);
         }
@@ -636,7 +661,7 @@ mod tests {
         );
         assert_eq!(
             JudgeRegistry::default().names(),
-            ["classifier", "keyword-gcg"]
+            ["classifier", "endpoint", "keyword-gcg"]
         );
         assert_eq!(
             OptimizerRegistry::default().names(),

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::results::{MethodRun, PipelineResult, RankerRun};
 use crate::stages::ModelEval;
 use seal_data::Label;
-use seal_eval::plot::{histogram_svg, line_plot_svg, PlotText};
+use seal_eval::plot::{histogram_svg, interval_plot_svg, line_plot_svg, Estimate, PlotText};
 use seal_eval::{Report, Table};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -323,15 +323,15 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
             "Attack success rate under every judge, the share of degenerate responses \
                  (empty, or one word more than 3 times in a row) and their union, and \
                  over-refusal under every judge that gives refusal verdicts. Mean ± std over \
-                 seeds. The goals above use `{}`: the trained classifier (when configured) is \
-                 reported beside it until it meets its agreement targets (docs/evaluation.md).",
-            result
-                .runs
-                .iter()
-                .find_map(|r| r.eval.judge.clone())
-                .unwrap_or_else(|| "keyword-gcg".into())
+                 seeds. The goals above use `{}` (a judge other than the keyword rule when \
+                 one is configured; docs/evaluation.md gives each judge's agreement with \
+                 human labels).",
+            g.judge
         ))
         .table(jt);
+    }
+    if let Some(unparsable) = unparsable_note(result) {
+        sec.paragraph(unparsable);
     }
     let curves: Vec<(String, Vec<(f64, f64)>)> = result
         .runs
@@ -360,7 +360,154 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
         )?;
         sec.figure("finetune_loss.svg", "Fine-tuning loss per method", svg);
     }
+    if let Some((paragraph, table, svg)) = win_rate_section(result)? {
+        r.section("Win rates")
+            .paragraph(paragraph)
+            .table(table)
+            .figure("win_rates.svg", "Win rates against the reference", svg);
+    }
     Ok(r)
+}
+
+/// The judges' answers that were not in the asked format, summed over
+/// every evaluation; `None` when no judge counts them.
+fn unparsable_note(result: &PipelineResult) -> Option<String> {
+    let mut total: std::collections::BTreeMap<&str, usize> = Default::default();
+    let evals = result
+        .runs
+        .iter()
+        .map(|r| &r.eval)
+        .chain([&result.base_eval])
+        .chain(result.aligned_eval.as_ref());
+    for e in evals {
+        for (j, n) in &e.unparsable_by_judge {
+            *total.entry(j.as_str()).or_default() += n;
+        }
+    }
+    if total.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = total.iter().map(|(j, n)| format!("`{j}` {n}")).collect();
+    Some(format!(
+        "Judge answers not in the asked format (after one re-ask; counted as \"not harmful\" \
+         or \"not a refusal\"), over every evaluation: {}.",
+        parts.join(", ")
+    ))
+}
+
+/// The win-rate table and plot: per method and set, the mean score against
+/// the reference pooled over seeds' prompts, with a bootstrap 95% interval
+/// over the pooled prompts; `None` when no run has win rates.
+fn win_rate_section(result: &PipelineResult) -> Result<Option<(String, Table, String)>> {
+    let Some(w) = &result.config.eval.win_rate else {
+        return Ok(None);
+    };
+    let sets: Vec<&str> = crate::config::WinRateConfig::SETS
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| result.runs.iter().any(|r| r.win_rates.contains_key(*n)))
+        .collect();
+    if sets.is_empty() {
+        return Ok(None);
+    }
+    let opts = w.options();
+    let mut header = vec!["method".to_string()];
+    for set in &sets {
+        header.push(format!("{set}: win rate [95% CI]"));
+        header.push(format!("{set}: W / T / L"));
+    }
+    header.push("order-inconsistent".into());
+    header.push("unparsable".into());
+    let mut t = Table::new(header);
+    let mut series: Vec<(String, Vec<Estimate>)> =
+        sets.iter().map(|s| (s.to_string(), Vec::new())).collect();
+    let mut judges: Vec<String> = Vec::new();
+    for m in &result.config.select.methods {
+        let runs: Vec<&MethodRun> = result
+            .runs
+            .iter()
+            .filter(|r| &r.method == m && !r.win_rates.is_empty())
+            .collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let mut row = vec![json!(m)];
+        let (mut inconsistent, mut unparsable, mut counted) = (0, 0, false);
+        for (i, set) in sets.iter().enumerate() {
+            let rates: Vec<_> = runs.iter().filter_map(|r| r.win_rates.get(*set)).collect();
+            if rates.is_empty() {
+                row.push(json!("–"));
+                row.push(json!("–"));
+                continue;
+            }
+            let inner: Vec<&seal_eval::winrate::WinRate> =
+                rates.iter().map(|r| &r.win_rate).collect();
+            let (rate, low, high) = seal_eval::winrate::pooled(&inner, &opts)?;
+            let (wins, ties, losses) = inner.iter().fold((0, 0, 0), |a, r| {
+                (a.0 + r.wins, a.1 + r.ties, a.2 + r.losses)
+            });
+            inconsistent += inner.iter().map(|r| r.inconsistent).sum::<usize>();
+            for r in &rates {
+                if let Some(n) = r.unparsable {
+                    unparsable += n;
+                    counted = true;
+                }
+            }
+            for r in &inner {
+                if !judges.contains(&r.judge) {
+                    judges.push(r.judge.clone());
+                }
+            }
+            row.push(json!(format!("{rate:.3} [{low:.3}, {high:.3}]")));
+            row.push(json!(format!("{wins} / {ties} / {losses}")));
+            // A percentile interval need not hold its mean; the plot draws
+            // the interval widened to it.
+            series[i].1.push(Estimate {
+                category: m.clone(),
+                value: rate,
+                low: low.min(rate),
+                high: high.max(rate),
+            });
+        }
+        row.push(json!(inconsistent));
+        row.push(if counted {
+            json!(unparsable)
+        } else {
+            json!("–")
+        });
+        t.row(row)?;
+    }
+    let plotted: Vec<(&str, &[Estimate])> = series
+        .iter()
+        .filter(|(_, e)| !e.is_empty())
+        .map(|(n, e)| (n.as_str(), e.as_slice()))
+        .collect();
+    let svg = interval_plot_svg(
+        &PlotText::new(
+            &format!("Win rate against `{}`", w.reference),
+            "method",
+            "win rate (ties ½)",
+        ),
+        &plotted,
+        (0.0, 1.0),
+        Some(0.5),
+    )?;
+    let paragraph = format!(
+        "Each method's responses against `{reference}`'s on the same prompts, judged pairwise \
+         by `{judges}` (registered as `{name}`). Every prompt is asked in both orders, so a \
+         judge that favours a position cancels out; a prompt scores the mean of its two \
+         verdicts (win 1, tie ½, loss 0). Win rate = the mean over the prompts of every seed, \
+         with a percentile-bootstrap 95% interval over those prompts ({resamples} resamples, \
+         seed {seed}). W / T / L: prompts won, tied (or split between the orders) and lost. \
+         Order-inconsistent: prompts whose two orders gave opposite winners. Unparsable: \
+         judge answers not in the asked format after one re-ask, counted as ties.",
+        reference = w.reference,
+        judges = judges.join("`, `"),
+        name = w.judge,
+        resamples = w.resamples,
+        seed = w.seed,
+    );
+    Ok(Some((paragraph, t, svg)))
 }
 
 /// Per method: ASR and harmful-or-degenerate under every judge, the
@@ -504,8 +651,10 @@ mod tests {
                 degenerate_rate: Some(0.25),
                 asr_or_degenerate_by_judge: [("keyword-gcg".to_string(), asr.max(0.25))].into(),
                 over_refusal_by_judge: [("keyword-gcg".to_string(), 0.0)].into(),
+                unparsable_by_judge: BTreeMap::new(),
             },
             log: Vec::new(),
+            win_rates: BTreeMap::new(),
         }
     }
 

@@ -61,6 +61,25 @@ pub struct MethodRun {
     pub eval: ModelEval,
     /// Per-step fine-tuning log.
     pub log: Vec<SftStep>,
+    /// Win rates against the reference method (`[eval.win_rate]`), by
+    /// evaluation set (`safety`, `benign`, `gsm8k`); empty for the
+    /// reference itself and when win rates are off.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub win_rates: BTreeMap<String, SetWinRate>,
+}
+
+/// One set's win rate of a method against the reference, for one seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetWinRate {
+    /// The reference method.
+    pub reference: String,
+    /// The win rate, its interval and every prompt's outcome.
+    #[serde(flatten)]
+    pub win_rate: seal_eval::winrate::WinRate,
+    /// The judge's answers that were not in the asked format (counted as
+    /// ties), when the judge counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unparsable: Option<usize>,
 }
 
 /// Everything a pipeline run measured (also written as `results.json`).

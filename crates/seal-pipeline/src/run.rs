@@ -4,7 +4,8 @@
 use crate::config::PipelineConfig;
 use crate::error::{PipelineError, Result};
 use crate::registry::{
-    registered_methods, registered_solvers, solvers_of, MethodNeeds, PipelineMethod, PipelineSolver,
+    registered_judges, registered_methods, registered_solvers, solvers_of, MethodNeeds,
+    PipelineMethod, PipelineSolver,
 };
 use crate::report;
 use crate::stages::{self, EvalSets, MethodInputs};
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Device;
 
-pub use crate::results::{MethodRun, PipelineResult, RankerRun};
+pub use crate::results::{MethodRun, PipelineResult, RankerRun, SetWinRate};
 
 /// Reads the data of a config: the benchmark directory or the embedded
 /// default; evaluation sets cut to `eval_limit`.
@@ -144,6 +145,12 @@ fn resumable_image(config: &PipelineConfig) -> Result<String> {
     c.seeds.clear();
     c.threads = None;
     c.progress = false;
+    // Win rates are computed from the recorded responses: adding or
+    // changing them completes a run instead of invalidating it.
+    c.eval.win_rate = None;
+    if !c.eval.judge_names().iter().any(|n| n == "endpoint") {
+        c.eval.endpoint = None;
+    }
     c.to_toml()
 }
 
@@ -250,7 +257,21 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
         &cache,
     )?;
     // Loaded once: a trained judge's base model serves every evaluation.
-    let loaded_judges = stages::load_judges(&config.eval, device)?;
+    // An endpoint judge caches its answers inside the run unless told
+    // otherwise, so a resumed run asks nothing twice.
+    let mut eval_config = config.eval.clone();
+    if let Some(e) = eval_config.endpoint.as_mut() {
+        e.cache.get_or_insert_with(|| cache.join("judge-endpoint"));
+    }
+    let loaded_judges = stages::load_judges(&eval_config, device)?;
+    let win_judge = match &config.eval.win_rate {
+        Some(w) => Some(
+            registered_judges()
+                .lookup("eval.win_rate.judge", &w.judge)?
+                .build(&eval_config, device)?,
+        ),
+        None => None,
+    };
     let ctx = RunContext {
         config,
         device,
@@ -263,6 +284,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
             safety_as_judged: None,
         },
         judges: loaded_judges.iter().map(|j| j.as_ref()).collect(),
+        win_judge: win_judge.as_deref(),
     };
 
     let base_eval = ctx.evaluate_original(&base)?;
@@ -309,6 +331,11 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
             result.seconds = start.elapsed().as_secs_f64();
             write_results(&result, &pool.labels, &out)?;
         }
+        // Every method of the seed is evaluated: compare with the reference.
+        if ctx.win_rate_stage(seed, &mut result.runs)? {
+            result.seconds = start.elapsed().as_secs_f64();
+            write_results(&result, &pool.labels, &out)?;
+        }
     }
 
     result.seconds = start.elapsed().as_secs_f64();
@@ -325,6 +352,8 @@ struct RunContext<'a> {
     previous: Option<&'a PipelineResult>,
     sets: EvalSets<'a>,
     judges: Vec<&'a dyn seal_eval::Judge>,
+    /// The pairwise judge of `[eval.win_rate]`.
+    win_judge: Option<&'a dyn seal_eval::Judge>,
 }
 
 /// The pool as every ranker and method sees it: tokenised once with the
@@ -685,7 +714,84 @@ impl RunContext<'_> {
             steps: run.report.steps,
             eval,
             log: run.log,
+            win_rates: BTreeMap::new(),
         })
+    }
+}
+
+impl RunContext<'_> {
+    /// The win rates of `seed`'s methods against the reference method, from
+    /// the responses each evaluation wrote, for the runs that lack them (a
+    /// resumed run, or one whose win rates came from another judge or
+    /// reference, is completed). Returns whether anything was computed.
+    fn win_rate_stage(&self, seed: u64, runs: &mut [MethodRun]) -> Result<bool> {
+        let (Some(w), Some(judge)) = (&self.config.eval.win_rate, self.win_judge) else {
+            return Ok(false);
+        };
+        let seed_dir = self.out.join(format!("seed-{seed}"));
+        let reference_dir = seed_dir.join(&w.reference);
+        let explicit = !w.sets.is_empty();
+        let opts = w.options();
+        let mut computed = false;
+        for run in runs
+            .iter_mut()
+            .filter(|r| r.seed == seed && r.method != w.reference)
+        {
+            for (set, file) in w.sets_and_files(self.config.eval.gsm8k_accuracy) {
+                let recorded = run.win_rates.get(set).is_some_and(|r| {
+                    r.reference == w.reference && r.win_rate.judge == judge.name()
+                });
+                if recorded {
+                    continue;
+                }
+                let (candidate, reference) = (
+                    seed_dir.join(&run.method).join(file),
+                    reference_dir.join(file),
+                );
+                if !reference.is_file() || !candidate.is_file() {
+                    if explicit {
+                        return Err(PipelineError::stage(
+                            "win rate",
+                            format!(
+                                "set `{set}` was asked for, but {} is missing",
+                                if reference.is_file() {
+                                    &candidate
+                                } else {
+                                    &reference
+                                }
+                                .display()
+                            ),
+                        ));
+                    }
+                    // The evaluation had no prompts of this set.
+                    continue;
+                }
+                let before = judge.unparsable();
+                let rate =
+                    seal_eval::winrate::win_rate_of_files(judge, &candidate, &reference, &opts)?;
+                let unparsable = judge.unparsable().map(|n| n - before.unwrap_or(0));
+                tracing::info!(
+                    seed,
+                    method = %run.method,
+                    reference = %w.reference,
+                    set,
+                    rate = rate.rate,
+                    low = rate.low,
+                    high = rate.high,
+                    "win rate"
+                );
+                run.win_rates.insert(
+                    set.to_string(),
+                    SetWinRate {
+                        reference: w.reference.clone(),
+                        win_rate: rate,
+                        unparsable,
+                    },
+                );
+                computed = true;
+            }
+        }
+        Ok(computed)
     }
 }
 

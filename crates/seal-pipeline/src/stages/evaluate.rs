@@ -97,6 +97,12 @@ pub struct ModelEval {
     /// Over-refusal under every judge that gives refusal verdicts.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub over_refusal_by_judge: BTreeMap<String, f64>,
+    /// Answers not in the asked format during this evaluation, by judge,
+    /// for judges that count them ([`seal_eval::Judge::unparsable`], e.g.
+    /// an endpoint judge); such answers count as "not harmful" or "not a
+    /// refusal".
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unparsable_by_judge: BTreeMap<String, usize>,
 }
 
 /// The evaluation sets.
@@ -138,6 +144,7 @@ pub fn evaluate(
     // The keyword rule always runs; naming it again adds nothing.
     all.extend(judges.iter().filter(|j| j.name() != keyword_name));
     let judges = all;
+    let unparsable_before: Vec<Option<usize>> = judges.iter().map(|j| j.unparsable()).collect();
     let mut e = ModelEval {
         judge: Some(seal_eval::Judge::name(&keyword).to_string()),
         ..ModelEval::default()
@@ -204,6 +211,12 @@ pub fn evaluate(
         let g = seal_eval::evaluate_gsm8k(model, tokenizer, &prompts, &gsm_opts, config.batch)?;
         seal_model::weights::write_jsonl_atomic(&out.join("gsm8k_responses.jsonl"), &g.records)?;
         e.gsm8k_accuracy = Some(g.accuracy);
+    }
+    for (j, before) in judges.iter().zip(unparsable_before) {
+        if let Some(after) = j.unparsable() {
+            e.unparsable_by_judge
+                .insert(j.name().to_string(), after - before.unwrap_or(0));
+        }
     }
     e.seconds = start.elapsed().as_secs_f64();
     Ok(e)
