@@ -271,7 +271,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "-p",
         "seal-select",
         "--no-default-features",
-        "--lib",
+        "--all-targets",
         "--",
         "-D",
         "warnings",

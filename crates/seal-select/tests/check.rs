@@ -1,5 +1,8 @@
 //! Ranker/dataset mismatches are errors; outputs are written as documented.
 
+// Needs the model-based rules and ranker loading.
+#![cfg(feature = "torch")]
+
 use seal_bilevel::ranker::{fingerprint_ids, Activation, Ranker};
 use seal_data::{Label, Message, Sample};
 use seal_select::check::FingerprintCheck;

@@ -1,5 +1,8 @@
 //! The loss-based baseline on a tiny random Llama.
 
+// Needs the model-based rules and ranker loading.
+#![cfg(feature = "torch")]
+
 use seal_data::tokenize::TokenizeConfig;
 use seal_model::{CausalLm, Llama, LlamaConfig, LmBatch};
 use seal_select::loss::{dataset_nll, response_nll, LossBased};

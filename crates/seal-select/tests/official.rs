@@ -1,6 +1,9 @@
 //! SEAL's top-p on the official selectors (`../shared/data/seal-official`)
 //! reproduces the kept sets whose hashes `shared/data/README.md` gives.
 
+// Needs the model-based rules and ranker loading.
+#![cfg(feature = "torch")]
+
 use seal_bilevel::official::import_selector;
 use seal_select::output::kept_set_sha256;
 use seal_select::ranker::RankerScores;

@@ -1,6 +1,9 @@
 //! Anchor-similarity selection (He, Xia and Henderson, COLM 2024) on a tiny
 //! random Llama: features, bi-directional scores, the rule, and bad input.
 
+// Needs the model-based rules and ranker loading.
+#![cfg(feature = "torch")]
+
 use seal_data::tokenize::{tokenize_samples, TokenizeConfig, TokenizedSample};
 use seal_model::{CausalLm, Llama, LlamaConfig, LmBatch, LoraConfig};
 use seal_select::similarity::*;
