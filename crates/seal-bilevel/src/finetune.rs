@@ -25,7 +25,7 @@
 //! two give bitwise the same model on the CPU (tested).
 
 use crate::error::{BilevelError, Result};
-use crate::lm::{dataset_fingerprint, lm_batch};
+use crate::lm::{dataset_fingerprint, default_group_overhead, grouped_nll};
 use crate::plan::{
     batch_ids, latest_checkpoint, load_prefixed, publish_checkpoint, seed_step, Progress, RunClock,
     StepPlan,
@@ -390,15 +390,22 @@ pub struct SftTrainer<M: CausalLm> {
     log: Vec<SftStep>,
 }
 
-/// Per-sample response NLLs of `rows` of `data` under `model`.
+/// Per-sample response NLLs of `rows` of `data` under `model`, in length
+/// groups as [`crate::LmProblem`] computes them (so that [`WeightedSft`]
+/// in a [`Trainer`] and [`SftTrainer`] stay bitwise equal).
 fn sample_losses<M: CausalLm>(
     model: &M,
     data: &[TokenizedSample],
     rows: &[usize],
     pad_id: u32,
 ) -> Result<Tensor> {
-    let batch = lm_batch(data, rows, pad_id)?.to_device(model.device());
-    Ok(model.per_sample_nll(&batch)?)
+    grouped_nll(
+        model,
+        data,
+        rows,
+        pad_id,
+        default_group_overhead(model.device()),
+    )
 }
 
 /// The checkpoint's `solver` field of a fine-tuning run.

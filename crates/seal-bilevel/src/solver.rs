@@ -196,7 +196,14 @@ fn penalty_model_step<P: LowerLevel>(
         // The two terms are differentiated one after the other (gradients
         // accumulate), so only one graph is alive at a time: half the peak
         // activation memory of a joint backward, same gradient.
-        let safe = problem.safe_losses(sf)?;
+        // With λ = 0 the safe term carries no model gradient either: its
+        // value is only reported, so it is computed without a graph.
+        let safe = if lambda > 0.0 {
+            problem.safe_losses(sf)?
+        } else {
+            let _g = tch::no_grad_guard();
+            problem.safe_losses(sf)?
+        };
         check_finite(&safe, "upper-level (safe) loss", ctx.step)?;
         let f = safe.mean(safe.kind());
         if lambda > 0.0 {

@@ -331,6 +331,58 @@ pub fn padding_stats(lengths: &[usize], batches: &[Vec<usize>]) -> PaddingStats 
     st
 }
 
+/// Splits the rows of one batch into sub-batches of similar length, so that
+/// each sub-batch is padded only to its own longest row.
+///
+/// `lengths[i]` is row `i`'s token count. The groups partition `0..n`; each
+/// lists positions into `lengths` by increasing length (ties by position),
+/// and the groups come in increasing length. The partition minimises
+/// padded positions (`rows × longest` summed over groups) plus
+/// `overhead_tokens` per group, the fixed cost of one more forward pass in
+/// token equivalents: 0 splits wherever a row is shorter than the next,
+/// `usize::MAX` never splits. Over length-sorted rows the best partition is
+/// contiguous, so a dynamic programme over split points finds it exactly.
+///
+/// Unlike bucketing the epoch by length ([`BatchSampler`] with a bucket
+/// window), this leaves which samples share a step, and when, unchanged: only
+/// how the step's forward passes are shaped.
+pub fn length_groups(lengths: &[usize], overhead_tokens: usize) -> Vec<Vec<usize>> {
+    let n = lengths.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (lengths[i], i));
+    let sorted: Vec<u128> = order.iter().map(|&i| lengths[i] as u128).collect();
+    let overhead = overhead_tokens as u128;
+    // best[k]: the cheapest cost of the first k sorted rows; cut[k]: where
+    // its last group starts.
+    let mut best = vec![u128::MAX; n + 1];
+    let mut cut = vec![0usize; n + 1];
+    best[0] = 0;
+    for end in 1..=n {
+        // A group ending at `end` pads to sorted[end - 1] (the longest).
+        let longest = sorted[end - 1];
+        for start in 0..end {
+            let cost = best[start] + (end - start) as u128 * longest + overhead;
+            // `<` keeps the earliest start on ties: fewer groups.
+            if cost < best[end] {
+                best[end] = cost;
+                cut[end] = start;
+            }
+        }
+    }
+    let mut groups = Vec::new();
+    let mut end = n;
+    while end > 0 {
+        let start = cut[end];
+        groups.push(order[start..end].to_vec());
+        end = start;
+    }
+    groups.reverse();
+    groups
+}
+
 /// The two parallel batch streams of SEAL's bilevel loop: every step takes
 /// one fine-tuning batch (lower level, weighted by the ranker) and one safe
 /// batch (upper level). Each stream walks its own epochs with its own
@@ -454,6 +506,73 @@ mod tests {
         assert_eq!(p.loss_mask, vec![0, 1, 1, 0, 1]);
         assert_eq!(p.rows(), 2);
         assert!(PackedBatch::from_rows(&[a], &[3]).is_err());
+    }
+
+    #[test]
+    fn length_groups_partition_and_minimise_padding() {
+        let lengths = [120, 20, 22, 118, 21, 60, 19, 121];
+        // No overhead: every distinct length could be its own group, but
+        // merging equal-cost neighbours is never worse.
+        for overhead in [0, 16, 64, 1_000, usize::MAX] {
+            let groups = length_groups(&lengths, overhead);
+            let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>(), "{overhead}");
+            for g in &groups {
+                assert!(!g.is_empty());
+                assert!(g.windows(2).all(|w| lengths[w[0]] <= lengths[w[1]]));
+            }
+        }
+        // A modest overhead separates the short, middle and long rows.
+        let groups = length_groups(&lengths, 16);
+        assert_eq!(groups, vec![vec![6, 1, 4, 2], vec![5], vec![3, 0, 7]]);
+        let padded = |groups: &[Vec<usize>]| -> usize {
+            groups
+                .iter()
+                .map(|g| g.len() * g.iter().map(|&i| lengths[i]).max().unwrap())
+                .sum()
+        };
+        // 4 × 22 + 60 + 3 × 121 padded positions instead of 8 × 121.
+        assert_eq!(padded(&groups), 511);
+        // An overhead larger than any saving keeps one group.
+        assert_eq!(length_groups(&lengths, usize::MAX).len(), 1);
+        assert_eq!(length_groups(&lengths, 10_000).len(), 1);
+        assert!(length_groups(&[], 0).is_empty());
+        assert_eq!(length_groups(&[5], 0), vec![vec![0]]);
+    }
+
+    /// Exhaustive check against every contiguous split of the sorted rows.
+    #[test]
+    fn length_groups_are_optimal() {
+        let mut rng = crate::rng::SplitMix64::new(7);
+        for _ in 0..200 {
+            let n = 1 + (rng.next_u64() % 9) as usize;
+            let lengths: Vec<usize> = (0..n)
+                .map(|_| 1 + (rng.next_u64() % 200) as usize)
+                .collect();
+            let overhead = (rng.next_u64() % 100) as usize;
+            let cost = |groups: &[Vec<usize>]| -> usize {
+                groups
+                    .iter()
+                    .map(|g| overhead + g.len() * g.iter().map(|&i| lengths[i]).max().unwrap())
+                    .sum()
+            };
+            let got = cost(&length_groups(&lengths, overhead));
+            let mut sorted = lengths.clone();
+            sorted.sort_unstable();
+            let mut best = usize::MAX;
+            for mask in 0u32..(1 << (n - 1)) {
+                let (mut total, mut start) = (0, 0);
+                for end in 1..=n {
+                    if end == n || mask & (1 << (end - 1)) != 0 {
+                        total += overhead + (end - start) * sorted[end - 1];
+                        start = end;
+                    }
+                }
+                best = best.min(total);
+            }
+            assert_eq!(got, best, "{lengths:?} overhead {overhead}");
+        }
     }
 
     #[test]
