@@ -949,6 +949,12 @@ pub struct PipelineConfig {
     pub device: String,
     /// libtorch intra-op threads (default: libtorch's choice).
     pub threads: Option<i32>,
+    /// A cache shared across runs for what is keyed by content (the aligned
+    /// model): runs with the same base model, alignment data and settings
+    /// reuse one entry wherever their outputs live. Relative paths: to the
+    /// config file's directory. `None`: the run's own `OUT/cache`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
     /// Show progress bars.
     pub progress: bool,
     /// Data.
@@ -976,6 +982,7 @@ impl Default for PipelineConfig {
             max_len: 512,
             device: "cpu".into(),
             threads: None,
+            cache_dir: None,
             progress: true,
             data: DataConfig::default(),
             model: ModelConfig::default(),
@@ -1004,6 +1011,9 @@ impl PipelineConfig {
             }
         };
         resolve(&mut c.out);
+        if let Some(p) = c.cache_dir.as_mut() {
+            resolve(p);
+        }
         if let Some(p) = c.data.dir.as_mut() {
             resolve(p);
         }

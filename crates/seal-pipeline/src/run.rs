@@ -68,7 +68,8 @@ pub(crate) fn read_previous<T: serde::de::DeserializeOwned>(
 
 /// The model a sweep starts from: `given`, or the config's base model
 /// (imported into `out/cache` when it is a GGUF), aligned on `align` when
-/// the config's alignment stage is on.
+/// the config's alignment stage is on (cached in the config's `cache_dir`,
+/// else `out/cache`).
 pub(crate) fn start_model_dir(
     config: &PipelineConfig,
     given: Option<&Path>,
@@ -88,13 +89,14 @@ pub(crate) fn start_model_dir(
     if !config.align.enabled {
         return Ok(base);
     }
+    let shared = config.cache_dir.clone().unwrap_or(cache);
     Ok(stages::align(
         &base,
         align,
         &config.align,
         config.max_len,
         device,
-        &cache,
+        &shared,
         config.progress,
     )?
     .dir)
@@ -144,6 +146,8 @@ fn resumable_image(config: &PipelineConfig) -> Result<String> {
     }
     c.seeds.clear();
     c.threads = None;
+    // Where content-keyed entries are cached does not change them.
+    c.cache_dir = None;
     c.progress = false;
     // Win rates are computed from the recorded responses: adding or
     // changing them completes a run instead of invalidating it.
@@ -288,7 +292,8 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     };
 
     let base_eval = ctx.evaluate_original(&base)?;
-    let (aligned, aligned_eval, start_dir) = ctx.align_stage(&data, &base, &cache)?;
+    let shared = config.cache_dir.clone().unwrap_or_else(|| cache.clone());
+    let (aligned, aligned_eval, start_dir) = ctx.align_stage(&data, &base, &shared)?;
     let needs = MethodNeeds {
         model: methods.iter().any(|m| m.needs().model),
         anchors: methods.iter().any(|m| m.needs().anchors),

@@ -135,6 +135,31 @@ fn every_method_end_to_end_with_report_and_cache() {
         metrics(r.aligned_eval.as_ref().unwrap()),
         "same aligned model, same greedy evaluation"
     );
+
+    // A cache shared across runs (`cache_dir`) is keyed by content: a run
+    // in another output directory, from a copy of the base model at another
+    // path, finds the aligned model the first shared run left there.
+    let shared = root.join("shared-cache");
+    let mut first = again.clone();
+    first.out = root.join("out-shared-1");
+    first.cache_dir = Some(shared.clone());
+    let r3 = seal_pipeline::run(&first).unwrap();
+    let a3 = r3.aligned.as_ref().unwrap();
+    assert!(!a3.cached, "a new shared cache starts empty");
+    assert!(a3.dir.starts_with(&shared), "{}", a3.dir.display());
+    tiny_model_dir(&root.join("model-copy"));
+    let mut second = first.clone();
+    second.out = root.join("out-shared-2");
+    second.model.dir = Some(root.join("model-copy"));
+    let r4 = seal_pipeline::run(&second).unwrap();
+    let a4 = r4.aligned.as_ref().unwrap();
+    assert!(a4.cached, "same content at another path: a cache hit");
+    assert_eq!(a4.dir, a3.dir);
+    assert!(!second
+        .out
+        .join("cache")
+        .join(a4.dir.file_name().unwrap())
+        .exists());
 }
 
 #[test]

@@ -30,23 +30,11 @@ pub fn align(
     cache: &Path,
     progress: bool,
 ) -> Result<Aligned> {
-    let base_config = base.join("config.json");
-    let cfg_text = std::fs::read(&base_config).map_err(|e| PipelineError::io(&base_config, e))?;
-    let weights_len = ["model.safetensors", "model.safetensors.index.json"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(base.join(f)).ok())
-        .map(|m| m.len())
-        .sum::<u64>();
     let settings = serde_json::to_vec(&(config, max_len)).unwrap_or_default();
     let sample_bytes = serde_json::to_vec(samples).unwrap_or_default();
-    let base_name = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
-    let key = short_hash(&[
-        base_name.display().to_string().as_bytes(),
-        &cfg_text,
-        &weights_len.to_le_bytes(),
-        &settings,
-        &sample_bytes,
-    ]);
+    // By content, not by path: every run imports its base model into its
+    // own directory, and a shared cache serves them all.
+    let key = short_hash(&[&model_digest(base)?, &settings, &sample_bytes]);
     let target = cache.join(format!("aligned-{key}"));
     if target.join(COMPLETE).is_file() {
         tracing::info!("aligned model from the cache: {}", target.display());
@@ -60,6 +48,46 @@ pub fn align(
     align_to(
         base, samples, config, max_len, device, &target, progress, None,
     )
+}
+
+/// SHA-256 of a model directory's content: its config, tokenizer files and
+/// every weight file (streamed), in name order.
+pub fn model_digest(dir: &Path) -> Result<Vec<u8>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| PipelineError::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| {
+            n == "config.json"
+                || n.starts_with("tokenizer")
+                || n.ends_with(".safetensors")
+                || n.ends_with(".safetensors.index.json")
+        })
+        .collect();
+    names.sort();
+    if !names.iter().any(|n| n == "config.json") {
+        return Err(PipelineError::io(
+            &dir.join("config.json"),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no config.json"),
+        ));
+    }
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for name in names {
+        let path = dir.join(&name);
+        let mut f = std::fs::File::open(&path).map_err(|e| PipelineError::io(&path, e))?;
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        loop {
+            let n =
+                std::io::Read::read(&mut f, &mut buf).map_err(|e| PipelineError::io(&path, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(h.finalize().to_vec())
 }
 
 /// The alignment stage without the cache: trains, merges and writes the
