@@ -1,0 +1,89 @@
+"""Compares two pipeline runs' selections and metrics, ignoring times.
+
+Used for before/after checks of refactors: the same config and seed run by
+two builds must keep the same samples (every `kept_ids.txt`) and report the
+same numbers (`results.json`: runs, rankers, the original and aligned
+models' evaluations), up to `--tol` (default 0: exactly).
+
+    python3 scripts/compare_runs.py OUT_BEFORE OUT_AFTER [--tol 1e-9]
+
+Exit status 0 when they agree, 1 with the differences listed otherwise.
+"""
+import argparse
+import json
+import os
+import sys
+
+# Wall-clock fields.
+IGNORED = {"seconds", "select_seconds", "finetune_seconds", "seconds_per_step", "tokens_per_second"}
+
+
+def ignored(key):
+    return key in IGNORED
+
+
+def empty(v):
+    return v in (None, {}, [])
+
+
+def walk(a, b, where, tol, out):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if ignored(k):
+                continue
+            if k not in a or k not in b:
+                # A field added by the newer build, empty on this run.
+                if empty(a.get(k)) and empty(b.get(k)):
+                    continue
+                out.append(f"{where}.{k}: only in {'after' if k in b else 'before'}")
+                continue
+            walk(a[k], b[k], f"{where}.{k}", tol, out)
+    elif isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            out.append(f"{where}: {len(a)} vs {len(b)} entries")
+            return
+        for i, (x, y) in enumerate(zip(a, b)):
+            walk(x, y, f"{where}[{i}]", tol, out)
+    elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        if abs(a - b) > tol:
+            out.append(f"{where}: {a!r} vs {b!r}")
+    elif a != b:
+        out.append(f"{where}: {a!r} vs {b!r}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("before")
+    ap.add_argument("after")
+    ap.add_argument("--tol", type=float, default=0.0)
+    args = ap.parse_args()
+    with open(os.path.join(args.before, "results.json")) as f:
+        before = json.load(f)
+    with open(os.path.join(args.after, "results.json")) as f:
+        after = json.load(f)
+    diffs = []
+    for key in ("runs", "rankers", "base_eval", "aligned_eval", "data"):
+        walk(before.get(key), after.get(key), key, args.tol, diffs)
+    kept = 0
+    for root, _, files in os.walk(args.before):
+        if "kept_ids.txt" in files:
+            rel = os.path.relpath(os.path.join(root, "kept_ids.txt"), args.before)
+            other = os.path.join(args.after, rel)
+            if not os.path.isfile(other):
+                diffs.append(f"{rel}: missing after")
+                continue
+            with open(os.path.join(args.before, rel)) as f, open(other) as g:
+                if f.read() != g.read():
+                    diffs.append(f"{rel}: different kept ids")
+            kept += 1
+    methods = len(before.get("runs", []))
+    if diffs:
+        print(f"{len(diffs)} differences:")
+        for d in diffs:
+            print("  " + d)
+        sys.exit(1)
+    print(f"same: {methods} method runs, {len(before.get('rankers', []))} rankers, {kept} kept-id files (tol {args.tol})")
+
+
+if __name__ == "__main__":
+    main()
