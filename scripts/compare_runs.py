@@ -8,6 +8,11 @@ models' evaluations), up to `--tol` (default 0: exactly).
     python3 scripts/compare_runs.py OUT_BEFORE OUT_AFTER [--tol 1e-9]
 
 Exit status 0 when they agree, 1 with the differences listed otherwise.
+
+`scripts/determinism.py --compare` is the check for two runs of one build
+(every file byte for byte); across builds it would flag fields and files a
+newer build adds, and its timing filter also drops metric keys such as
+`*_rate`. Here only wall-clock keys are ignored.
 """
 import argparse
 import json
@@ -18,10 +23,6 @@ import sys
 IGNORED = {"seconds", "select_seconds", "finetune_seconds", "seconds_per_step", "tokens_per_second"}
 
 
-def ignored(key):
-    return key in IGNORED
-
-
 def empty(v):
     return v in (None, {}, [])
 
@@ -29,7 +30,7 @@ def empty(v):
 def walk(a, b, where, tol, out):
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):
-            if ignored(k):
+            if k in IGNORED:
                 continue
             if k not in a or k not in b:
                 # A field added by the newer build, empty on this run.
@@ -51,6 +52,17 @@ def walk(a, b, where, tol, out):
         out.append(f"{where}: {a!r} vs {b!r}")
 
 
+def kept_id_files(out):
+    """Relative paths of every `kept_ids.txt` of a run (the model cache skipped)."""
+    found = set()
+    for root, dirs, files in os.walk(out):
+        if root == out and "cache" in dirs:
+            dirs.remove("cache")
+        if "kept_ids.txt" in files:
+            found.add(os.path.relpath(os.path.join(root, "kept_ids.txt"), out))
+    return found
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("before")
@@ -64,25 +76,20 @@ def main():
     diffs = []
     for key in ("runs", "rankers", "base_eval", "aligned_eval", "data"):
         walk(before.get(key), after.get(key), key, args.tol, diffs)
-    kept = 0
-    for root, _, files in os.walk(args.before):
-        if "kept_ids.txt" in files:
-            rel = os.path.relpath(os.path.join(root, "kept_ids.txt"), args.before)
-            other = os.path.join(args.after, rel)
-            if not os.path.isfile(other):
-                diffs.append(f"{rel}: missing after")
-                continue
-            with open(os.path.join(args.before, rel)) as f, open(other) as g:
-                if f.read() != g.read():
-                    diffs.append(f"{rel}: different kept ids")
-            kept += 1
+    kept_before, kept_after = kept_id_files(args.before), kept_id_files(args.after)
+    for rel in sorted(kept_before ^ kept_after):
+        diffs.append(f"{rel}: only {'after' if rel in kept_after else 'before'}")
+    for rel in sorted(kept_before & kept_after):
+        with open(os.path.join(args.before, rel)) as f, open(os.path.join(args.after, rel)) as g:
+            if f.read() != g.read():
+                diffs.append(f"{rel}: different kept ids")
     methods = len(before.get("runs", []))
     if diffs:
         print(f"{len(diffs)} differences:")
         for d in diffs:
             print("  " + d)
         sys.exit(1)
-    print(f"same: {methods} method runs, {len(before.get('rankers', []))} rankers, {kept} kept-id files (tol {args.tol})")
+    print(f"same: {methods} method runs, {len(before.get('rankers', []))} rankers, {len(kept_before & kept_after)} kept-id files (tol {args.tol})")
 
 
 if __name__ == "__main__":
