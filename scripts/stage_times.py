@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Stage times of pipeline runs, side by side, as a Markdown table.
+
+    python3 scripts/stage_times.py LABEL=OUT_DIR [LABEL=OUT_DIR ...] [--methods a,b]
+
+Each OUT_DIR is a `seal pipeline --out` directory; its `results.json` gives
+the time of every stage the run computed: the original model's evaluation,
+alignment (blank when it came from the cache), the aligned model's
+evaluation, each ranker (mean over seeds) and each method's selection,
+fine-tuning and evaluation (mean over seeds). A stage a run did not compute
+is shown as "–". docs/pipeline.md ("Cost on a 2-core CPU") is made with it.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def load(path: Path) -> dict:
+    results = path / "results.json"
+    try:
+        return json.loads(results.read_text())
+    except FileNotFoundError:
+        sys.exit(f"{results}: no such file (is {path} a pipeline output directory?)")
+    except json.JSONDecodeError as e:
+        sys.exit(f"{results}: not JSON ({e})")
+
+
+def stages(result: dict, methods: set | None) -> dict:
+    """Stage name -> seconds (means over seeds) of one run."""
+    out = {}
+    base = result.get("base_eval") or {}
+    if "seconds" in base:
+        out["evaluation, original model"] = base["seconds"]
+    aligned = result.get("aligned") or {}
+    if aligned and not aligned.get("cached", False):
+        out["alignment"] = aligned.get("seconds")
+    aligned_eval = result.get("aligned_eval") or {}
+    if "seconds" in aligned_eval:
+        out["evaluation, aligned model"] = aligned_eval["seconds"]
+    by_solver: dict = {}
+    for r in result.get("rankers", []):
+        by_solver.setdefault(r["solver"], []).append(r)
+    for solver, rs in by_solver.items():
+        steps = rs[0].get("steps")
+        out[f"ranking `{solver}` ({steps} steps)"] = statistics.mean(r["seconds"] for r in rs)
+    by_method: dict = {}
+    for r in result.get("runs", []):
+        if methods is None or r["method"] in methods:
+            by_method.setdefault(r["method"], []).append(r)
+    for method, rs in by_method.items():
+        steps = rs[0].get("steps")
+        out[f"`{method}`: selection"] = statistics.mean(r["select_seconds"] for r in rs)
+        out[f"`{method}`: fine-tuning ({steps} steps)"] = statistics.mean(
+            r["finetune_seconds"] for r in rs
+        )
+        out[f"`{method}`: evaluation"] = statistics.mean(r["eval"]["seconds"] for r in rs)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="LABEL=OUT_DIR")
+    ap.add_argument("--methods", help="only these methods (comma-separated)")
+    args = ap.parse_args()
+    methods = set(args.methods.split(",")) if args.methods else None
+    columns = []
+    for spec in args.runs:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not path:
+            sys.exit(f"{spec!r}: expected LABEL=OUT_DIR")
+        columns.append((label, stages(load(Path(path)), methods)))
+    rows: list = []
+    for _, times in columns:
+        rows += [k for k in times if k not in rows]
+    print("| stage | " + " | ".join(f"{label} (s)" for label, _ in columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for row in rows:
+        cells = []
+        for _, times in columns:
+            t = times.get(row)
+            cells.append("–" if t is None else f"{t:.1f}")
+        print(f"| {row} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
