@@ -8,7 +8,8 @@ the time of every stage the run computed: the original model's evaluation,
 alignment (blank when it came from the cache), the aligned model's
 evaluation, each ranker (mean over seeds) and each method's selection,
 fine-tuning and evaluation (mean over seeds). A stage a run did not compute
-is shown as "–". docs/pipeline.md ("Cost on a 2-core CPU") is made with it.
+is shown as "–". One run's own times are also in its `seal report`; this
+compares runs. docs/pipeline.md ("Cost on a 2-core CPU") is condensed from it.
 """
 
 import argparse
