@@ -12,12 +12,14 @@ Same split as `seal judge` (SHA-256 of "seal-judge-split-v1", NUL, the normalise
 question; test = lowest 20%), same cut (prompt <= 128 tokens from the left with the
 chat template, response <= 192 tokens plus the end-of-turn token).
 
-Cost, measured on the 2-core CPU with other work beside it (`--limit 40 --epochs 1`):
-1.1 s per pair for the cache, 3.6 s per training pair and epoch (batch 1), so a full
-run (4,000 pairs cached, 3,186 trained per epoch) is about 1 h + 3 h per epoch there:
-a GPU task (one H100/H200 does it in minutes).
+Cost, measured on the idle 2-core CPU (2026-12-03, full data, `--cut 12 --top 20`):
+500 s for the cache of 4,000 pairs (0.125 s a pair), then about 14 min per epoch
+(3,186 training pairs and the 814-pair evaluation). An earlier estimate of hours per
+epoch came from a 40-pair run on a loaded machine. Result of that run (3 epochs):
+held-out accuracy 0.774, 0.790, 0.788, AUROC 0.866, 0.877, 0.877, no better than the
+frozen-feature head (docs/evaluation.md).
 
-    .venv/bin/python scripts/judge_finetune_probe.py --epochs 2 --lr 2e-5
+    .venv/bin/python scripts/judge_finetune_probe.py --epochs 3 --cut 12 --top 20
 """
 import argparse, csv, glob, hashlib, json, os, random, sys, time
 
