@@ -15,9 +15,8 @@ chat template, response <= 192 tokens plus the end-of-turn token).
 Cost, measured on the idle 2-core CPU (2026-12-03, full data, `--cut 12 --top 20`):
 500 s for the cache of 4,000 pairs (0.125 s a pair), then about 14 min per epoch
 (3,186 training pairs and the 814-pair evaluation). An earlier estimate of hours per
-epoch came from a 40-pair run on a loaded machine. Result of that run (3 epochs):
-held-out accuracy 0.774, 0.790, 0.788, AUROC 0.866, 0.877, 0.877, no better than the
-frozen-feature head (docs/evaluation.md).
+epoch came from a 40-pair run on a loaded machine. The result of the command below
+is in docs/evaluation.md ("Fine-tuning the middle blocks").
 
     .venv/bin/python scripts/judge_finetune_probe.py --epochs 3 --cut 12 --top 20
 """

@@ -41,24 +41,26 @@ def stages(result: dict, methods: set | None) -> dict:
     aligned_eval = result.get("aligned_eval") or {}
     if "seconds" in aligned_eval:
         out["evaluation, aligned model"] = aligned_eval["seconds"]
-    by_solver: dict = {}
-    for r in result.get("rankers", []):
-        by_solver.setdefault(r["solver"], []).append(r)
-    for solver, rs in by_solver.items():
-        steps = rs[0].get("steps")
-        out[f"ranking `{solver}` ({steps} steps)"] = statistics.mean(r["seconds"] for r in rs)
-    by_method: dict = {}
-    for r in result.get("runs", []):
-        if methods is None or r["method"] in methods:
-            by_method.setdefault(r["method"], []).append(r)
-    for method, rs in by_method.items():
-        steps = rs[0].get("steps")
-        out[f"`{method}`: selection"] = statistics.mean(r["select_seconds"] for r in rs)
-        out[f"`{method}`: fine-tuning ({steps} steps)"] = statistics.mean(
-            r["finetune_seconds"] for r in rs
-        )
+    for solver, rs in by_name(result.get("rankers", []), "solver", None).items():
+        out[f"ranking `{solver}` ({rs[0].get('steps')} steps)"] = mean(rs, "seconds")
+    for method, rs in by_name(result.get("runs", []), "method", methods).items():
+        out[f"`{method}`: selection"] = mean(rs, "select_seconds")
+        out[f"`{method}`: fine-tuning ({rs[0].get('steps')} steps)"] = mean(rs, "finetune_seconds")
         out[f"`{method}`: evaluation"] = statistics.mean(r["eval"]["seconds"] for r in rs)
     return out
+
+
+def by_name(records: list, key: str, keep: set | None) -> dict:
+    """Records grouped by `record[key]` (one per seed), in first-seen order."""
+    groups: dict = {}
+    for r in records:
+        if keep is None or r[key] in keep:
+            groups.setdefault(r[key], []).append(r)
+    return groups
+
+
+def mean(records: list, field: str) -> float:
+    return statistics.mean(r[field] for r in records)
 
 
 def main() -> None:
