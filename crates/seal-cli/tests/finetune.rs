@@ -135,6 +135,26 @@ fn finetune_on_kept_ids_writes_a_peft_adapter() {
         "{plain} vs {weighted}"
     );
 
+    // Mixed precision: the same first step on bf16 base weights (f32 LoRA
+    // and loss) gives the f32 loss up to bf16 rounding of the weights.
+    let low = s.root.join("adapter-bf16");
+    ok(&finetune(
+        &s,
+        &low,
+        &["--kept", kept.to_str().unwrap(), "--dtype", "bf16"],
+    ));
+    let half = first_loss(&low);
+    assert!(
+        half.is_finite() && half != plain && (half - plain).abs() < 0.02 * plain,
+        "bf16 {half} vs f32 {plain}"
+    );
+    let e = err(&finetune(
+        &s,
+        &s.root.join("bad"),
+        &["--kept", kept.to_str().unwrap(), "--dtype", "f16"],
+    ));
+    assert!(e.contains("--dtype") && e.contains("f16"), "{e}");
+
     // Unknown kept id: an error naming it.
     std::fs::write(&kept, format!("{}\nno-such-sample-17\n", s.ids[0])).unwrap();
     let e = err(&finetune(

@@ -76,6 +76,7 @@ pub use lora::LoraConfig;
 pub use model::{CausalLm, KvCache, LmBatch};
 pub use neox::{GptNeoX, NeoxConfig};
 pub use phi3::{Phi3, Phi3Config};
+pub use runtime::WeightDtype;
 
 /// An HF model directory opened for use: weights, tokenizer (with chat
 /// template) and generation defaults. `M` is the model type: any family

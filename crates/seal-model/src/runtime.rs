@@ -1,6 +1,62 @@
-//! Process-level runtime settings: device choice and allocator tuning.
+//! Process-level runtime settings: device choice, weight precision and
+//! allocator tuning.
 
-use tch::Device;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use tch::{Device, Kind};
+
+/// The dtype of a model's frozen base weights.
+///
+/// `Bf16` is mixed precision, not a bf16 model: the base weights and the
+/// activations between layers are bf16, while LoRA factors, their gradients
+/// and optimiser state, RMS norms, softmaxes, rotary angles and losses stay
+/// f32 (see `layers::Linear::forward` and `layers::compute_kind`). On CPUs
+/// with AVX512-BF16 or AMX, and on GPUs, bf16 matmuls run several times
+/// faster than f32 ones (docs/performance.md, "bf16 on the CPU").
+/// Full fine-tuning trains the weights themselves, so it needs `F32`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDtype {
+    /// f32 weights: the reference numerics.
+    #[default]
+    F32,
+    /// bf16 base weights with f32 LoRA, norms and losses.
+    Bf16,
+}
+
+impl WeightDtype {
+    /// The libtorch kind of the base weights.
+    pub fn kind(self) -> Kind {
+        match self {
+            WeightDtype::F32 => Kind::Float,
+            WeightDtype::Bf16 => Kind::BFloat16,
+        }
+    }
+}
+
+impl fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::Bf16 => "bf16",
+        })
+    }
+}
+
+impl FromStr for WeightDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" | "float32" => Ok(WeightDtype::F32),
+            "bf16" | "bfloat16" => Ok(WeightDtype::Bf16),
+            other => Err(format!(
+                "unknown weight dtype `{other}`: expected f32 or bf16"
+            )),
+        }
+    }
+}
 
 /// CUDA device 0 when available, else the CPU.
 pub fn best_device() -> Device {

@@ -352,7 +352,7 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
         gate: None,
         seconds: 0.0,
     };
-    let start_model = stages::load(&start_dir, device)?;
+    let start_model = stages::load(&start_dir, device, config.model.dtype)?;
     let tokenizer = start_model.tokenizer.clone();
     let pad = stages::pad_id(&tokenizer);
     // Every evaluation of the sweep: same settings and judge, its own directory.
@@ -422,7 +422,7 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
         );
         let tokens = stages::tokenize(&tokenizer, &cond.name, samples, config.max_len)?;
         let t0 = Instant::now();
-        let model = stages::load(&start_dir, device)?.model;
+        let model = stages::load(&start_dir, device, config.model.dtype)?.model;
         let run = stages::finetune_on(
             model,
             SftData {

@@ -96,6 +96,7 @@ pub(crate) fn start_model_dir(
         &config.align,
         config.max_len,
         device,
+        config.model.dtype,
         &shared,
         config.progress,
     )?
@@ -389,7 +390,7 @@ impl RunContext<'_> {
             return Ok(p.base_eval.clone());
         }
         tracing::info!("evaluating the original model {}", base.display());
-        let original = stages::load(base, self.device)?;
+        let original = stages::load(base, self.device, self.config.model.dtype)?;
         let dir = self.out.join("eval-original");
         mkdir(&dir)?;
         stages::evaluate(
@@ -421,6 +422,7 @@ impl RunContext<'_> {
             &config.align,
             config.max_len,
             self.device,
+            config.model.dtype,
             cache,
             config.progress,
         )?;
@@ -431,7 +433,7 @@ impl RunContext<'_> {
         {
             return Ok((Some(pa), Some(pe), d));
         }
-        let m = stages::load(&a.dir, self.device)?;
+        let m = stages::load(&a.dir, self.device, config.model.dtype)?;
         let dir = self.out.join("eval-aligned");
         mkdir(&dir)?;
         if !a.log.is_empty() {
@@ -458,7 +460,7 @@ impl RunContext<'_> {
         needs: MethodNeeds,
     ) -> Result<Pool> {
         let config = self.config;
-        let start_model = stages::load(&start_dir, self.device)?;
+        let start_model = stages::load(&start_dir, self.device, config.model.dtype)?;
         let tokenizer = start_model.tokenizer.clone();
         let pad = stages::pad_id(&tokenizer);
         let tokens = stages::tokenize_pool(&tokenizer, &data.finetune, config.max_len)?;
@@ -574,7 +576,7 @@ impl RunContext<'_> {
         }
         tracing::info!(seed, solver = name, "ranking");
         let t0 = Instant::now();
-        let model = stages::load(&pool.start_dir, self.device)?.model;
+        let model = stages::load(&pool.start_dir, self.device, self.config.model.dtype)?.model;
         let r = stages::rank(
             model,
             stages::RankData {
@@ -639,6 +641,7 @@ impl RunContext<'_> {
                 features: &config.select.similarity,
                 model_dir: &pool.start_dir,
                 device: self.device,
+                dtype: config.model.dtype,
             }),
             pad: pool.pad,
             p: config.select.p,
@@ -672,7 +675,7 @@ impl RunContext<'_> {
         let select_seconds = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
-        let model = stages::load(&pool.start_dir, self.device)?.model;
+        let model = stages::load(&pool.start_dir, self.device, self.config.model.dtype)?.model;
         let run = stages::finetune_on(
             model,
             sft,

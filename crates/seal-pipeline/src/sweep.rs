@@ -133,7 +133,7 @@ pub fn run_lambda_sweep(
     let data = crate::run::load_data(config)?;
     let start_dir =
         crate::run::start_model_dir(config, sweep.start.as_deref(), &data.align, device, &out)?;
-    let tokenizer = stages::load(&start_dir, device)?.tokenizer;
+    let tokenizer = stages::load(&start_dir, device, config.model.dtype)?.tokenizer;
     let pad = stages::pad_id(&tokenizer);
     let pool = stages::tokenize_pool(&tokenizer, &data.finetune, config.max_len)?;
     let safe = stages::tokenize(&tokenizer, "safe set", &data.safe, config.max_len)?;
@@ -165,7 +165,7 @@ pub fn run_lambda_sweep(
             let t0 = Instant::now();
             let mut rank = config.rank.clone();
             rank.lambda = lambda;
-            let model = stages::load(&start_dir, device)?.model;
+            let model = stages::load(&start_dir, device, config.model.dtype)?.model;
             let ranked = stages::rank(
                 model,
                 stages::RankData {

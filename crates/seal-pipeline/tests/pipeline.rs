@@ -180,6 +180,11 @@ fn bad_configs_name_the_field() {
     assert!(e.contains("rank.ranker_optimizer"), "{e}");
     let e = parse("[finetune]\nschedule = \"linear\"");
     assert!(e.contains("finetune.schedule"), "{e}");
+    let e = parse("[model]\ndtype = \"f16\"");
+    assert!(
+        e.contains("dtype") && e.contains("f16") && e.contains("bf16"),
+        "{e}"
+    );
     let e = parse("unknown_key = 1");
     assert!(e.contains("unknown_key"), "{e}");
     let e = parse("[select]\nmethods = [\"seal\", \"seal\"]");
@@ -375,6 +380,7 @@ fn refusal_epochs_continue_on_the_refusals_alone() {
             ac,
             cfg.max_len,
             tch::Device::Cpu,
+            seal_model::WeightDtype::F32,
             &root.join(out),
             false,
             None,
@@ -401,6 +407,7 @@ fn refusal_epochs_continue_on_the_refusals_alone() {
         &ac,
         cfg.max_len,
         tch::Device::Cpu,
+        seal_model::WeightDtype::F32,
         &root.join("none"),
         false,
         None,
@@ -484,4 +491,46 @@ fn resume_keeps_finished_work_and_refuses_another_config() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("ranker seal of seed 2"), "{e}");
+}
+
+#[test]
+fn bf16_weights_run_every_stage_with_their_own_aligned_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    tiny_model_dir(&root.join("model"));
+    let mut cfg = config(root);
+    cfg.seeds = vec![1];
+    cfg.align.enabled = true;
+    cfg.cache_dir = Some(root.join("cache"));
+    cfg.select.methods = vec![
+        Method::Seal.into(),
+        Method::Random.into(),
+        Method::GradSim.into(),
+    ];
+    let full = seal_pipeline::run(&cfg).unwrap();
+    let mut low = cfg.clone();
+    low.model.dtype = seal_model::WeightDtype::Bf16;
+    low.out = root.join("out-bf16");
+    let half = seal_pipeline::run(&low).unwrap();
+
+    // The bf16 run aligns its own model: the f32 entry is not reused.
+    let (a, b) = (full.aligned.unwrap(), half.aligned.unwrap());
+    assert_ne!(a.dir, b.dir);
+    assert!(!b.cached);
+    assert_eq!(full.runs.len(), half.runs.len());
+    for (x, y) in full.runs.iter().zip(&half.runs) {
+        assert_eq!((&x.method, x.kept), (&y.method, y.kept));
+        // First step: the same data on weights that differ by bf16 rounding.
+        let (lx, ly) = (x.log[0].loss, y.log[0].loss);
+        assert!(
+            ly.is_finite() && lx != ly && (lx - ly).abs() < 0.02 * lx,
+            "{}: f32 {lx} vs bf16 {ly} (equal: bf16 not used)",
+            x.method
+        );
+        assert!(y.eval.utility_nll.unwrap().is_finite(), "{}", y.method);
+    }
+    // Recorded: f32 runs keep the config they had before the field existed.
+    let recorded = |out: &Path| std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(recorded(&low.out).contains("dtype = \"bf16\""));
+    assert!(!recorded(&cfg.out).contains("dtype"));
 }

@@ -6,7 +6,7 @@ use seal_data::tokenize::TokenizedSample;
 use seal_data::{Sample, TextTokenizer};
 use seal_model::{LoadOptions, Pretrained};
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind};
+use tch::Device;
 
 /// Tunes the allocator, sets libtorch's thread count and parses `--device`.
 pub fn runtime(threads: Option<i32>, device: &str) -> Result<Device> {
@@ -18,11 +18,16 @@ pub fn runtime(threads: Option<i32>, device: &str) -> Result<Device> {
         .with_context(|| format!("--device `{device}`: expected cpu, cuda, cuda:N or auto"))
 }
 
-/// Loads an f32 model directory (weights and tokenizer) onto `device`.
-pub fn load_model(dir: &Path, device: Device) -> Result<Pretrained> {
+/// Loads a model directory (weights and tokenizer) onto `device`, its base
+/// weights in `dtype`.
+pub fn load_model(
+    dir: &Path,
+    device: Device,
+    dtype: seal_model::WeightDtype,
+) -> Result<Pretrained> {
     let mut options = LoadOptions::default();
     options.device = device;
-    options.kind = Kind::Float;
+    options.kind = dtype.kind();
     Pretrained::load(dir, &options)
         .with_context(|| format!("loading the model from {}", dir.display()))
 }

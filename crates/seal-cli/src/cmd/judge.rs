@@ -261,7 +261,7 @@ fn train(a: TrainArgs) -> Result<()> {
         },
     };
     let device = super::common::runtime(a.base_args.threads, &a.base_args.device)?;
-    let pre = super::common::load_model(&a.base, device)?;
+    let pre = super::common::load_model(&a.base, device, seal_model::WeightDtype::F32)?;
     spec.validate(pre.model.num_layers()).context("--layers")?;
     let fingerprint = features::base_model_fingerprint(&a.base)?;
     let cache = cache_of(&a.base_args);
@@ -349,7 +349,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         .with_context(|| format!("base model {}", base.display()))?;
     classifier::check_base_model(&card, &base, &fingerprint)?;
     let device = super::common::runtime(a.base_args.threads, &a.base_args.device)?;
-    let pre = super::common::load_model(&base, device)?;
+    let pre = super::common::load_model(&base, device, seal_model::WeightDtype::F32)?;
     let cache = cache_of(&a.base_args);
     let (x, stats) = features_of(&pre, &sets, &card.features, &fingerprint, cache.as_ref())?;
     let probs = x

@@ -46,7 +46,9 @@ pub enum AttentionImpl {
 pub struct LoadOptions {
     /// Where the weights live.
     pub device: Device,
-    /// Weight dtype: `Float` on CPU; `Float` or `BFloat16` on CUDA.
+    /// Weight dtype: `Float`, or `BFloat16` for mixed precision (bf16 base
+    /// weights, f32 LoRA, norms and losses; [`crate::runtime::WeightDtype`]),
+    /// on CPU or CUDA.
     pub kind: Kind,
 }
 

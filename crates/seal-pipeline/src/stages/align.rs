@@ -21,16 +21,23 @@ pub struct Aligned {
 /// merged into the base weights and written as a model directory under
 /// `cache`, keyed by the base model, the data and the settings (a second
 /// run with the same inputs reuses it).
+#[allow(clippy::too_many_arguments)]
 pub fn align(
     base: &Path,
     samples: &[Sample],
     config: &AlignConfig,
     max_len: usize,
     device: Device,
+    dtype: seal_model::WeightDtype,
     cache: &Path,
     progress: bool,
 ) -> Result<Aligned> {
-    let settings = serde_json::to_vec(&(config, max_len)).unwrap_or_default();
+    let mut settings = serde_json::to_vec(&(config, max_len)).unwrap_or_default();
+    // f32 keys stay those of builds before `dtype` existed: their cache
+    // entries remain valid.
+    if dtype != seal_model::WeightDtype::F32 {
+        settings.extend_from_slice(format!("dtype={dtype}").as_bytes());
+    }
     let sample_bytes = serde_json::to_vec(samples).unwrap_or_default();
     // By content, not by path: every run imports its base model into its
     // own directory, and a shared cache serves them all.
@@ -46,7 +53,7 @@ pub fn align(
         });
     }
     align_to(
-        base, samples, config, max_len, device, &target, progress, None,
+        base, samples, config, max_len, device, dtype, &target, progress, None,
     )
 }
 
@@ -102,6 +109,7 @@ pub fn align_to(
     config: &AlignConfig,
     max_len: usize,
     device: Device,
+    dtype: seal_model::WeightDtype,
     target: &Path,
     progress: bool,
     checkpoints: Option<&Checkpointing>,
@@ -114,7 +122,7 @@ pub fn align_to(
     let start = Instant::now();
     let Pretrained {
         model, tokenizer, ..
-    } = load(base, device)?;
+    } = load(base, device, dtype)?;
     let distilled = match &config.self_distill {
         Some(d) => Some(self_distill(&model, &tokenizer, samples, d, max_len)?),
         None => None,

@@ -74,11 +74,12 @@ pub(super) fn finish_cache_entry(staging: StagingDir) -> Result<()> {
     Ok(())
 }
 
-/// Loads an f32 model directory (weights and tokenizer).
-pub fn load(dir: &Path, device: Device) -> Result<Pretrained> {
+/// Loads a model directory (weights and tokenizer) with its base weights
+/// in `dtype`.
+pub fn load(dir: &Path, device: Device, dtype: seal_model::WeightDtype) -> Result<Pretrained> {
     let mut options = LoadOptions::default();
     options.device = device;
-    options.kind = Kind::Float;
+    options.kind = dtype.kind();
     Ok(Pretrained::load(dir, &options)?)
 }
 

@@ -44,6 +44,8 @@ pub struct AnchorInputs<'a> {
     pub model_dir: &'a Path,
     /// Device of that copy.
     pub device: Device,
+    /// Base-weight precision of that copy.
+    pub dtype: seal_model::WeightDtype,
 }
 
 /// He et al.'s bi-directional anchor scores of the pool (higher: more like
@@ -58,7 +60,7 @@ pub(super) fn anchor_harm(
     let stage = format!("select {method}");
     let grad_model;
     let (model, kind) = if method == Method::GradSim {
-        let mut m = load(anchors.model_dir, anchors.device)?.model;
+        let mut m = load(anchors.model_dir, anchors.device, anchors.dtype)?.model;
         m.add_lora(&LoraConfig::default(), input.seed as i64)?;
         grad_model = m;
         (&grad_model, FeatureKind::Gradient)
