@@ -15,15 +15,17 @@
 //! ```text
 //! cargo xtask bench-selector        # builds the pool if needed, then this
 //! cargo bench -p seal-benches --bench selector_epoch -- \
-//!     [--pool DIR] [--lambdas 1,0.5] [--steps N] [--threads N] [--ablate] [--no-reference]
+//!     [--pool DIR] [--lambdas 1,0.5] [--steps N] [--threads N] [--ablate] [--bf16] [--no-reference]
 //! ```
 //!
 //! `--steps N` times the first N steps of the epoch only (same steps on both
 //! sides); `--ablate` adds a run of this project with length groups off (one
-//! forward per batch padded to its longest row, as the reference).
+//! forward per batch padded to its longest row, as the reference); `--bf16`
+//! adds a run of this project in mixed precision (bf16 base weights, f32
+//! LoRA, norms and losses: `[model] dtype = "bf16"`).
 
 use anyhow::{bail, Context, Result};
-use seal_benches::matmul_peak_gflops;
+use seal_benches::{matmul_peak_gflops, matmul_peak_gflops_of};
 use seal_bilevel::lm::default_group_overhead;
 use seal_bilevel::plan::StepPlan;
 use seal_bilevel::{
@@ -49,6 +51,7 @@ struct Args {
     steps: Option<usize>,
     threads: i32,
     ablate: bool,
+    bf16: bool,
     reference: bool,
     /// Internal: run one measurement in this process.
     child: Option<(String, PathBuf)>,
@@ -62,6 +65,7 @@ fn parse_args() -> Result<Args> {
         steps: None,
         threads: tch::get_num_threads(),
         ablate: false,
+        bf16: false,
         reference: true,
         child: None,
     };
@@ -83,6 +87,7 @@ fn parse_args() -> Result<Args> {
             "--steps" => a.steps = Some(value()?.parse().context("--steps")?),
             "--threads" => a.threads = value()?.parse().context("--threads")?,
             "--ablate" => a.ablate = true,
+            "--bf16" => a.bf16 = true,
             "--no-reference" => a.reference = false,
             "--child" => {
                 let variant = value()?;
@@ -154,8 +159,8 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-/// One measured run of this project's trainer (`variant`: `seal-rs` or
-/// `seal-rs-whole-batches`), described by the plan file.
+/// One measured run of this project's trainer (`variant`: `seal-rs`,
+/// `seal-rs-whole-batches` or `seal-rs-bf16`), described by the plan file.
 fn child(variant: &str, plan_path: &Path) -> Result<()> {
     let plan: Value = serde_json::from_slice(&std::fs::read(plan_path)?)?;
     let threads = plan["threads"].as_i64().context("plan: threads")? as i32;
@@ -177,13 +182,17 @@ fn child(variant: &str, plan_path: &Path) -> Result<()> {
         .context("the tokenizer has no pad token")?;
     let mut opts = LoadOptions::default();
     opts.device = Device::Cpu;
-    opts.kind = Kind::Float;
+    opts.kind = if variant == "seal-rs-bf16" {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    };
     let mut model = Llama::load(&dir, &opts)?;
     model.add_lora(&lora(), SEED as i64)?;
     let ids: Vec<String> = finetune.iter().map(|s| s.id.clone()).collect();
     let fingerprint = dataset_fingerprint(&finetune);
     let groups = match variant {
-        "seal-rs" => default_group_overhead(Device::Cpu),
+        "seal-rs" | "seal-rs-bf16" => default_group_overhead(Device::Cpu),
         "seal-rs-whole-batches" => None,
         other => bail!("unknown variant {other}"),
     };
@@ -269,6 +278,9 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     tch::set_num_threads(args.threads);
     let peak = matmul_peak_gflops(2048, Device::Cpu);
+    let bf16_peak = args
+        .bf16
+        .then(|| matmul_peak_gflops_of(2048, Device::Cpu, Kind::BFloat16));
     let rows = |data: &[TokenizedSample]| -> Vec<Value> {
         data.iter()
             .map(|s| json!({"input_ids": s.input_ids, "response_start": s.response_start}))
@@ -301,6 +313,9 @@ fn main() -> Result<()> {
         let mut variants = vec!["seal-rs"];
         if args.ablate {
             variants.push("seal-rs-whole-batches");
+        }
+        if args.bf16 {
+            variants.push("seal-rs-bf16");
         }
         for v in variants {
             let mut cmd = Command::new(&me);
@@ -356,13 +371,14 @@ fn main() -> Result<()> {
     let mut md = String::new();
     md.push_str(&format!(
         "Selector epoch: {} of {} steps, pool {} ({} samples, safe {}), batch {BATCH}, max_len {MAX_LEN}, \
-         {} threads, f32 matmul peak (2048³) {peak:.1} GFLOP/s.\n\n",
+         {} threads, f32 matmul peak (2048³) {peak:.1} GFLOP/s{}.\n\n",
         total,
         plan.steps_per_epoch(),
         args.pool.display(),
         finetune.len(),
         safe.len(),
-        args.threads
+        args.threads,
+        bf16_peak.map_or(String::new(), |p| format!(", bf16 {p:.1} GFLOP/s"))
     ));
     md.push_str(&format!(
         "Padding of the steps' batches: {:.1}% padded whole, {:.1}% in length groups.\n\n",
@@ -391,7 +407,9 @@ fn main() -> Result<()> {
     std::fs::write(out_dir.join("results.md"), &md)?;
     std::fs::write(
         out_dir.join("results.json"),
-        serde_json::to_vec_pretty(&json!({"matmul_peak_gflops": peak, "runs": results}))?,
+        serde_json::to_vec_pretty(
+            &json!({"matmul_peak_gflops": peak, "bf16_matmul_peak_gflops": bf16_peak, "runs": results}),
+        )?,
     )?;
     Ok(())
 }

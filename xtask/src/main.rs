@@ -89,7 +89,7 @@ fn main() -> Result<()> {
             );
             eprintln!("         the dose sweep and its gate; writes docs/results/dose.{{md,json}}");
             eprintln!(
-                "  bench-selector [--lambdas 1,0.5] [--steps N] [--threads N] [--ablate] [--no-reference]"
+                "  bench-selector [--lambdas 1,0.5] [--steps N] [--threads N] [--ablate] [--bf16] [--no-reference]"
             );
             eprintln!("         a selector epoch on the small pool against the PyTorch reference");
             std::process::exit(2)
