@@ -5,7 +5,7 @@
 //!
 //! `cargo bench -p seal-bilevel --bench seal_step` (env: `SEAL_BENCH_B`,
 //! `SEAL_BENCH_L`, `SEAL_BENCH_STEPS`; `SEAL_BENCH_DEVICE=cuda` (or `cuda:N`)
-//! runs on a GPU, `SEAL_BENCH_KIND=bf16` loads bf16 weights there). Skips when the
+//! runs on a GPU, `SEAL_BENCH_KIND=bf16` loads bf16 base weights, on either). Skips when the
 //! model is unavailable.
 
 use seal_bilevel::solver::{StepBatch, StepContext};
