@@ -22,7 +22,8 @@
 //! sides); `--ablate` adds a run of this project with length groups off (one
 //! forward per batch padded to its longest row, as the reference); `--bf16`
 //! adds a run of this project in mixed precision (bf16 base weights, f32
-//! LoRA, norms and losses: `[model] dtype = "bf16"`).
+//! LoRA, norms and losses: `[model] dtype = "bf16"`), and with `--ablate`
+//! also its run with length groups off.
 
 use anyhow::{bail, Context, Result};
 use seal_benches::{matmul_peak_gflops, matmul_peak_gflops_of};
@@ -160,7 +161,8 @@ fn peak_rss_mib() -> f64 {
 }
 
 /// One measured run of this project's trainer (`variant`: `seal-rs`,
-/// `seal-rs-whole-batches` or `seal-rs-bf16`), described by the plan file.
+/// `seal-rs-whole-batches`, `seal-rs-bf16` or `seal-rs-bf16-whole-batches`),
+/// described by the plan file.
 fn child(variant: &str, plan_path: &Path) -> Result<()> {
     let plan: Value = serde_json::from_slice(&std::fs::read(plan_path)?)?;
     let threads = plan["threads"].as_i64().context("plan: threads")? as i32;
@@ -182,7 +184,7 @@ fn child(variant: &str, plan_path: &Path) -> Result<()> {
         .context("the tokenizer has no pad token")?;
     let mut opts = LoadOptions::default();
     opts.device = Device::Cpu;
-    opts.kind = if variant == "seal-rs-bf16" {
+    opts.kind = if variant.starts_with("seal-rs-bf16") {
         Kind::BFloat16
     } else {
         Kind::Float
@@ -193,7 +195,7 @@ fn child(variant: &str, plan_path: &Path) -> Result<()> {
     let fingerprint = dataset_fingerprint(&finetune);
     let groups = match variant {
         "seal-rs" | "seal-rs-bf16" => default_group_overhead(Device::Cpu),
-        "seal-rs-whole-batches" => None,
+        "seal-rs-whole-batches" | "seal-rs-bf16-whole-batches" => None,
         other => bail!("unknown variant {other}"),
     };
     let problem = LmProblem::new(model, finetune, safe, pad)?.with_group_overhead(groups);
@@ -316,6 +318,9 @@ fn main() -> Result<()> {
         }
         if args.bf16 {
             variants.push("seal-rs-bf16");
+            if args.ablate {
+                variants.push("seal-rs-bf16-whole-batches");
+            }
         }
         for v in variants {
             let mut cmd = Command::new(&me);
