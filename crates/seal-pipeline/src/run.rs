@@ -384,13 +384,18 @@ struct Pool {
 }
 
 impl RunContext<'_> {
+    /// Loads a model directory on the run's device and in its precision.
+    fn load(&self, dir: &Path) -> Result<seal_model::Pretrained> {
+        stages::load(dir, self.device, self.config.model.dtype)
+    }
+
     /// The original model's evaluation (kept from a resumed run).
     fn evaluate_original(&self, base: &Path) -> Result<stages::ModelEval> {
         if let Some(p) = self.previous {
             return Ok(p.base_eval.clone());
         }
         tracing::info!("evaluating the original model {}", base.display());
-        let original = stages::load(base, self.device, self.config.model.dtype)?;
+        let original = self.load(base)?;
         let dir = self.out.join("eval-original");
         mkdir(&dir)?;
         stages::evaluate(
@@ -433,7 +438,7 @@ impl RunContext<'_> {
         {
             return Ok((Some(pa), Some(pe), d));
         }
-        let m = stages::load(&a.dir, self.device, config.model.dtype)?;
+        let m = self.load(&a.dir)?;
         let dir = self.out.join("eval-aligned");
         mkdir(&dir)?;
         if !a.log.is_empty() {
@@ -460,7 +465,7 @@ impl RunContext<'_> {
         needs: MethodNeeds,
     ) -> Result<Pool> {
         let config = self.config;
-        let start_model = stages::load(&start_dir, self.device, config.model.dtype)?;
+        let start_model = self.load(&start_dir)?;
         let tokenizer = start_model.tokenizer.clone();
         let pad = stages::pad_id(&tokenizer);
         let tokens = stages::tokenize_pool(&tokenizer, &data.finetune, config.max_len)?;
@@ -576,7 +581,7 @@ impl RunContext<'_> {
         }
         tracing::info!(seed, solver = name, "ranking");
         let t0 = Instant::now();
-        let model = stages::load(&pool.start_dir, self.device, self.config.model.dtype)?.model;
+        let model = self.load(&pool.start_dir)?.model;
         let r = stages::rank(
             model,
             stages::RankData {
@@ -675,7 +680,7 @@ impl RunContext<'_> {
         let select_seconds = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
-        let model = stages::load(&pool.start_dir, self.device, self.config.model.dtype)?.model;
+        let model = self.load(&pool.start_dir)?.model;
         let run = stages::finetune_on(
             model,
             sft,

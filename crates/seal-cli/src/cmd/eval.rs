@@ -16,7 +16,6 @@ use seal_eval::safety::{score_over_refusal_with, score_safety_with};
 use seal_eval::utility::score_gsm8k;
 use seal_eval::{summary, task_nll, Report};
 use seal_model::generate::GenerationOptions;
-use seal_model::{LoadOptions, Pretrained};
 
 /// Arguments of `seal eval`.
 #[derive(clap::Args)]
@@ -233,11 +232,7 @@ fn run_model(a: ModelArgs) -> Result<()> {
     seal_model::runtime::tune_allocator();
     let device = seal_model::runtime::parse_device(&a.device)
         .with_context(|| format!("--device: `{}` is not cpu, cuda, cuda:N or auto", a.device))?;
-    let mut options = LoadOptions::default();
-    options.device = device;
-    options.kind = a.dtype.kind();
-    let mut pre = Pretrained::load(&model_dir, &options)
-        .with_context(|| format!("loading {}", model_dir.display()))?;
+    let mut pre = super::common::load_model(&model_dir, device, a.dtype)?;
     if let Some(adapter) = &a.adapter {
         pre.model
             .load_lora(adapter)
