@@ -36,6 +36,9 @@ def write(path, xs):
 pool = rows(f"{out}/b100/finetune.jsonl")
 ids = {x["id"] for x in pool}
 train = rows(f"{shared}/gsm8k/train.jsonl")
+# The ids below follow seal-data's GSM8K reader (`gsm8k-train:` + line index).
+first = next(x for x in pool if x["source"] == "gsm8k-train")
+assert train[int(first["id"].split(":")[1])]["question"] == first["messages"][0]["content"]
 idx = [i for i in range(len(train)) if f"gsm8k-train:{i:05d}" not in ids]
 random.Random(7).shuffle(idx)
 gsm = [{"id": f"gsm8k-train:{i:05d}", "source": "gsm8k-train", "label": "benign",
@@ -53,6 +56,7 @@ PY
 "$seal" align --model target/seal-cache/smollm2-135m-instruct --data "$out/align_gsm.jsonl" \
     --out "$out/aligned-gsm" --epochs 1 --batch 8 --lr 5e-4 --schedule cosine --max-len 384 \
     --seed 0 --threads 1 --no-progress --force > "$out/align.log" 2>&1 &
+align_pid=$!
 for name in gsm other; do
     "$seal" finetune --model "$aligned" --data "$out/benign_$name.jsonl" --out "$out/ft-$name" \
         --batch 8 --lr 5e-4 --max-len 384 --seed 1 --epochs 13 --max-steps 50 --threads 1 --no-progress --force
@@ -61,7 +65,8 @@ for name in gsm other; do
         --judge both:target/judge/smollm2 --judge-base target/seal-cache/smollm2-135m-instruct \
         --out "$out/eval-$name" --force
 done
-wait
+# A failed alignment stops the script here (see align.log).
+wait "$align_pid"
 grep -H "ASR under" "$out"/eval-*/report.md
 "$seal" dose --config configs/replication.toml --shared "$shared" --out "$out/dose" \
     --aligned "$out/aligned-gsm" --eval-limit 50 --finetune 100 --ratios 0.2 --gate-ratio 0.2 \
