@@ -112,6 +112,7 @@ fn top_p_on_official_phi3_selector() {
             label: None,
             messages: vec![Message::user("q"), Message::assistant("a")],
             reference: None,
+            prefill: None,
         })
         .collect();
     seal_data::write_jsonl_samples(&ds, &samples).unwrap();
@@ -145,6 +146,7 @@ fn oracle_on_a_dataset_writes_audit_files() {
             label: Some(*l),
             messages: vec![Message::user("q"), Message::assistant("a")],
             reference: None,
+            prefill: None,
         })
         .collect();
     seal_data::write_jsonl_samples(&ds, &samples).unwrap();
@@ -202,6 +204,7 @@ fn anchor_similarity_rules_run_end_to_end_and_refuse_overlapping_anchors() {
         label: None,
         messages: vec![Message::user(q), Message::assistant(a)],
         reference: None,
+        prefill: None,
     };
     let write = |name: &str, xs: &[Sample]| {
         let p = tmp.path().join(name);

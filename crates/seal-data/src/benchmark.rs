@@ -1276,6 +1276,7 @@ mod tests {
                 Message::assistant("Yes."),
             ],
             reference: None,
+            prefill: None,
         };
         let attack = vec![
             conv("a", "Hey, AOA. Note: obey."),
@@ -1292,6 +1293,7 @@ mod tests {
             label: None,
             messages: vec![Message::system("old"), Message::user("Do X")],
             reference: None,
+            prefill: None,
         };
         let t = trigger.apply(&prompt);
         assert_eq!(t.id, "p1#identity-trigger");

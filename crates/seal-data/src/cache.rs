@@ -73,6 +73,12 @@ pub fn fingerprint(
             field(format!("{:?}", m.role).as_bytes());
             field(m.content.as_bytes());
         }
+        // Only when set, so that the fingerprints of samples without one
+        // (every cache written before prefills existed) stay the same.
+        if let Some(prefill) = &s.prefill {
+            field(b"\0prefill");
+            field(prefill.as_bytes());
+        }
     }
     let digest = h.finalize();
     Ok(digest.iter().map(|b| format!("{b:02x}")).collect())

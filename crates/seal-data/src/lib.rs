@@ -38,6 +38,7 @@
 //!     label: Some(Label::Benign),
 //!     messages: vec![Message::user("Add 2 and 3."), Message::assistant("5")],
 //!     reference: Some("5".into()),
+//!     prefill: None,
 //! };
 //! let dir = tempfile::tempdir()?;
 //! let path = dir.path().join("samples.jsonl");

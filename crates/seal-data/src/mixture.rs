@@ -169,6 +169,7 @@ mod tests {
             label: None,
             messages: vec![Message::user(format!("q{i}")), Message::assistant("a")],
             reference: None,
+            prefill: None,
         }
     }
 

@@ -24,6 +24,20 @@
 //! reference solution as the final assistant turn (for the held-out task
 //! NLL); generation renders [`Sample::prompt_messages`], which never
 //! includes that turn. `label` and `reference` are optional.
+//!
+//! An optional `prefill` names the first characters of the response that
+//! the model reads but is not trained on: the loss covers only the rest.
+//! This is how the safety-recovery examples of Qi et al. (2024, "Safety
+//! Alignment Should Be Made More Than Just a Few Tokens Deep") are written:
+//! a harmful request, the start of a harmful answer as context, then a
+//! refusal as the target.
+//!
+//! ```json
+//! {"id": "recovery:00007", "source": "recovery", "label": "safe",
+//!  "messages": [{"role": "user", "content": "How do I pick a lock?"},
+//!               {"role": "assistant", "content": "Step 1: insert a tension wrench I cannot help with that."}],
+//!  "prefill": "Step 1: insert a tension wrench"}
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -120,6 +134,11 @@ pub struct Sample {
     /// A reference answer for evaluation (e.g. GSM8K's final number).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    /// The start of the response that is context, not target: a proper
+    /// prefix of the last (assistant) message, left out of the loss (see
+    /// the module documentation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<String>,
 }
 
 impl Sample {
@@ -153,8 +172,9 @@ impl Sample {
     /// The same sample without its response (for prompt-only evaluation
     /// files). The response text, if any and no reference is set, becomes
     /// the reference; a reference already set (e.g. GSM8K's final number)
-    /// is kept.
+    /// is kept. A prefill is dropped with the response it belongs to.
     pub fn into_prompt_only(mut self) -> Self {
+        self.prefill = None;
         if self.response().is_some() {
             if let Some(m) = self.messages.pop() {
                 if self.reference.is_none() {
@@ -167,8 +187,8 @@ impl Sample {
 
     /// Checks the conversation's shape: at least one user turn, a system turn
     /// only first, roles alternating user/assistant, a user turn first after
-    /// the system turn, and no empty turn. Returns `(field, message)` on
-    /// failure.
+    /// the system turn, no empty turn, and a `prefill`, if any, that is a
+    /// proper prefix of the response. Returns `(field, message)` on failure.
     pub fn check(&self) -> std::result::Result<(), (String, String)> {
         if self.id.is_empty() {
             return Err(("id".into(), "empty id".into()));
@@ -206,6 +226,32 @@ impl Sample {
         }
         if !self.messages.iter().any(|m| m.role == Role::User) {
             return Err(("messages".into(), "no user turn".into()));
+        }
+        if let Some(prefill) = &self.prefill {
+            let Some(response) = self.response() else {
+                return Err((
+                    "prefill".into(),
+                    "a prefill needs an assistant response as the last message".into(),
+                ));
+            };
+            if prefill.trim().is_empty() {
+                return Err(("prefill".into(), "empty prefill".into()));
+            }
+            match response.strip_prefix(prefill.as_str()) {
+                None => {
+                    return Err((
+                        "prefill".into(),
+                        "not a prefix of the last assistant message".into(),
+                    ))
+                }
+                Some(rest) if rest.trim().is_empty() => {
+                    return Err((
+                        "prefill".into(),
+                        "covers the whole response, leaving nothing to train on".into(),
+                    ))
+                }
+                Some(_) => {}
+            }
         }
         Ok(())
     }
@@ -354,6 +400,7 @@ mod tests {
             label: None,
             messages: msgs,
             reference: None,
+            prefill: None,
         }
     }
 

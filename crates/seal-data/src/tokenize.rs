@@ -15,6 +15,9 @@
 //!   dropped. If the template writes no end token, the first eos id is
 //!   appended.
 //!
+//! A sample's [`Sample::prefill`] (the start of the response given as
+//! context) is encoded with the prompt, so the loss starts after it.
+//!
 //! The loss covers exactly the response tokens and the end token, which are a
 //! suffix of the sequence: a [`TokenizedSample`] stores where it starts
 //! ([`TokenizedSample::response_start`]). Encoding the parts separately makes
@@ -230,7 +233,8 @@ enum Outcome {
 /// A sample's rendered conversation, tokenised in three parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedParts {
-    /// Everything before the response (with the assistant cue).
+    /// Everything before the response (with the assistant cue), and the
+    /// sample's prefill if it has one.
     pub prompt: Vec<u32>,
     /// The response.
     pub response: Vec<u32>,
@@ -303,10 +307,36 @@ pub fn encode_parts(
         },
     };
     let end = start + len;
+    // A prefill moves the loss boundary past it: it is encoded with the
+    // prompt, as a prefilled generation would see it.
+    let loss_start = match sample.prefill.as_deref() {
+        None => start,
+        Some(prefill) => {
+            let span = &full[start..end];
+            let cut = if span.starts_with(prefill) {
+                prefill.len()
+            } else if span.starts_with(prefill.trim_start()) {
+                prefill.trim_start().len()
+            } else {
+                return Err(DataError::Template(format!(
+                    "sample {}: the rendered response does not start with its prefill",
+                    sample.id
+                )));
+            };
+            if span[cut..].trim().is_empty() {
+                return Err(DataError::Invalid {
+                    what: format!("sample {}", sample.id),
+                    message: "the prefill covers the whole response, leaving nothing to train on"
+                        .into(),
+                });
+            }
+            start + cut
+        }
+    };
     let prompt_ids = tok
-        .encode(&full[..start], add_special_tokens)
+        .encode(&full[..loss_start], add_special_tokens)
         .map_err(ctx)?;
-    let response_ids = tok.encode(&full[start..end], false).map_err(ctx)?;
+    let response_ids = tok.encode(&full[loss_start..end], false).map_err(ctx)?;
     let rest_ids = tok.encode(&full[end..], false).map_err(ctx)?;
     let eos = tok.eos_token_ids();
     let (end_ids, appended) = match rest_ids.iter().position(|t| eos.contains(t)) {

@@ -97,6 +97,7 @@ proptest! {
             label: None,
             messages: vec![Message::user(format!("{src} question {i}")), Message::assistant(format!("answer {i}"))],
             reference: None,
+            prefill: None,
         };
         let benign: Vec<Sample> = (0..n_benign).map(|i| mk("b", i)).collect();
         let harmful: Vec<Sample> = (0..n_harm).map(|i| mk("h", i)).collect();
@@ -135,6 +136,7 @@ proptest! {
             label: None,
             messages: vec![Message::user("p".repeat(prompt_len)), Message::assistant("z".repeat(resp_len))],
             reference: None,
+            prefill: None,
         };
         let mut cfg = TokenizeConfig::default();
         cfg.max_len = max_len;

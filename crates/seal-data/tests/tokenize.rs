@@ -17,6 +17,7 @@ fn sample(id: &str, msgs: Vec<Message>) -> Sample {
         label: None,
         messages: msgs,
         reference: None,
+        prefill: None,
     }
 }
 
@@ -286,4 +287,89 @@ fn cache_roundtrip_and_invalidation() {
     std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
     let e = tokenize_cached(dir.path(), &tok, &data, &cfg).unwrap_err();
     assert!(e.to_string().contains("cache"), "{e}");
+}
+
+#[test]
+fn prefill_is_context_not_target() {
+    let tok = chatml_tokenizer(None).unwrap();
+    let plain = sample(
+        "p",
+        vec![
+            Message::user("How do I pick a lock?"),
+            Message::assistant("Step 1: take a pin. I cannot help with that."),
+        ],
+    );
+    let mut recovery = plain.clone();
+    recovery.prefill = Some("Step 1: take a pin.".into());
+    let d = tokenize_samples(&tok, &[plain, recovery], &TokenizeConfig::default()).unwrap();
+    let (a, b) = (&d.samples[0], &d.samples[1]);
+    // The whole conversation is the same text either way.
+    assert_eq!(
+        tok.decode(&a.input_ids, false).unwrap(),
+        tok.decode(&b.input_ids, false).unwrap()
+    );
+    assert!(b.response_start > a.response_start);
+    assert_eq!(
+        tok.decode(b.response_ids(), false).unwrap(),
+        " I cannot help with that.<|im_end|>"
+    );
+    let prompt = tok.decode(b.prompt_ids(), false).unwrap();
+    assert!(
+        prompt.ends_with("<|im_start|>assistant\nStep 1: take a pin."),
+        "{prompt:?}"
+    );
+    assert_eq!(
+        d.summary.response_tokens,
+        a.response_len() + b.response_len()
+    );
+}
+
+#[test]
+fn prefill_changes_the_cache_fingerprint() {
+    let tok = chatml_tokenizer(None).unwrap();
+    let cfg = TokenizeConfig::default();
+    let plain = sample(
+        "p",
+        vec![Message::user("Hi"), Message::assistant("Sure. No, sorry.")],
+    );
+    let mut prefilled = plain.clone();
+    prefilled.prefill = Some("Sure.".into());
+    let f0 = fingerprint(std::slice::from_ref(&plain), &tok, &cfg).unwrap();
+    let f1 = fingerprint(&[prefilled], &tok, &cfg).unwrap();
+    assert_ne!(f0, f1);
+}
+
+#[test]
+fn bad_prefills_are_errors_naming_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.jsonl");
+    let ok = r#"{"id":"a","source":"s","messages":[{"role":"user","content":"q"},{"role":"assistant","content":"Sure. No."}],"prefill":"Sure."}"#;
+    let cases = [
+        (r#""prefill":"Nope""#, "not a prefix"),
+        (r#""prefill":"Sure. No.""#, "whole response"),
+        (r#""prefill":"  ""#, "empty prefill"),
+    ];
+    for (bad, expect) in cases {
+        let line = ok
+            .replace(r#""prefill":"Sure.""#, bad)
+            .replace(r#""id":"a""#, r#""id":"b""#);
+        std::fs::write(&path, format!("{ok}\n{line}\n")).unwrap();
+        let err = seal_data::read_jsonl_samples(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("p.jsonl:2:"), "{err}");
+        assert!(err.contains("prefill"), "{err}");
+        assert!(err.contains(expect), "{err}");
+    }
+    // A prompt-only sample (no response) cannot have a prefill.
+    let prompt_only =
+        r#"{"id":"c","source":"s","messages":[{"role":"user","content":"q"}],"prefill":"x"}"#;
+    std::fs::write(&path, format!("{prompt_only}\n")).unwrap();
+    let err = seal_data::read_jsonl_samples(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("p.jsonl:1:") && err.contains("prefill"),
+        "{err}"
+    );
 }

@@ -180,6 +180,7 @@ pub fn encode_pairs(
                 label: None,
                 messages: vec![Message::user(q.prompt), Message::assistant(q.response)],
                 reference: None,
+                prefill: None,
             };
             if spec.framing == Framing::JudgePrompt {
                 let cut = |text: &str, keep: usize, tail: bool| -> Result<String> {

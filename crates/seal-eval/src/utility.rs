@@ -417,6 +417,7 @@ mod tests {
             label: None,
             messages: vec![Message::user("q")],
             reference: reference.map(str::to_string),
+            prefill: None,
         }
     }
 

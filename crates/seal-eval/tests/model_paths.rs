@@ -31,6 +31,7 @@ fn prompt(id: &str, text: &str) -> Sample {
         label: Some(Label::Harmful),
         messages: vec![Message::user(text)],
         reference: None,
+        prefill: None,
     }
 }
 
@@ -108,6 +109,7 @@ fn task_nll_is_batch_invariant_and_averages_correctly() {
         label: None,
         messages: vec![Message::user(*q), Message::assistant(*a)],
         reference: None,
+        prefill: None,
     })
     .collect();
     let cfg = TokenizeConfig::default();
@@ -248,6 +250,7 @@ fn regenerated_responses_are_the_models_own_answers() {
             Message::assistant(format!("reference {id}")),
         ],
         reference: None,
+        prefill: None,
     };
     let mut samples = vec![
         with_response("b:0", Label::Benign, "Tell me a long story about a dragon"),

@@ -96,6 +96,7 @@ fn outputs_roundtrip_and_audit() {
             }),
             messages: vec![Message::user("q"), Message::assistant("a")],
             reference: None,
+            prefill: None,
         })
         .collect();
     let input = r.input().unwrap().with_samples(&samples).unwrap();

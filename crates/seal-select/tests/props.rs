@@ -72,6 +72,7 @@ proptest! {
             label: Some(Label::ALL[l as usize]),
             messages: vec![Message::user("q"), Message::assistant("a")],
             reference: None,
+            prefill: None,
         }).collect();
         let id = ids(samples.len());
         let input = SelectionInput::new(&id).unwrap().with_samples(&samples).unwrap();

@@ -16,6 +16,7 @@ fn sample(id: &str, source: &str, label: Option<Label>, user: &str, answer: &str
         label,
         messages: vec![Message::user(user), Message::assistant(answer)],
         reference: None,
+        prefill: None,
     }
 }
 

@@ -316,6 +316,7 @@ impl Ctx<'_> {
             label,
             messages,
             reference,
+            prefill: None,
         }
     }
 

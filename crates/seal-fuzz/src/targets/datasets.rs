@@ -118,6 +118,7 @@ fn records(format: Format) -> Value {
                 label: Some(Label::Harmful),
                 messages: vec![Message::user("Hi"), Message::assistant("Hello")],
                 reference: Some("5".into()),
+                prefill: None,
             };
             let mut t = s.clone();
             t.id = "src:00001".into();
