@@ -14,13 +14,15 @@
 #    the refusal as the target.
 # 3. The align set plus these examples (shuffled) is aligned with the
 #    replication's settings, and `seal dose` runs at ratio 0.2 from it on
-#    the 100-sample pool, 3 seeds (the same call as the committed dose).
+#    the 100-sample pool, seeds 1 and 2 (the committed dose's call, one
+#    seed per process).
 #
 #   scripts/recovery_probe.sh [SHARED_DIR] [OUT]
 #
 # The trained judge must be in target/judge/smollm2 (`cargo xtask dose`
 # trains it) and the imported model in
-# target/seal-cache/smollm2-135m-instruct. About 2 hours on a 2-core CPU.
+# target/seal-cache/smollm2-135m-instruct. About 2 hours on a 2-core CPU
+# (alignment 35 min, the two doses 70 min side by side).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${1:-../shared/data}
@@ -36,7 +38,7 @@ out = sys.argv[1]
 with open(f"{out}/b100/align.jsonl") as f, open(f"{out}/refusal_prompts.jsonl", "w") as g:
     g.writelines(l for l in f if json.loads(l).get("label") == "safe")
 PY
-OMP_NUM_THREADS=2 "$seal" eval --model "$base" --safety "$out/refusal_prompts.jsonl" --limit 100000 \
+OMP_NUM_THREADS=1 "$seal" eval --model "$base" --safety "$out/refusal_prompts.jsonl" --limit 100000 \
     --max-new-tokens 64 --batch 32 --max-len 384 --judge both:target/judge/smollm2 --judge-base "$base" \
     --out "$out/gen-eval" --force
 python3 - "$out" <<'PY'
@@ -75,8 +77,16 @@ with open(f"{out}/align_recovery.jsonl", "w") as f:
 print(f"{len(recovery)} recovery examples; align set {len(align)} -> {len(mixed)}")
 PY
 "$seal" align --model "$base" --data "$out/align_recovery.jsonl" --out "$out/aligned-recovery" \
-    --epochs 1 --batch 8 --lr 5e-4 --schedule cosine --max-len 384 --seed 0 --no-progress --force \
+    --epochs 1 --batch 8 --lr 5e-4 --schedule cosine --max-len 384 --seed 0 --threads 1 --no-progress --force \
     > "$out/align.log" 2>&1
-"$seal" dose --config configs/replication.toml --shared "$shared" --out "$out/dose" \
-    --aligned "$out/aligned-recovery" --eval-limit 50 --finetune 100 --ratios 0.2 --gate-ratio 0.2 \
-    --seeds 1,2,3 --epochs 5 --lr 5e-4 --force
+pids=()
+# Seeds 1 and 2, one process and one thread each, side by side (as measured).
+for seed in 1 2; do
+    OMP_NUM_THREADS=1 "$seal" dose --config configs/replication.toml --shared "$shared" \
+        --out "$out/dose-s$seed" --aligned "$out/aligned-recovery" --eval-limit 50 --finetune 100 \
+        --ratios 0.2 --gate-ratio 0.2 --seeds "$seed" --epochs 5 --lr 5e-4 --force \
+        > "$out/dose-s$seed.log" 2>&1 &
+    pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+for seed in 1 2; do grep -A3 "^| condition" "$out/dose-s$seed/dose.md"; done
