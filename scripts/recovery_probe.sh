@@ -15,7 +15,8 @@
 # 3. The align set plus these examples (shuffled) is aligned with the
 #    replication's settings, and `seal dose` runs at ratio 0.2 from it on
 #    the 100-sample pool, seeds 1 and 2 (the committed dose's call, one
-#    seed per process).
+#    seed per process). The measured seed 3 was the same call with
+#    `--seeds 3`, run alone on two threads afterwards.
 #
 #   scripts/recovery_probe.sh [SHARED_DIR] [OUT]
 #
