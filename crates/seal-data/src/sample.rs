@@ -228,29 +228,18 @@ impl Sample {
             return Err(("messages".into(), "no user turn".into()));
         }
         if let Some(prefill) = &self.prefill {
-            let Some(response) = self.response() else {
-                return Err((
-                    "prefill".into(),
-                    "a prefill needs an assistant response as the last message".into(),
-                ));
+            let rest = self.response().map(|r| r.strip_prefix(prefill.as_str()));
+            let problem = match rest {
+                None => Some("a prefill needs an assistant response as the last message"),
+                Some(_) if prefill.trim().is_empty() => Some("empty prefill"),
+                Some(None) => Some("not a prefix of the last assistant message"),
+                Some(Some(rest)) if rest.trim().is_empty() => {
+                    Some("covers the whole response, leaving nothing to train on")
+                }
+                Some(Some(_)) => None,
             };
-            if prefill.trim().is_empty() {
-                return Err(("prefill".into(), "empty prefill".into()));
-            }
-            match response.strip_prefix(prefill.as_str()) {
-                None => {
-                    return Err((
-                        "prefill".into(),
-                        "not a prefix of the last assistant message".into(),
-                    ))
-                }
-                Some(rest) if rest.trim().is_empty() => {
-                    return Err((
-                        "prefill".into(),
-                        "covers the whole response, leaving nothing to train on".into(),
-                    ))
-                }
-                Some(_) => {}
+            if let Some(message) = problem {
+                return Err(("prefill".into(), message.into()));
             }
         }
         Ok(())
