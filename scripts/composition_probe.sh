@@ -24,8 +24,9 @@
 # `seal align` command); the trained judge must be in target/judge/smollm2
 # (`cargo xtask dose` trains it). SEEDS: space-separated, default "1 2 3".
 # Set THREADS (default 2) for each fine-tuning and evaluation; two copies
-# with THREADS=1 and different SEEDS may run side by side. About 20 minutes
-# per seed on a 2-core CPU.
+# with THREADS=1 and different SEEDS may run side by side. On one thread a
+# seed took about 35 minutes (two fine-tunings of about 14 minutes, two
+# evaluations of about 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 aligned=${1:?usage: scripts/composition_probe.sh ALIGNED_DIR [SHARED_DIR] [OUT] [SEEDS]}
@@ -36,7 +37,7 @@ threads=${THREADS:-2}
 seal=target/release/seal
 judge=target/judge/smollm2
 base=target/seal-cache/smollm2-135m-instruct
-[ -x "$seal" ] || cargo build --release -p seal-cli
+cargo build --release -p seal-cli
 mkdir -p "$out"
 # Two copies side by side build the pools once: the second waits for the lock.
 (
@@ -45,13 +46,12 @@ mkdir -p "$out"
         "$seal" data benchmark --shared "$shared" --out "$out/b100" --finetune 100 --poison-ratio 0.2 --seed 0 --force
         "$seal" data benchmark --shared "$shared" --out "$out/b500" --finetune 500 --poison-ratio 0.2 --seed 0 --force
         python3 - "$out" <<'PY'
-import collections, json, random, sys
+import collections, json, os, random, sys
 out = sys.argv[1]
 rows = lambda p: [json.loads(l) for l in open(p)]
 def write(path, xs):
     with open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(x) + "\n" for x in xs)
-    import os
     os.replace(path + ".tmp", path)
 pool = rows(f"{out}/b100/finetune.jsonl")
 big = rows(f"{out}/b500/finetune.jsonl")
@@ -59,16 +59,13 @@ harmful = [x for x in pool if x["label"] == "harmful"]
 assert len(harmful) == 20, len(harmful)
 by_source = collections.Counter(x["source"] for x in pool if x["label"] == "benign")
 print("recipe-3 benign part:", dict(by_source))
-want = {"gsm8k-train": 56, "safe-rlhf": 12}
-rest = [s for s in by_source if s not in want]
-assert len(rest) == 2, by_source
-# Alpaca gets 8, Dolly 4 (the larger of the two Alpaca/Dolly sources is Alpaca).
-rest.sort(key=lambda s: -by_source[s])
-want[rest[0]], want[rest[1]] = 8, 4
+# (This order is the order of the measured pools: the shuffles below depend on it.)
+want = {"gsm8k-train": 56, "safe-rlhf": 12, "alpaca-safety": 8, "dolly-safety": 4}
+assert set(by_source) == set(want), by_source
+ids = {x["id"] for x in pool}
 benign = []
 for source, n in want.items():
     have = [x for x in pool if x["label"] == "benign" and x["source"] == source]
-    ids = {x["id"] for x in pool}
     more = [x for x in big if x["label"] == "benign" and x["source"] == source and x["id"] not in ids]
     take = (have + more)[:n]
     assert len(take) == n, (source, len(take))
@@ -83,7 +80,7 @@ PY
     fi
 ) 9>"$out/.lock"
 # Fine-tunings first, evaluations after: a judge still in training (`seal
-# judge train` beside this script) is waited for only when it is needed.
+# judge train` started beside this script) is only needed from here on.
 for seed in $seeds; do
     for part in whole benign; do
         name=$part-s$seed
@@ -93,7 +90,10 @@ for seed in $seeds; do
                 --no-progress --force
     done
 done
-until [ -f "$judge/judge.json" ]; do sleep 30; done
+[ -f "$judge/judge.json" ] || {
+    echo "no trained judge in $judge/judge.json (train it with \`cargo xtask dose\` or \`seal judge train\`); the fine-tunings are kept, rerun to evaluate" >&2
+    exit 1
+}
 for seed in $seeds; do
     for part in whole benign; do
         name=$part-s$seed
