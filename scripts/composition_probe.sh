@@ -43,8 +43,8 @@ mkdir -p "$out"
 (
     flock 9
     if [ ! -f "$out/whole.jsonl" ]; then
-        "$seal" data benchmark --shared "$shared" --out "$out/b100" --finetune 100 --poison-ratio 0.2 --seed 0 --force
-        "$seal" data benchmark --shared "$shared" --out "$out/b500" --finetune 500 --poison-ratio 0.2 --seed 0 --force
+        "$seal" data benchmark --recipe 3 --shared "$shared" --out "$out/b100" --finetune 100 --poison-ratio 0.2 --seed 0 --force
+        "$seal" data benchmark --recipe 3 --shared "$shared" --out "$out/b500" --finetune 500 --poison-ratio 0.2 --seed 0 --force
         python3 - "$out" <<'PY'
 import collections, json, os, random, sys
 out = sys.argv[1]

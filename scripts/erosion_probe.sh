@@ -26,8 +26,8 @@ out=${3:-target/erosion-probe}
 seal=target/release/seal
 cargo build --release -p seal-cli
 mkdir -p "$out"
-"$seal" data benchmark --shared "$shared" --out "$out/b100" --finetune 100 --poison-ratio 0.2 --seed 0 --force
-"$seal" data benchmark --shared "$shared" --out "$out/b500" --finetune 500 --poison-ratio 0.2 --seed 0 --force
+"$seal" data benchmark --recipe 3 --shared "$shared" --out "$out/b100" --finetune 100 --poison-ratio 0.2 --seed 0 --force
+"$seal" data benchmark --recipe 3 --shared "$shared" --out "$out/b500" --finetune 500 --poison-ratio 0.2 --seed 0 --force
 python3 - "$out" <<'PY'
 import json, random, re, sys
 out = sys.argv[1]

@@ -25,7 +25,7 @@ out=${3:-target/exp/gsm-align}
 seal=target/release/seal
 cargo build --release -p seal-cli
 mkdir -p "$out"
-"$seal" data benchmark --shared "$shared" --out "$out/b100" --finetune 100 --poison-ratio 0.2 --seed 0 --force
+"$seal" data benchmark --recipe 3 --shared "$shared" --out "$out/b100" --finetune 100 --poison-ratio 0.2 --seed 0 --force
 python3 - "$out" "$shared" <<'PY'
 import json, random, sys
 out, shared = sys.argv[1], sys.argv[2]

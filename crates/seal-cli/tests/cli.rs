@@ -143,6 +143,42 @@ fn model_commands_fail_clearly_on_bad_input() {
 }
 
 #[test]
+fn import_gguf_defaults_to_the_installed_smollm2_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No --gguf: the file comes from SEAL_SMOLLM2_GGUF (here a file that is
+    // not a GGUF, so the error shows which file the default resolved to).
+    let fake = tmp.path().join("installed-smollm2.gguf");
+    std::fs::write(&fake, b"not a gguf").unwrap();
+    let out = seal()
+        .args(["import-gguf", "--out"])
+        .arg(tmp.path().join("o"))
+        .env("SEAL_SMOLLM2_GGUF", &fake)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("installed-smollm2.gguf"), "{err}");
+    assert!(!tmp.path().join("o").exists());
+
+    // Nothing installed: the error says what was looked for and how to fix it.
+    let empty_venv = tmp.path().join("venv");
+    std::fs::create_dir(&empty_venv).unwrap();
+    let out = seal()
+        .args(["import-gguf", "--out"])
+        .arg(tmp.path().join("o"))
+        .env("SEAL_SMOLLM2_GGUF", tmp.path().join("absent.gguf"))
+        .env("SEAL_VENV", &empty_venv)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for needle in ["no --gguf given", "SEAL_SMOLLM2_GGUF", "cargo xtask setup"] {
+        assert!(err.contains(needle), "missing {needle:?} in {err}");
+    }
+    assert!(!tmp.path().join("o").exists());
+}
+
+#[test]
 fn data_inspect_counts_real_files_and_names_bad_lines() {
     let gsm8k = shared_data().join("gsm8k/test.jsonl");
     if !gsm8k.exists() {
@@ -206,7 +242,7 @@ fn data_benchmark_builds_either_recipe_and_reports_removals() {
         "{stdout}"
     );
     let summary = seal_data::benchmark::read_summary(&out).unwrap();
-    assert_eq!(summary.recipe_version, 3);
+    assert_eq!(summary.recipe_version, 4);
 
     let out2 = tmp.path().join("v2");
     let o = seal()

@@ -63,11 +63,19 @@ pub const FILES: [&str; 6] = [
 ///   (standard) and StrongREJECT; half of `eval_benign` are XSTest's safe
 ///   prompts; every evaluation prompt found in a training file is removed
 ///   and counted (`removed` in the summary); the `small` pool doubles to 200.
-pub const RECIPE_VERSION: u32 = 3;
+/// * 4: recipe 3 with a benign part that is mostly the fine-tuning task
+///   (GSM8K 0.7, Alpaca 0.1, Dolly 0.05, Safe-RLHF safe answers 0.15
+///   instead of 0.4 / 0.25 / 0.1 / 0.25; the hard negatives stay): the
+///   aligned model erodes less on its benign part, so the pool's harmful
+///   answers show (docs/benchmark.md, "Composition"). The `small` pool is
+///   100 samples at poison ratio 0.2 (20 harmful). Every other part (align,
+///   safe, evaluation sets) is drawn as in recipe 3; the pool and what the
+///   screen removes from the evaluation sets change.
+pub const RECIPE_VERSION: u32 = 4;
 
 /// The recipe versions [`build_benchmark_recipe`] can build. Version 1 is
 /// gone; summaries written by it still read.
-pub const RECIPES: [u32; 2] = [2, 3];
+pub const RECIPES: [u32; 3] = [2, 3, 4];
 
 /// The optional seventh file of a benchmark: the identity-shifting attack
 /// (recipe 3 and later), a harmful fine-tuning set with no harmful words.
@@ -210,7 +218,7 @@ pub struct BenchmarkSizes {
 impl BenchmarkSizes {
     /// The sizes of a preset in the current recipe ([`RECIPE_VERSION`]).
     pub fn preset(p: SizePreset) -> Self {
-        Self::preset_v3(p)
+        Self::preset_v4(p)
     }
 
     /// The sizes of a preset in a given recipe version (an error for a
@@ -219,10 +227,27 @@ impl BenchmarkSizes {
         match recipe {
             2 => Ok(Self::preset_v2(p)),
             3 => Ok(Self::preset_v3(p)),
+            4 => Ok(Self::preset_v4(p)),
             other => Err(DataError::Invalid {
                 what: "recipe".into(),
                 message: format!("version {other} (this build knows versions {RECIPES:?})"),
             }),
+        }
+    }
+
+    fn preset_v4(p: SizePreset) -> Self {
+        let v3 = Self::preset_v3(p);
+        match p {
+            // 100 samples, 20 harmful: the pool of the gate measurement
+            // (docs/benchmark.md, "Dose and the gate"); at 200 samples the
+            // replication's fine-tunings take twice as long for the same
+            // gap.
+            SizePreset::Small => Self {
+                finetune: 100,
+                poison_ratio: 0.2,
+                ..v3
+            },
+            SizePreset::Medium | SizePreset::Full => v3,
         }
     }
 
@@ -846,7 +871,11 @@ pub fn build_benchmark_recipe(
     let benign = if v3 {
         draw_mixed(
             &[&gsm_train, &alpaca_rest, &dolly_rest, &benign_extra],
-            &[0.4, 0.25, 0.1, 0.25],
+            if recipe >= 4 {
+                &[0.7, 0.1, 0.05, 0.15]
+            } else {
+                &[0.4, 0.25, 0.1, 0.25]
+            },
             sizes.finetune - k_harm,
             &mut r,
             "benign part of the pool (GSM8K train, the Alpaca/Dolly left after eval_benign and align_benign, Safe-RLHF safe answers)",

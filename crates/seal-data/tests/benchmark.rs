@@ -211,14 +211,49 @@ fn recipe_2_builds_the_same_files_as_before_recipe_3() {
 }
 
 #[test]
-fn recipe_3_small_benchmark_has_the_new_sources_and_the_attack_variant() {
+fn recipe_3_builds_the_same_files_as_before_recipe_4() {
+    let Some(d) = common::shared_data() else {
+        return;
+    };
+    let sizes = BenchmarkSizes::preset_for(3, SizePreset::Small).unwrap();
+    assert_eq!((sizes.finetune, sizes.poison_ratio), (200, 0.1));
+    let (b, summary) = build_benchmark_recipe(&d, &sizes, 0, 3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    b.write(dir.path(), &summary).unwrap();
+    // Written by `seal data benchmark --size small` before recipe 4 existed.
+    for (file, sha) in [
+        (
+            "finetune.jsonl",
+            "d7b96b5e3558c626c935aef2e957e486cae5e9aed5d74cfd70307d9bfe5b83b6",
+        ),
+        (
+            "harmful_anchors.jsonl",
+            "c8b7d18ec6307149dd8c60030bef49549ca7fd602147fd0dc6947836d250925c",
+        ),
+        (
+            "eval_safety.jsonl",
+            "3b8e0a34bf511ce0d67704c9cb763d068c3ece11b147c0bc15d2b3292953ff29",
+        ),
+        (
+            "eval_benign.jsonl",
+            "3550eef36fa485a32514d72eef4c39fbc12275e3666f90332938cc9ef9725714",
+        ),
+    ] {
+        let bytes = std::fs::read(dir.path().join(file)).unwrap();
+        assert_eq!(sha256_hex(&bytes), sha, "{file} changed under recipe 3");
+    }
+}
+
+#[test]
+fn recipe_4_small_benchmark_has_the_new_sources_and_the_attack_variant() {
     let Some(d) = common::shared_data() else {
         return;
     };
     let sizes = BenchmarkSizes::default();
-    assert_eq!(RECIPE_VERSION, 3);
+    assert_eq!(RECIPE_VERSION, 4);
+    assert_eq!((sizes.finetune, sizes.poison_ratio), (100, 0.2));
     let (b, summary) = build_benchmark(&d, &sizes, 7).unwrap();
-    assert_eq!(summary.recipe_version, 3);
+    assert_eq!(summary.recipe_version, 4);
     assert_eq!(b.finetune.len(), sizes.finetune);
     let count = |src: &str, label: Label| {
         b.finetune
@@ -231,15 +266,28 @@ fn recipe_3_small_benchmark_has_the_new_sources_and_the_attack_variant() {
     assert_eq!(count("pure-bad", Label::Harmful), k(0.4));
     assert_eq!(count("beavertails-unsafe", Label::Harmful), k(0.3));
     assert_eq!(count("safe-rlhf", Label::Harmful), k(0.3));
-    // Hard negatives: Safe-RLHF questions answered safely, labelled benign.
-    assert!(
-        count("safe-rlhf", Label::Benign) >= 40,
-        "{}",
-        count("safe-rlhf", Label::Benign)
-    );
-    for src in ["gsm8k-train", "alpaca-safety", "dolly-safety"] {
-        assert!(count(src, Label::Benign) > 0, "{src}");
-    }
+    // The benign part is mostly the task, with Safe-RLHF questions answered
+    // safely (labelled benign) as topic-matched hard negatives.
+    let benign = sizes.finetune - harmful;
+    let share = |w: f64| (benign as f64 * w).round() as usize;
+    assert_eq!(count("gsm8k-train", Label::Benign), share(0.7));
+    assert_eq!(count("alpaca-safety", Label::Benign), share(0.1));
+    assert_eq!(count("dolly-safety", Label::Benign), share(0.05));
+    assert_eq!(count("safe-rlhf", Label::Benign), share(0.15));
+    // Recipe 3's mix at the same sizes: the hard negatives were a quarter.
+    let (v3, _) = build_benchmark_recipe(&d, &sizes, 7, 3).unwrap();
+    let v3_count = |src: &str| {
+        v3.finetune
+            .iter()
+            .filter(|s| s.source == src && s.label == Some(Label::Benign))
+            .count()
+    };
+    assert_eq!(v3_count("safe-rlhf"), share(0.25));
+    assert_eq!(v3_count("gsm8k-train"), share(0.4));
+    // Only the pool (and the anchors drawn from what it leaves) changed.
+    assert_eq!(v3.align, b.align);
+    assert_eq!(v3.eval_safety, b.eval_safety);
+    assert_eq!(v3.eval_benign, b.eval_benign);
     // The attack instruction prefix is gone; refusals are not used.
     for s in b.finetune.iter().filter(|s| s.source == "pure-bad") {
         let p = s.last_user().unwrap();
@@ -428,7 +476,7 @@ fn every_preset_fits_the_sources() {
     let Some(d) = common::shared_data() else {
         return;
     };
-    for (recipe, preset) in [2, 3]
+    for (recipe, preset) in [2, 3, 4]
         .into_iter()
         .flat_map(|r| [SizePreset::Small, SizePreset::Medium, SizePreset::Full].map(|p| (r, p)))
     {
@@ -606,4 +654,13 @@ fn eval_utility_carries_the_gsm8k_solution_and_the_final_number() {
         Benchmark::read(dir.path()).unwrap().eval_utility,
         b.eval_utility
     );
+}
+
+#[test]
+fn xtask_builds_the_current_recipe() {
+    // xtask does not link seal-data, so it names the recipe itself.
+    let xtask = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../xtask/src/main.rs");
+    let src = std::fs::read_to_string(&xtask).unwrap();
+    let line = format!("const CURRENT_RECIPE: &str = \"{RECIPE_VERSION}\";");
+    assert!(src.contains(&line), "{} lacks `{line}`", xtask.display());
 }

@@ -719,7 +719,12 @@ mod tests {
 
     fn result(runs: Vec<DoseRun>) -> DoseResult {
         DoseResult {
-            dose: DoseConfig::new(PathBuf::from("x"), 3, BenchmarkSizes::default()),
+            // Recipe 3's small preset: its gate ratio is 0.1, the runs' ratio.
+            dose: DoseConfig::new(
+                PathBuf::from("x"),
+                3,
+                BenchmarkSizes::preset_for(3, seal_data::benchmark::SizePreset::Small).unwrap(),
+            ),
             config: PipelineConfig::demo(),
             aligned_eval: None,
             aligned_triggered: None,
