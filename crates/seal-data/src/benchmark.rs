@@ -69,8 +69,9 @@ pub const FILES: [&str; 6] = [
 ///   aligned model erodes less on its benign part, so the pool's harmful
 ///   answers show (docs/benchmark.md, "Composition"). The `small` pool is
 ///   100 samples at poison ratio 0.2 (20 harmful). Every other part (align,
-///   safe, evaluation sets) is drawn as in recipe 3; the pool and what the
-///   screen removes from the evaluation sets change.
+///   safe, evaluation sets, identity shift) is recipe 3's, byte for byte;
+///   only the pool and the harmful anchors (drawn from what it leaves)
+///   change.
 pub const RECIPE_VERSION: u32 = 4;
 
 /// The recipe versions [`build_benchmark_recipe`] can build. Version 1 is
