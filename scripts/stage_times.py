@@ -7,8 +7,9 @@ Each OUT_DIR is a `seal pipeline --out` directory; its `results.json` gives
 the time of every stage the run computed: the original model's evaluation,
 alignment (blank when it came from the cache), the aligned model's
 evaluation, each ranker (mean over seeds) and each method's selection,
-fine-tuning and evaluation (mean over seeds). A stage a run did not compute
-is shown as "–". One run's own times are also in its `seal report`; this
+fine-tuning and evaluation (mean over seeds; over the seeds where the
+method ran its own fine-tuning when it reused another's, `reused_from`, in
+some). A stage a run did not compute is shown as "–". One run's own times are also in its `seal report`; this
 compares runs. docs/pipeline.md ("Cost on a 2-core CPU") is condensed from it.
 """
 
@@ -45,8 +46,15 @@ def stages(result: dict, methods: set | None) -> dict:
         out[f"ranking `{solver}` ({rs[0].get('steps')} steps)"] = mean(rs, "seconds")
     for method, rs in by_name(result.get("runs", []), "method", methods).items():
         out[f"`{method}`: selection"] = mean(rs, "select_seconds")
-        out[f"`{method}`: fine-tuning ({rs[0].get('steps')} steps)"] = mean(rs, "finetune_seconds")
-        out[f"`{method}`: evaluation"] = statistics.mean(r["eval"]["seconds"] for r in rs)
+        # A run that reused an earlier method's fine-tuning (`reused_from`)
+        # computed neither stage: the means are over the seeds that did.
+        own = [r for r in rs if not r.get("reused_from")]
+        reused = len(rs) - len(own)
+        if reused:
+            out[f"`{method}`: reused another method's run in {reused} of {len(rs)} seed(s)"] = 0.0
+        if own:
+            out[f"`{method}`: fine-tuning ({own[0].get('steps')} steps)"] = mean(own, "finetune_seconds")
+            out[f"`{method}`: evaluation"] = statistics.mean(r["eval"]["seconds"] for r in own)
     return out
 
 

@@ -346,8 +346,9 @@ pub fn keep_by_id<T>(items: Vec<T>, id: impl Fn(&T) -> &str, kept: &[String]) ->
     Ok(out)
 }
 
-/// The data of a fine-tuning run.
-#[derive(Debug, Clone, Default)]
+/// The data of a fine-tuning run. Two equal values (with equal settings,
+/// seed and starting model) give the same run.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SftData {
     /// The (kept) fine-tuning samples.
     pub finetune: Vec<TokenizedSample>,

@@ -333,6 +333,9 @@ pub fn build(result: &PipelineResult, labels: &[Option<Label>]) -> Result<Report
     if let Some(unparsable) = unparsable_note(result) {
         sec.paragraph(unparsable);
     }
+    if let Some(reused) = reused_note(result) {
+        sec.paragraph(reused);
+    }
     let curves: Vec<(String, Vec<(f64, f64)>)> = result
         .runs
         .iter()
@@ -618,6 +621,35 @@ pub fn summary_table(result: &PipelineResult) -> String {
     s
 }
 
+/// The runs that reused an earlier method's fine-tuning, grouped by method
+/// and source with their seeds; `None` when every method ran its own.
+fn reused_note(result: &PipelineResult) -> Option<String> {
+    let mut pairs: std::collections::BTreeMap<(&str, &str), Vec<String>> = Default::default();
+    for r in &result.runs {
+        if let Some(source) = &r.reused_from {
+            pairs
+                .entry((r.method.as_str(), source.as_str()))
+                .or_default()
+                .push(r.seed.to_string());
+        }
+    }
+    if pairs.is_empty() {
+        return None;
+    }
+    let items: Vec<String> = pairs
+        .iter()
+        .map(|((method, source), seeds)| {
+            format!("`{method}` that of `{source}` (seed {})", seeds.join(", "))
+        })
+        .collect();
+    Some(format!(
+        "A selection that gave the same fine-tuning data and objective as an earlier method \
+         of the same seed reuses that method's fine-tuning and evaluation (a rerun from the \
+         same model and seed would repeat it); its fine-tuning and evaluation times are 0: {}.",
+        items.join("; ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -635,6 +667,7 @@ mod tests {
             auroc,
             select_seconds: 0.0,
             finetune_seconds: 0.0,
+            reused_from: None,
             steps: 1,
             eval: ModelEval {
                 asr: Some(asr),
@@ -728,6 +761,24 @@ mod tests {
         assert_eq!(g.nll_near_random, Some(false));
         let t = summary_table(&r);
         assert!(t.contains("seal") && t.contains("0.600"), "{t}");
+    }
+
+    #[test]
+    fn reused_runs_are_named_with_their_source_and_seeds() {
+        let mut runs = vec![
+            run(Method::Oracle, 1, Some(1.0), 0.1, 1.0),
+            run(Method::Seal, 1, Some(1.0), 0.1, 1.0),
+            run(Method::Oracle, 2, Some(1.0), 0.1, 1.0),
+            run(Method::Seal, 2, Some(1.0), 0.1, 1.0),
+        ];
+        assert_eq!(reused_note(&result(runs.clone())), None);
+        runs[3].reused_from = Some("oracle".into());
+        runs[1].reused_from = Some("oracle".into());
+        let note = reused_note(&result(runs)).unwrap();
+        assert!(
+            note.ends_with("`seal` that of `oracle` (seed 1, 2)."),
+            "{note}"
+        );
     }
 
     #[test]

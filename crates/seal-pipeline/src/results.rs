@@ -66,6 +66,13 @@ pub struct MethodRun {
     /// reference itself and when win rates are off.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub win_rates: BTreeMap<String, SetWinRate>,
+    /// The method of the same seed whose fine-tuning and evaluation this run
+    /// reuses: its selection gave the same data and objective, so running it
+    /// again from the same model with the same seed would repeat that run
+    /// (bitwise on the CPU). Its outputs are copied, and its fine-tuning and
+    /// evaluation times are 0. `None` when the method ran its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
 }
 
 /// One set's win rate of a method against the reference, for one seed.

@@ -315,6 +315,8 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     };
     for &seed in &config.seeds {
         let mut logits: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        // The fine-tunings of this seed so far, to run each distinct one once.
+        let mut finetuned: Vec<Finetuned> = Vec::new();
         for solver in &solvers {
             let run = ctx.rank_stage(&pool, seed, solver.as_ref())?;
             logits.insert(solver.name().to_string(), run.logits.clone());
@@ -331,7 +333,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
                     tracing::info!(seed, method = method.name(), "kept from the previous run");
                     r.clone()
                 }
-                None => ctx.method_stage(&pool, method.as_ref(), seed, &logits)?,
+                None => ctx.method_stage(&pool, method.as_ref(), seed, &logits, &mut finetuned)?,
             };
             result.runs.push(run);
             result.seconds = start.elapsed().as_secs_f64();
@@ -347,6 +349,37 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     result.seconds = start.elapsed().as_secs_f64();
     write_results(&result, &pool.labels, &out)?;
     Ok(result)
+}
+
+/// One fine-tuning of a seed: its data and objective, and the run it gave.
+struct Finetuned {
+    data: seal_bilevel::SftData,
+    lambda: f64,
+    run: MethodRun,
+}
+
+/// Copies the files of a method's directory `from` into `to` (atomically,
+/// folders included), except the names in `skip`: the outputs of a reused
+/// run, so that every method's directory holds its adapter and responses.
+fn copy_outputs(from: &Path, to: &Path, skip: &[&str]) -> Result<()> {
+    mkdir(to)?;
+    let entries = std::fs::read_dir(from).map_err(|e| PipelineError::io(from, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| PipelineError::io(from, e))?;
+        let name = entry.file_name();
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(&name));
+        let kind = entry.file_type().map_err(|e| PipelineError::io(&src, e))?;
+        if kind.is_dir() {
+            copy_outputs(&src, &dst, &[])?;
+        } else if kind.is_file() {
+            let bytes = std::fs::read(&src).map_err(|e| PipelineError::io(&src, e))?;
+            seal_model::weights::write_atomic(&dst, &bytes)?;
+        }
+    }
+    Ok(())
 }
 
 /// What every stage of one run reads.
@@ -616,13 +649,17 @@ impl RunContext<'_> {
     }
 
     /// One method for `seed`: select, fine-tune from the starting model,
-    /// evaluate; the audit outputs and the adapter in `seed-N/NAME/`.
+    /// evaluate; the audit outputs and the adapter in `seed-N/NAME/`. A
+    /// selection that gives the same data and objective as an earlier method
+    /// of the seed (in `finetuned`) reuses that method's run instead of
+    /// repeating it.
     fn method_stage(
         &self,
         pool: &Pool,
         method: &dyn PipelineMethod,
         seed: u64,
         logits: &BTreeMap<String, Vec<f64>>,
+        finetuned: &mut Vec<Finetuned>,
     ) -> Result<MethodRun> {
         let config = self.config;
         let name = method.name();
@@ -678,12 +715,46 @@ impl RunContext<'_> {
             config.max_len,
         )?;
         let select_seconds = t0.elapsed().as_secs_f64();
+        let this_run = |source: &MethodRun| MethodRun {
+            seed,
+            method: name.to_string(),
+            kept,
+            added: selection.added.len(),
+            harmful_kept,
+            harmful_total: pool.harmful_total,
+            auroc,
+            select_seconds,
+            finetune_seconds: 0.0,
+            steps: source.steps,
+            eval: source.eval.clone(),
+            log: source.log.clone(),
+            win_rates: BTreeMap::new(),
+            reused_from: None,
+        };
+        if let Some(same) = finetuned
+            .iter()
+            .find(|f| f.data == sft && f.lambda.to_bits() == lambda.to_bits())
+        {
+            let source = &same.run.method;
+            tracing::info!(
+                seed,
+                method = name,
+                reused_from = %source,
+                "same data and objective as an earlier method: its run is reused"
+            );
+            let from = self.out.join(format!("seed-{seed}")).join(source);
+            copy_outputs(&from, &dir, &["kept_ids.txt", "scored.jsonl"])?;
+            let mut run = this_run(&same.run);
+            run.eval.seconds = 0.0;
+            run.reused_from = Some(source.clone());
+            return Ok(run);
+        }
 
         let t1 = Instant::now();
         let model = self.load(&pool.start_dir)?.model;
         let run = stages::finetune_on(
             model,
-            sft,
+            sft.clone(),
             lambda,
             pool.pad,
             &config.finetune,
@@ -714,7 +785,7 @@ impl RunContext<'_> {
             nll = ?eval.utility_nll,
             "evaluated"
         );
-        Ok(MethodRun {
+        let result = MethodRun {
             seed,
             method: name.to_string(),
             kept,
@@ -728,7 +799,14 @@ impl RunContext<'_> {
             eval,
             log: run.log,
             win_rates: BTreeMap::new(),
-        })
+            reused_from: None,
+        };
+        finetuned.push(Finetuned {
+            data: sft,
+            lambda,
+            run: result.clone(),
+        });
+        Ok(result)
     }
 }
 

@@ -439,6 +439,83 @@ fn token_weights_make_the_loss_a_mean_over_tokens() {
 }
 
 #[test]
+fn a_selection_equal_to_an_earlier_one_reuses_its_run_and_matches_a_rerun() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    tiny_model_dir(&root.join("model"));
+    let mut cfg = config(root);
+    cfg.seeds = vec![1];
+    // At p = 1 random and the loss rule keep the whole pool, as `full` does
+    // (in pool order): the same data and objective, so one fine-tuning.
+    cfg.select.p = 1.0;
+    cfg.select.methods = vec![
+        Method::Full.into(),
+        Method::Random.into(),
+        Method::Loss.into(),
+    ];
+    let r = seal_pipeline::run(&cfg).unwrap();
+    let full = r.runs.iter().find(|x| x.method == "full").unwrap();
+    assert_eq!(full.reused_from, None);
+    assert!(full.finetune_seconds > 0.0);
+    let seed_dir = cfg.out.join("seed-1");
+    let adapter = |m: &str| {
+        std::fs::read(seed_dir.join(m).join("adapter/adapter_model.safetensors")).unwrap()
+    };
+    let eval_json = |e: &seal_pipeline::stages::ModelEval| {
+        let mut e = e.clone();
+        e.seconds = 0.0;
+        serde_json::to_string(&e).unwrap()
+    };
+    for m in ["random", "loss"] {
+        let run = r.runs.iter().find(|x| x.method == m).unwrap();
+        assert_eq!(run.reused_from.as_deref(), Some("full"), "{m}");
+        assert_eq!((run.finetune_seconds, run.eval.seconds), (0.0, 0.0), "{m}");
+        assert_eq!(eval_json(&run.eval), eval_json(&full.eval), "{m}");
+        assert_eq!(run.log.len(), full.log.len());
+        assert_eq!(adapter(m), adapter("full"), "{m}");
+        // The method's own audit outputs, the reused run's responses.
+        assert!(seed_dir.join(m).join("kept_ids.txt").is_file());
+        assert_eq!(
+            std::fs::read(seed_dir.join(m).join("safety_responses.jsonl")).unwrap(),
+            std::fs::read(seed_dir.join("full/safety_responses.jsonl")).unwrap()
+        );
+    }
+    let md = std::fs::read_to_string(cfg.out.join("report.md")).unwrap();
+    assert!(md.contains("`random` that of `full` (seed 1)"), "{md}");
+
+    // The claim behind the reuse: run on its own, `random` gives the very
+    // same fine-tuning and evaluation.
+    let mut alone = cfg.clone();
+    alone.out = root.join("out-alone");
+    alone.select.methods = vec![Method::Random.into()];
+    let a = seal_pipeline::run(&alone).unwrap();
+    let own = &a.runs[0];
+    assert_eq!(own.reused_from, None);
+    assert_eq!(eval_json(&own.eval), eval_json(&full.eval));
+    let losses = |run: &seal_pipeline::MethodRun| -> Vec<u64> {
+        run.log.iter().map(|s| s.loss.to_bits()).collect()
+    };
+    assert_eq!(losses(own), losses(full));
+    assert_eq!(
+        std::fs::read(
+            alone
+                .out
+                .join("seed-1/random/adapter/adapter_model.safetensors")
+        )
+        .unwrap(),
+        adapter("full")
+    );
+
+    // Different data is never reused: at p = 0.8 random keeps a subset.
+    let mut subset = cfg.clone();
+    subset.out = root.join("out-subset");
+    subset.select.p = 0.8;
+    subset.select.methods = vec![Method::Full.into(), Method::Random.into()];
+    let s = seal_pipeline::run(&subset).unwrap();
+    assert!(s.runs.iter().all(|x| x.reused_from.is_none()));
+}
+
+#[test]
 fn resume_keeps_finished_work_and_refuses_another_config() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
