@@ -715,7 +715,12 @@ impl RunContext<'_> {
             config.max_len,
         )?;
         let select_seconds = t0.elapsed().as_secs_f64();
-        let this_run = |source: &MethodRun| MethodRun {
+        // The run's record, from its own fine-tuning or a reused one.
+        let record = |finetune_seconds: f64,
+                      steps: usize,
+                      eval: stages::ModelEval,
+                      log: Vec<seal_bilevel::SftStep>,
+                      reused_from: Option<String>| MethodRun {
             seed,
             method: name.to_string(),
             kept,
@@ -724,30 +729,38 @@ impl RunContext<'_> {
             harmful_total: pool.harmful_total,
             auroc,
             select_seconds,
-            finetune_seconds: 0.0,
-            steps: source.steps,
-            eval: source.eval.clone(),
-            log: source.log.clone(),
+            finetune_seconds,
+            steps,
+            eval,
+            log,
             win_rates: BTreeMap::new(),
-            reused_from: None,
+            reused_from,
         };
         if let Some(same) = finetuned
             .iter()
             .find(|f| f.data == sft && f.lambda.to_bits() == lambda.to_bits())
         {
-            let source = &same.run.method;
+            let source = &same.run;
             tracing::info!(
                 seed,
                 method = name,
-                reused_from = %source,
+                reused_from = %source.method,
                 "same data and objective as an earlier method: its run is reused"
             );
-            let from = self.out.join(format!("seed-{seed}")).join(source);
-            copy_outputs(&from, &dir, &["kept_ids.txt", "scored.jsonl"])?;
-            let mut run = this_run(&same.run);
-            run.eval.seconds = 0.0;
-            run.reused_from = Some(source.clone());
-            return Ok(run);
+            copy_outputs(
+                &dir.with_file_name(&source.method),
+                &dir,
+                &["kept_ids.txt", "scored.jsonl"],
+            )?;
+            let mut eval = source.eval.clone();
+            eval.seconds = 0.0;
+            return Ok(record(
+                0.0,
+                source.steps,
+                eval,
+                source.log.clone(),
+                Some(source.method.clone()),
+            ));
         }
 
         let t1 = Instant::now();
@@ -785,22 +798,7 @@ impl RunContext<'_> {
             nll = ?eval.utility_nll,
             "evaluated"
         );
-        let result = MethodRun {
-            seed,
-            method: name.to_string(),
-            kept,
-            added: selection.added.len(),
-            harmful_kept,
-            harmful_total: pool.harmful_total,
-            auroc,
-            select_seconds,
-            finetune_seconds,
-            steps: run.report.steps,
-            eval,
-            log: run.log,
-            win_rates: BTreeMap::new(),
-            reused_from: None,
-        };
+        let result = record(finetune_seconds, run.report.steps, eval, run.log, None);
         finetuned.push(Finetuned {
             data: sft,
             lambda,
