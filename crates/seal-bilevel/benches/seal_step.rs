@@ -7,6 +7,15 @@
 //! `SEAL_BENCH_L`, `SEAL_BENCH_STEPS`; `SEAL_BENCH_DEVICE=cuda` (or `cuda:N`)
 //! runs on a GPU, `SEAL_BENCH_KIND=bf16` loads bf16 base weights, on either). Skips when the
 //! model is unavailable.
+//!
+//! Besides the step times it prints the model FLOP rate of each step and
+//! its MFU: that rate over the matmul peak of the same device and precision
+//! measured in the same process (8192³ on a GPU, 2048³ on the CPU; with
+//! `TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1` (`seal --tf32`) the f32 peak and
+//! the steps both use TF32 on CUDA). FLOP convention, as in
+//! docs/performance.md: forward = 2 · block weights · tokens + causal
+//! attention + LM head on the labelled half; the backward of the frozen base
+//! (activation gradients only) ≈ one more forward; LoRA terms are ignored.
 
 use seal_bilevel::solver::{StepBatch, StepContext};
 use seal_bilevel::*;
@@ -21,6 +30,49 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Model FLOPs of one forward pass over `b × l` tokens with the loss on the
+/// second half (the convention of docs/performance.md).
+fn forward_flops(c: &seal_model::LlamaConfig, b: usize, l: usize) -> f64 {
+    let (h, hd) = (c.hidden_size as f64, c.head_dim as f64);
+    let q_o = 2.0 * h * c.num_attention_heads as f64 * hd;
+    let k_v = 2.0 * h * c.num_key_value_heads as f64 * hd;
+    let mlp = 3.0 * h * c.intermediate_size as f64;
+    let tokens = (b * l) as f64;
+    let blocks = 2.0 * (q_o + k_v + mlp) * c.num_hidden_layers as f64 * tokens;
+    // QKᵀ and AV over the causal half: 2 matmuls · 2 FLOP · l²/2 per head.
+    let attention = 2.0
+        * (l * l) as f64
+        * c.num_attention_heads as f64
+        * hd
+        * c.num_hidden_layers as f64
+        * b as f64;
+    let head = 2.0 * h * c.vocab_size as f64 * tokens / 2.0;
+    blocks + attention + head
+}
+
+/// Matmul peak of `device` in `kind` (FLOP/s), measured here.
+fn matmul_peak(device: Device, kind: Kind) -> f64 {
+    let n: i64 = if device.is_cuda() { 8192 } else { 2048 };
+    let a = tch::Tensor::randn([n, n], (kind, device));
+    let b = tch::Tensor::randn([n, n], (kind, device));
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    for _ in 0..3 {
+        let _ = a.matmul(&b);
+    }
+    sync();
+    let reps = if device.is_cuda() { 20 } else { 3 };
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        let _ = a.matmul(&b);
+    }
+    sync();
+    2.0 * (n * n * n) as f64 * reps as f64 / t0.elapsed().as_secs_f64()
 }
 
 fn main() -> Result<()> {
@@ -54,6 +106,7 @@ fn main() -> Result<()> {
     options.kind = kind;
     let Pretrained { mut model, .. } =
         Pretrained::load_with(&dir, &options, seal_model::Llama::load)?;
+    let fwd = forward_flops(model.config(), b, l);
     model.add_lora(&LoraConfig::default(), 0)?;
     // B rows of exactly L tokens (deterministic ids), loss on the second half.
     let rows: Vec<TokenizedSample> = (0..b)
@@ -162,6 +215,20 @@ fn main() -> Result<()> {
         tokens / sft_s,
         2.0 * tokens / seal_s,
         seal_s / sft_s
+    );
+    // SFT: forward + backward of one batch; SEAL at λ = 0.5: both batches.
+    let peak = matmul_peak(device, kind);
+    let tf32 = device.is_cuda() && kind == Kind::Float && seal_model::runtime::tf32_requested();
+    let (sft_rate, seal_rate) = (2.0 * fwd / sft_s, 4.0 * fwd / seal_s);
+    println!(
+        "model FLOP/s: SFT {:.2} T, SEAL {:.2} T; matmul peak ({:?}{}) {:.1} T: MFU SFT {:.1}%, SEAL {:.1}%",
+        sft_rate / 1e12,
+        seal_rate / 1e12,
+        kind,
+        if tf32 { ", TF32" } else { "" },
+        peak / 1e12,
+        100.0 * sft_rate / peak,
+        100.0 * seal_rate / peak
     );
     Ok(())
 }

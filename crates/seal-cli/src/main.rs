@@ -30,6 +30,11 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "seal", version, about, long_about = None)]
 struct Cli {
+    /// On CUDA, let f32 matmuls use TF32 tensor cores (about 8x the f32
+    /// matmul peak on an H100/H200, inputs rounded to a 10-bit mantissa);
+    /// no effect on the CPU. Same as TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1.
+    #[arg(long, global = true)]
+    tf32: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,6 +96,12 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if cli.tf32 && !seal_model::runtime::allow_tf32() {
+        errln!(
+            "--tf32: left off, {} is set to something else in the environment",
+            seal_model::runtime::TF32_OVERRIDE_VAR
+        );
+    }
     match cli.command {
         Command::ImportGguf(args) => cmd::import_gguf::run(args),
         Command::Generate(args) => cmd::generate::run(args),

@@ -40,6 +40,36 @@ fn pipeline_prints_and_checks_its_config() {
     let o = seal(&["pipeline", "--config", "/no/such/file.toml"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("/no/such/file.toml"), "{}", text(&o));
+
+    // --set overrides a file's keys, or the embedded demo's, before checks.
+    let good = tmp.path().join("good.toml");
+    std::fs::write(&good, "[rank]\nepochs = 2\n").unwrap();
+    let o = seal(&[
+        "pipeline",
+        "--config",
+        good.to_str().unwrap(),
+        "--set",
+        "rank.lambda=0.5",
+        "--set",
+        "model.tf32=true",
+        "--print-config",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("lambda = 0.5") && t.contains("epochs = 2"),
+        "{t}"
+    );
+    assert!(t.contains("tf32 = true"), "{t}");
+    let o = seal(&["pipeline", "--set", "rank.ranker_lr=7.5", "--print-config"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ranker_lr = 7.5"), "{}", text(&o));
+    let o = seal(&["pipeline", "--set", "select.p=2", "--print-config"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("select.p"), "{}", text(&o));
+    // The global --tf32 flag is accepted by every subcommand.
+    let o = seal(&["--tf32", "pipeline", "--print-config"]);
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 /// A tiny model directory and the embedded align set as JSONL under `dir`.

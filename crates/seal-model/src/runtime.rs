@@ -76,6 +76,47 @@ pub fn parse_device(spec: &str) -> Option<Device> {
     }
 }
 
+/// The environment variable libtorch reads (once, at the first f32 cuBLAS
+/// matmul of the process) to let f32 matmuls run on TF32 tensor cores, as
+/// `torch.backends.cuda.matmul.allow_tf32 = True` does in Python.
+pub const TF32_OVERRIDE_VAR: &str = "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE";
+
+/// Lets f32 matmuls on CUDA use TF32 tensor cores (10-bit mantissa inputs,
+/// f32 accumulation): on an H200 the f32 matmul peak goes from about 51 to
+/// about 400 TFLOP/s (docs/performance.md). CPU results are unchanged.
+///
+/// libtorch exposes no setter through `tch`, so this sets
+/// [`TF32_OVERRIDE_VAR`], which libtorch reads once: call it at start-up,
+/// before any CUDA matmul and before other threads exist (the `seal`
+/// binary does so for `--tf32` and for a pipeline config's
+/// `[model] tf32 = true`). Returns whether the setting is in effect from
+/// now on, i.e. false when the variable was already set to something else
+/// by the user, whose choice is kept.
+pub fn allow_tf32() -> bool {
+    match std::env::var(TF32_OVERRIDE_VAR) {
+        Ok(v) => matches!(
+            v.as_str(),
+            "1" | "ON" | "on" | "true" | "TRUE" | "YES" | "yes"
+        ),
+        Err(_) => {
+            std::env::set_var(TF32_OVERRIDE_VAR, "1");
+            true
+        }
+    }
+}
+
+/// Whether [`allow_tf32`] (or the user's environment) asked for TF32.
+pub fn tf32_requested() -> bool {
+    std::env::var(TF32_OVERRIDE_VAR)
+        .map(|v| {
+            matches!(
+                v.as_str(),
+                "1" | "ON" | "on" | "true" | "TRUE" | "YES" | "yes"
+            )
+        })
+        .unwrap_or(false)
+}
+
 /// Tells glibc's malloc to keep freed memory instead of returning it to the
 /// system. Training allocates and frees the same large activation buffers
 /// every step; with glibc's defaults they are unmapped and page-faulted back

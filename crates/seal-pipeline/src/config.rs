@@ -176,6 +176,12 @@ pub struct ModelConfig {
     /// bf16 run aligns its own model. The trained judge always runs in f32.
     #[serde(default, skip_serializing_if = "is_f32")]
     pub dtype: seal_model::WeightDtype,
+    /// On CUDA, f32 matmuls run on TF32 tensor cores
+    /// ([`seal_model::runtime::allow_tf32`]); ignored on the CPU. Set it
+    /// before the process's first CUDA matmul (the `seal` binary reads the
+    /// config first).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tf32: bool,
 }
 
 // Default (f32) runs record no `dtype`, so their recorded configs (and the
@@ -1011,6 +1017,57 @@ impl Default for PipelineConfig {
     }
 }
 
+/// Applies `KEY=VALUE` overrides (see [`PipelineConfig::from_file_with`])
+/// to a config's TOML text.
+pub fn apply_overrides(text: &str, origin: &Path, overrides: &[String]) -> Result<String> {
+    if overrides.is_empty() {
+        return Ok(text.to_string());
+    }
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| PipelineError::Config {
+        what: origin.display().to_string(),
+        message: e.to_string(),
+    })?;
+    for o in overrides {
+        let bad = |m: &str| PipelineError::config("--set", format!("`{o}`: {m}"));
+        let (key, value) = o.split_once('=').ok_or_else(|| bad("expected KEY=VALUE"))?;
+        let path: Vec<&str> = key.trim().split('.').map(str::trim).collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(bad("empty key segment"));
+        }
+        let value = value.trim();
+        let (last, tables) = path.split_last().expect("split gives one segment");
+        if value.is_empty() {
+            // `KEY=` removes the key: the preset's (or the default) value applies.
+            let mut table = Some(&mut doc);
+            for seg in tables {
+                table = table
+                    .and_then(|t| t.get_mut(*seg))
+                    .and_then(|v| v.as_table_mut());
+            }
+            if let Some(t) = table {
+                t.remove(*last);
+            }
+            continue;
+        }
+        // A TOML value; a bare word (cuda, sgd, cosine) is taken as a string.
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        let mut table = &mut doc;
+        for (i, seg) in tables.iter().enumerate() {
+            let entry = table
+                .entry(seg.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| bad(&format!("`{}` is not a table", path[..=i].join("."))))?;
+        }
+        table.insert(last.to_string(), parsed);
+    }
+    toml::to_string(&doc).map_err(|e| PipelineError::config("--set", e.to_string()))
+}
+
 impl PipelineConfig {
     /// Parses a TOML config; relative paths are resolved against `base`.
     pub fn from_toml(text: &str, origin: &Path, base: &Path) -> Result<Self> {
@@ -1060,8 +1117,21 @@ impl PipelineConfig {
 
     /// Reads a TOML config file.
     pub fn from_file(path: &Path) -> Result<Self> {
+        Self::from_file_with(path, &[])
+    }
+
+    /// Reads a TOML config file with `KEY=VALUE` overrides applied to the
+    /// file's text before it is interpreted (`seal pipeline --set`): `KEY`
+    /// is a dotted path (`rank.lambda`, `rank.full.warm_start_steps`),
+    /// `VALUE` a TOML value (`0.5`, `"cuda"`, `[1, 2]`; a bare word is a
+    /// string; an empty one removes the key, so that the preset's or the
+    /// default value applies). Overrides land in the file's own tables, so preset filling,
+    /// path resolution and validation treat them exactly as if written
+    /// there, and an unknown key is refused naming it.
+    pub fn from_file_with(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| PipelineError::io(path, e))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let text = apply_overrides(&text, path, overrides)?;
         Self::from_toml(&text, path, base)
     }
 

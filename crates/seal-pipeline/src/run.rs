@@ -222,12 +222,16 @@ pub(crate) fn prepare(config: &PipelineConfig) -> Result<Device> {
     if let Some(t) = config.threads {
         tch::set_num_threads(t);
     }
-    seal_model::runtime::parse_device(&config.device).ok_or_else(|| {
+    let device = seal_model::runtime::parse_device(&config.device).ok_or_else(|| {
         PipelineError::config(
             "device",
             format!("`{}`: expected cpu, cuda, cuda:N or auto", config.device),
         )
-    })
+    })?;
+    if config.model.tf32 && device.is_cuda() && !seal_model::runtime::tf32_requested() {
+        seal_model::runtime::allow_tf32();
+    }
+    Ok(device)
 }
 
 /// Runs the pipeline of `config` with `options` (see [`RunOptions`]): the

@@ -233,3 +233,54 @@ fn pipeline_runs_every_method_on_the_gpu() {
         assert_eq!(kept(&cfg.out), kept(&on_cpu.out), "{m}");
     }
 }
+
+/// `seal --tf32` (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1) really changes how
+/// CUDA runs f32 matmuls, and only by TF32's rounding: with
+/// `SEAL_EXPECT_TF32=1` (and the override set; libtorch reads it once per
+/// process, so scripts/gpu_check.sh runs this test in a process of its own)
+/// a 512² f32 matmul is off the f64 product by TF32's error (above 1e-5
+/// relative, below 1e-2) and a model's losses stay within 1e-2 of the
+/// CPU's; without them, the error is f32's (below 1e-5).
+#[test]
+fn tf32_override_switches_cuda_f32_matmuls_to_tf32_rounding() {
+    let Some(device) = gpu() else { return };
+    let expect = std::env::var_os("SEAL_EXPECT_TF32").is_some();
+    assert_eq!(
+        expect,
+        seal_model::runtime::tf32_requested(),
+        "SEAL_EXPECT_TF32 and {} must be set together",
+        seal_model::runtime::TF32_OVERRIDE_VAR
+    );
+    tch::manual_seed(0);
+    let a = tch::Tensor::randn([512, 512], (Kind::Double, Device::Cpu));
+    let b = tch::Tensor::randn([512, 512], (Kind::Double, Device::Cpu));
+    let exact = a.matmul(&b);
+    let got = a
+        .to_kind(Kind::Float)
+        .to_device(device)
+        .matmul(&b.to_kind(Kind::Float).to_device(device))
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Double);
+    let rel = (&got - &exact).norm().double_value(&[]) / exact.norm().double_value(&[]);
+    println!("f32 matmul relative error on CUDA: {rel:.2e} (TF32 expected: {expect})");
+    if !expect {
+        assert!(rel < 1e-5, "{rel}");
+        return;
+    }
+    assert!(rel > 1e-5 && rel < 1e-2, "{rel}");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    seal_testkit::write_tiny_model_dir(&dir, |_| {}).unwrap();
+    let (cpu, gpu_model) = (load(&dir, Device::Cpu), load(&dir, device));
+    let (ft, safe) = data(&cpu);
+    let pad = cpu.tokenizer.pad_token_id().unwrap();
+    let rows: Vec<usize> = (0..ft.len()).collect();
+    let losses = |p: Pretrained| -> Vec<f64> {
+        let problem = LmProblem::new(p.model, ft.clone(), safe.clone(), pad).unwrap();
+        let l = problem.finetune_losses(&rows).unwrap();
+        Vec::<f64>::try_from(l.to_kind(Kind::Double).to_device(Device::Cpu)).unwrap()
+    };
+    let d = max_abs_diff(&losses(cpu), &losses(gpu_model));
+    println!("per-sample NLL, CUDA with TF32 against the CPU: max diff {d:.2e}");
+    assert!(d < 1e-2, "{d}");
+}

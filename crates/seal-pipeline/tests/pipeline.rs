@@ -218,6 +218,55 @@ fn bad_configs_name_the_field() {
 }
 
 #[test]
+fn set_overrides_land_in_the_file_tables_and_bad_ones_name_themselves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "seeds = [1]\n[data]\ndir = \"bench\"\n[rank]\npreset = \"official\"\nepochs = 2\n",
+    )
+    .unwrap();
+    let set = |o: &[&str]| {
+        let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+        PipelineConfig::from_file_with(&path, &o)
+    };
+    let c = set(&[
+        "rank.lambda=0.5",
+        "rank.full.warm_start_steps = 200",
+        "rank.lora.r=8",
+        "device=cuda",
+        "seeds=[4, 5]",
+    ])
+    .unwrap();
+    assert_eq!(c.rank.lambda, 0.5);
+    assert_eq!(c.rank.full.warm_start_steps, 200);
+    // Keys not overridden keep the file's value, then the preset's.
+    assert_eq!(c.rank.epochs, 2);
+    assert_eq!(c.rank.ranker_lr, 5e-3);
+    assert_eq!((c.rank.lora.r, c.rank.lora.alpha), (8, 16.0));
+    assert_eq!(c.device, "cuda");
+    assert_eq!(c.seeds, [4, 5]);
+    // Paths given by an override resolve against the file's directory.
+    let c = set(&["data.dir=\"other\""]).unwrap();
+    assert_eq!(c.data.dir.unwrap(), tmp.path().join("other"));
+    // An empty value removes the key: the preset's value applies.
+    let c = set(&["rank.epochs=", "rank.nothing.here="]).unwrap();
+    assert_eq!(c.rank.epochs, 3);
+    // No overrides: the file as written.
+    assert_eq!(set(&[]).unwrap(), PipelineConfig::from_file(&path).unwrap());
+    for (o, needle) in [
+        ("rank.lambda", "KEY=VALUE"),
+        ("rank..lambda=1", "empty key"),
+        ("seeds.first=1", "`seeds` is not a table"),
+        ("rank.lamda=0.5", "lamda"),
+        ("rank.lambda=1.5", "lambda"),
+    ] {
+        let e = set(&[o]).unwrap_err().to_string();
+        assert!(e.contains(needle), "{o}: {e}");
+    }
+}
+
+#[test]
 fn rank_tables_start_from_their_preset_and_keys_override_it() {
     use seal_bilevel::{EpochLength, RankPreset};
     let parse = |text: &str| PipelineConfig::from_toml(text, Path::new("x.toml"), Path::new("/"));

@@ -43,6 +43,12 @@ pub struct Args {
     /// Override the config's maximum tokens per sample.
     #[arg(long, value_parser = super::args::positive_usize)]
     pub max_len: Option<usize>,
+    /// Override one config key before the config is read: `KEY=VALUE`
+    /// with a dotted key and a TOML value (`--set rank.lambda=0.5
+    /// --set rank.full.warm_start_steps=200 --set device=cuda`; `KEY=`
+    /// removes the key, so its preset's value applies); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Continue the sweep recorded in the output directory.
     #[arg(long)]
     pub resume: bool,
@@ -54,7 +60,7 @@ pub struct Args {
 
 /// Runs `seal lambda-sweep`.
 pub fn run(a: Args) -> Result<()> {
-    let mut config = PipelineConfig::from_file(&a.config)
+    let mut config = PipelineConfig::from_file_with(&a.config, &a.set)
         .with_context(|| format!("reading the pipeline config {}", a.config.display()))?;
     config.out = a.out.clone();
     if let Some(d) = a.data {

@@ -33,6 +33,12 @@ pub struct Args {
     /// replaced).
     #[arg(long)]
     pub force: bool,
+    /// Override one config key before the config is read: `KEY=VALUE`
+    /// with a dotted key and a TOML value (`--set rank.lambda=0.5
+    /// --set rank.full.warm_start_steps=200 --set device=cuda`; `KEY=`
+    /// removes the key, so its preset's value applies); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -41,9 +47,18 @@ pub struct Args {
 /// Runs `seal pipeline`.
 pub fn run(a: Args) -> Result<()> {
     let mut config = match &a.config {
-        Some(path) => PipelineConfig::from_file(path)
+        Some(path) => PipelineConfig::from_file_with(path, &a.set)
             .with_context(|| format!("reading the pipeline config {}", path.display()))?,
-        None => PipelineConfig::demo(),
+        None if a.set.is_empty() => PipelineConfig::demo(),
+        None => {
+            let origin = std::path::Path::new("the embedded demo config");
+            let text = seal_pipeline::config::apply_overrides(
+                &PipelineConfig::demo().to_toml()?,
+                origin,
+                &a.set,
+            )?;
+            PipelineConfig::from_toml(&text, origin, std::path::Path::new("."))?
+        }
     };
     if let Some(out) = a.out {
         config.out = out;
