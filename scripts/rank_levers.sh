@@ -21,6 +21,8 @@
 #   full-warm200     the same with 200 warm-start steps (θ̂ nearer a task
 #                    solution), λ 1
 #   full-warm200-inner5-lr5   and 5 inner steps at 5x the model's rate, λ 1
+#   full-sft         θ̂ warm-started as the `full` method's fine-tuning (50
+#                    steps at 5e-4: 5x the model's rate), 2 inner steps, λ 1
 #   full-cold        the old behaviour: θ̂ starts as the model, ℓ(θ̂) read
 #                    before its update, λ 1
 #   full-warm400-lr10  θ̂ fitted hard: 400 warm-start steps, 10x the model's
@@ -58,6 +60,7 @@ variants=(
     "full-default|seal-full|1,0.5|"
     "full-warm200|seal-full|1|rank.full.warm_start_steps=200"
     "full-warm200-inner5-lr5|seal-full|1|rank.full.warm_start_steps=200 rank.full.inner_steps=5 rank.full.lr_scale=5.0"
+    "full-sft|seal-full|1|rank.full.lr_scale=5.0"
     "full-cold|seal-full|1|rank.full.warm_start_steps=0 rank.full.read_after_update=false"
     "full-warm400-lr10|seal-full|1|rank.full.warm_start_steps=400 rank.full.lr_scale=10.0"
 )

@@ -28,6 +28,7 @@ ORDER = [
     "full-default",
     "full-warm200",
     "full-warm200-inner5-lr5",
+    "full-sft",
     "full-cold",
     "full-warm400-lr10",
 ]
