@@ -221,12 +221,12 @@ fn main() -> Result<()> {
     let tf32 = device.is_cuda() && kind == Kind::Float && seal_model::runtime::tf32_requested();
     let (sft_rate, seal_rate) = (2.0 * fwd / sft_s, 4.0 * fwd / seal_s);
     println!(
-        "model FLOP/s: SFT {:.2} T, SEAL {:.2} T; matmul peak ({:?}{}) {:.1} T: MFU SFT {:.1}%, SEAL {:.1}%",
-        sft_rate / 1e12,
-        seal_rate / 1e12,
+        "model GFLOP/s: SFT {:.1}, SEAL {:.1}; matmul peak ({:?}{}) {:.1} GFLOP/s: MFU SFT {:.1}%, SEAL {:.1}%",
+        sft_rate / 1e9,
+        seal_rate / 1e9,
         kind,
         if tf32 { ", TF32" } else { "" },
-        peak / 1e12,
+        peak / 1e9,
         100.0 * sft_rate / peak,
         100.0 * seal_rate / peak
     );
