@@ -40,7 +40,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work=/root/seal-gpu
-mode=${1:?usage: scripts/gpu_check.sh pack|pack-small|stage1 OUT|stage2 OUT|small OUT|small-resume OUT|resume OUT}
+mode=${1:?usage: scripts/gpu_check.sh pack|pack-small|stage1 OUT|stage2 OUT|small OUT|small-resume OUT|resume OUT|perf-levers OUT|levers-best OUT}
 
 torch_lib() {
     echo "$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib"
@@ -74,6 +74,23 @@ small_config() {
         -e "s|^judge_base = .*|judge_base = \"$work/smollm2\"|" \
         -e "s|^cache_dir = .*|cache_dir = \"$work/cache\"|" \
         configs/replication.toml > configs/replication-small-cuda.toml
+}
+
+# `seal pipeline` on configs/replication-small-cuda.toml into $work/$2 for
+# what is left of a $3-second budget counted from $start (further arguments
+# go to the pipeline); its log, report and records to $1.
+small_pipeline() {
+    local out=$1 run=$work/$2 left=$(( $3 - ($(date +%s) - start) ))
+    shift 3
+    small_config
+    echo "pipeline budget: ${left} s" | tee -a "$out/pipeline.log"
+    RUST_LOG=info timeout "$left" "$work/bin/seal" pipeline \
+        --config configs/replication-small-cuda.toml --data .gpub/small --out "$run" \
+        --seeds "${SEEDS:-1,2,3}" "$@" 2>&1 | grep -v '^\s*$' >> "$out/pipeline.log"
+    echo "pipeline exit: ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$out/pipeline.log"
+    for f in report.md report.json results.json config.toml; do
+        [ -f "$run/$f" ] && cp "$run/$f" "$out/"
+    done
 }
 
 # Issue 14's levers (scripts/rank_levers.sh) on CUDA for at most $2
@@ -187,7 +204,7 @@ pack-small)
     cp -r target/judge/smollm2 .gpub/judge
     du -sh .gpua .gpub
     ;;
-small | small-perf-levers)
+perf-levers)
     out=${2:?OUT}
     start=$(date +%s)
     export LD_LIBRARY_PATH=$(torch_lib)
@@ -218,19 +235,11 @@ levers-best)
     method=$(head -1 "$out/best.txt")
     sets=(--set "select.methods=[\"$method\", \"loss\", \"random\", \"oracle\", \"full\"]")
     while read -r s; do sets+=(--set "$s"); done < <(tail -n +2 "$out/best.txt")
-    small_config
-    left=$(( ${PIPELINE_SECONDS:-300} - ($(date +%s) - start) ))
-    echo "best: $method; pipeline budget ${left} s" | tee "$out/pipeline.log"
-    RUST_LOG=info timeout "$left" "$work/bin/seal" pipeline \
-        --config configs/replication-small-cuda.toml --data .gpub/small --out "$work/run-best" \
-        --seeds "${SEEDS:-1,2,3}" "${sets[@]}" 2>&1 | grep -v '^\s*$' >> "$out/pipeline.log"
-    echo "pipeline exit: ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$out/pipeline.log"
-    for f in report.md report.json results.json config.toml; do
-        [ -f "$work/run-best/$f" ] && cp "$work/run-best/$f" "$out/"
-    done
+    echo "best: $method" | tee "$out/pipeline.log"
+    small_pipeline "$out" run-best "${PIPELINE_SECONDS:-300}" "${sets[@]}"
     tail -5 "$out/pipeline.log"
     ;;
-resume)
+small | small-resume)
     out=${2:?OUT}
     start=$(date +%s)
     export LD_LIBRARY_PATH=$(torch_lib)
@@ -247,15 +256,7 @@ resume)
     fi
     small_config
     grep -E '^(device|judge|judge_base|cache_dir) =' configs/replication-small-cuda.toml | tee -a "$out/pipeline.log"
-    left=$(( ${PIPELINE_SECONDS:-420} - ($(date +%s) - start) ))
-    echo "pipeline budget: ${left} s" | tee -a "$out/pipeline.log"
-    RUST_LOG=info timeout "$left" "$work/bin/seal" pipeline \
-        --config configs/replication-small-cuda.toml --data .gpub/small --out "$work/run-small" \
-        --seeds "${SEEDS:-1,2,3}" "${resume[@]}" 2>&1 | grep -v '^\s*$' >> "$out/pipeline.log"
-    echo "pipeline exit: ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$out/pipeline.log"
-    for f in report.md report.json results.json config.toml; do
-        [ -f "$work/run-small/$f" ] && cp "$work/run-small/$f" "$out/"
-    done
+    small_pipeline "$out" run-small "${PIPELINE_SECONDS:-420}" "${resume[@]}"
     (cd "$work/run-small" 2>/dev/null &&
         tar czf "$out/run.tgz" --exclude='*.safetensors' --exclude='adapter*' . ) || true
     tail -5 "$out/pipeline.log"

@@ -52,26 +52,28 @@ fn forward_flops(c: &seal_model::LlamaConfig, b: usize, l: usize) -> f64 {
     blocks + attention + head
 }
 
+/// Waits for `device`'s queued kernels (a no-op on the CPU).
+fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 /// Matmul peak of `device` in `kind` (FLOP/s), measured here.
 fn matmul_peak(device: Device, kind: Kind) -> f64 {
     let n: i64 = if device.is_cuda() { 8192 } else { 2048 };
     let a = tch::Tensor::randn([n, n], (kind, device));
     let b = tch::Tensor::randn([n, n], (kind, device));
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
     for _ in 0..3 {
         let _ = a.matmul(&b);
     }
-    sync();
+    synchronize(device);
     let reps = if device.is_cuda() { 20 } else { 3 };
     let t0 = Instant::now();
     for _ in 0..reps {
         let _ = a.matmul(&b);
     }
-    sync();
+    synchronize(device);
     2.0 * (n * n * n) as f64 * reps as f64 / t0.elapsed().as_secs_f64()
 }
 
@@ -96,11 +98,7 @@ fn main() -> Result<()> {
     };
     // Every step ends with a host read of its loss; on a GPU, also wait for
     // the optimiser's kernels so each timing covers the whole step.
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
+    let sync = || synchronize(device);
     let mut options = LoadOptions::default();
     options.device = device;
     options.kind = kind;

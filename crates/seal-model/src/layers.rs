@@ -267,22 +267,6 @@ pub struct StepMasks {
     pub positions: Tensor,
 }
 
-/// Whether a `[B, L]` mask (1 = token) has padding, and whether all of it
-/// is right padding (no token after a padded position in any row).
-fn padding_layout(mask: &Tensor) -> (bool, bool) {
-    let has_padding = mask.min().int64_value(&[]) == 0;
-    let l = mask.size()[1];
-    let right_padded = !has_padding
-        || l < 2
-        || mask
-            .narrow(1, 1, l - 1)
-            .gt_tensor(&mask.narrow(1, 0, l - 1))
-            .any()
-            .int64_value(&[])
-            == 0;
-    (has_padding, right_padded)
-}
-
 /// Masks and positions for `b × l` new tokens with the `[B, L]`
 /// `attention_mask` (1 = token, 0 = padding; `None` = no padding), after
 /// what `cache` holds. Left and right padding are both handled; a padded
@@ -312,17 +296,16 @@ pub fn step_masks(
         Some(c) => c.step_mask(&new_mask)?,
         None => new_mask.shallow_clone(),
     };
-    // The layout is read from the caller's host copy when there is one: on
-    // a GPU, reading it from the device would stall the launch queue twice
-    // per forward pass.
-    let layout_source = match (attention_mask, cache) {
-        (None, None) => None,
-        (Some(m), None) if m.device() == Device::Cpu => Some(m),
-        _ => Some(&full_mask),
-    };
-    let (has_padding, right_padded) = match layout_source {
-        None => (false, true),
-        Some(m) => padding_layout(m),
+    let has_padding = full_mask.min().int64_value(&[]) == 0;
+    let right_padded = !has_padding || {
+        let lf = full_mask.size()[1];
+        lf < 2
+            || full_mask
+                .narrow(1, 1, lf - 1)
+                .gt_tensor(&full_mask.narrow(1, 0, lf - 1))
+                .any()
+                .int64_value(&[])
+                == 0
     };
     let mask = if past_len == 0 && right_padded {
         // Valid tokens of right-padded rows never see padding under a causal mask.

@@ -93,16 +93,10 @@ pub const TF32_OVERRIDE_VAR: &str = "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE";
 /// now on, i.e. false when the variable was already set to something else
 /// by the user, whose choice is kept.
 pub fn allow_tf32() -> bool {
-    match std::env::var(TF32_OVERRIDE_VAR) {
-        Ok(v) => matches!(
-            v.as_str(),
-            "1" | "ON" | "on" | "true" | "TRUE" | "YES" | "yes"
-        ),
-        Err(_) => {
-            std::env::set_var(TF32_OVERRIDE_VAR, "1");
-            true
-        }
+    if std::env::var_os(TF32_OVERRIDE_VAR).is_none() {
+        std::env::set_var(TF32_OVERRIDE_VAR, "1");
     }
+    tf32_requested()
 }
 
 /// Whether [`allow_tf32`] (or the user's environment) asked for TF32.

@@ -228,8 +228,11 @@ pub(crate) fn prepare(config: &PipelineConfig) -> Result<Device> {
             format!("`{}`: expected cpu, cuda, cuda:N or auto", config.device),
         )
     })?;
-    if config.model.tf32 && device.is_cuda() && !seal_model::runtime::tf32_requested() {
-        seal_model::runtime::allow_tf32();
+    if config.model.tf32 && device.is_cuda() && !seal_model::runtime::allow_tf32() {
+        tracing::warn!(
+            "[model] tf32: left off, {} is set to something else in the environment",
+            seal_model::runtime::TF32_OVERRIDE_VAR
+        );
     }
     Ok(device)
 }

@@ -48,6 +48,15 @@ fn data(p: &Pretrained) -> (Vec<TokenizedSample>, Vec<TokenizedSample>) {
     (ft, safe)
 }
 
+/// Per-sample response NLL of every fine-tuning sample under `p`, on the CPU.
+fn losses(p: Pretrained, ft: &[TokenizedSample], safe: &[TokenizedSample]) -> Vec<f64> {
+    let pad = p.tokenizer.pad_token_id().unwrap();
+    let rows: Vec<usize> = (0..ft.len()).collect();
+    let problem = LmProblem::new(p.model, ft.to_vec(), safe.to_vec(), pad).unwrap();
+    let l = problem.finetune_losses(&rows).unwrap();
+    Vec::<f64>::try_from(l.to_kind(Kind::Double).to_device(Device::Cpu)).unwrap()
+}
+
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -137,14 +146,7 @@ fn losses_generation_and_solvers_match_the_cpu() {
     let (cpu, gpu) = (load(&dir, Device::Cpu), load(&dir, cuda));
     assert_eq!(seal_model::CausalLm::device(&gpu.model), cuda);
     let (ft, safe) = data(&cpu);
-    let pad = cpu.tokenizer.pad_token_id().unwrap();
-    let rows: Vec<usize> = (0..ft.len()).collect();
-    let losses = |p: Pretrained| -> Vec<f64> {
-        let problem = LmProblem::new(p.model, ft.clone(), safe.clone(), pad).unwrap();
-        let l = problem.finetune_losses(&rows).unwrap();
-        Vec::<f64>::try_from(l.to_kind(Kind::Double).to_device(Device::Cpu)).unwrap()
-    };
-    let (lc, lg) = (losses(cpu), losses(gpu));
+    let (lc, lg) = (losses(cpu, &ft, &safe), losses(gpu, &ft, &safe));
     let d = max_abs_diff(&lc, &lg);
     eprintln!("per-sample NLL: max |cpu - cuda| = {d:.2e}");
     assert!(d < 1e-4, "CPU {lc:?} vs CUDA {lg:?}");
@@ -273,14 +275,7 @@ fn tf32_override_switches_cuda_f32_matmuls_to_tf32_rounding() {
     seal_testkit::write_tiny_model_dir(&dir, |_| {}).unwrap();
     let (cpu, gpu_model) = (load(&dir, Device::Cpu), load(&dir, device));
     let (ft, safe) = data(&cpu);
-    let pad = cpu.tokenizer.pad_token_id().unwrap();
-    let rows: Vec<usize> = (0..ft.len()).collect();
-    let losses = |p: Pretrained| -> Vec<f64> {
-        let problem = LmProblem::new(p.model, ft.clone(), safe.clone(), pad).unwrap();
-        let l = problem.finetune_losses(&rows).unwrap();
-        Vec::<f64>::try_from(l.to_kind(Kind::Double).to_device(Device::Cpu)).unwrap()
-    };
-    let d = max_abs_diff(&losses(cpu), &losses(gpu_model));
+    let d = max_abs_diff(&losses(cpu, &ft, &safe), &losses(gpu_model, &ft, &safe));
     println!("per-sample NLL, CUDA with TF32 against the CPU: max diff {d:.2e}");
     assert!(d < 1e-2, "{d}");
 }
