@@ -968,8 +968,8 @@ pub struct PipelineConfig {
     pub device: String,
     /// libtorch intra-op threads (default: libtorch's choice).
     pub threads: Option<i32>,
-    /// A cache shared across runs for what is keyed by content (the aligned
-    /// model): runs with the same base model, alignment data and settings
+    /// A cache shared across runs for what is keyed by content (the
+    /// imported GGUF and the aligned model): runs with the same base model, alignment data and settings
     /// reuse one entry wherever their outputs live. Relative paths: to the
     /// config file's directory. `None`: the run's own `OUT/cache`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

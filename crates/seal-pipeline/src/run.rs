@@ -67,9 +67,8 @@ pub(crate) fn read_previous<T: serde::de::DeserializeOwned>(
 }
 
 /// The model a sweep starts from: `given`, or the config's base model
-/// (imported into `out/cache` when it is a GGUF), aligned on `align` when
-/// the config's alignment stage is on (cached in the config's `cache_dir`,
-/// else `out/cache`).
+/// (imported when it is a GGUF), aligned on `align` when the config's
+/// alignment stage is on; both cached in [`shared_cache`].
 pub(crate) fn start_model_dir(
     config: &PipelineConfig,
     given: Option<&Path>,
@@ -80,16 +79,15 @@ pub(crate) fn start_model_dir(
     if let Some(dir) = given {
         return Ok(dir.to_path_buf());
     }
-    let cache = out.join("cache");
+    let shared = shared_cache(config, out);
     let base = stages::resolve_model(
         config.model.dir.as_deref(),
         config.model.gguf.as_deref(),
-        &cache,
+        &shared,
     )?;
     if !config.align.enabled {
         return Ok(base);
     }
-    let shared = config.cache_dir.clone().unwrap_or(cache);
     Ok(stages::align(
         &base,
         align,
@@ -101,6 +99,17 @@ pub(crate) fn start_model_dir(
         config.progress,
     )?
     .dir)
+}
+
+/// Where a run keeps what is keyed by content (the imported GGUF, the
+/// aligned model): `cache_dir` when the config names one, so runs with
+/// different outputs share one import (about 500 MB for SmolLM2) instead of
+/// each writing its own, else the run's own `OUT/cache`.
+pub(crate) fn shared_cache(config: &PipelineConfig, out: &Path) -> PathBuf {
+    config
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| out.join("cache"))
 }
 
 pub(crate) fn write_text(path: &Path, text: &str) -> Result<()> {
@@ -266,7 +275,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     let base = stages::resolve_model(
         config.model.dir.as_deref(),
         config.model.gguf.as_deref(),
-        &cache,
+        &shared_cache(config, &out),
     )?;
     // Loaded once: a trained judge's base model serves every evaluation.
     // An endpoint judge caches its answers inside the run unless told
@@ -300,7 +309,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     };
 
     let base_eval = ctx.evaluate_original(&base)?;
-    let shared = config.cache_dir.clone().unwrap_or_else(|| cache.clone());
+    let shared = shared_cache(config, &out);
     let (aligned, aligned_eval, start_dir) = ctx.align_stage(&data, &base, &shared)?;
     let needs = MethodNeeds {
         model: methods.iter().any(|m| m.needs().model),
@@ -896,4 +905,22 @@ impl RunContext<'_> {
 fn write_results(result: &PipelineResult, labels: &[Option<Label>], out: &Path) -> Result<()> {
     seal_model::weights::write_json_atomic(&out.join("results.json"), result)?;
     report::write(result, labels, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_keyed_entries_go_to_cache_dir_when_one_is_set() {
+        let mut config = PipelineConfig::default();
+        let out = Path::new("/runs/a");
+        assert_eq!(shared_cache(&config, out), out.join("cache"));
+        config.cache_dir = Some(PathBuf::from("/shared/cache"));
+        assert_eq!(
+            shared_cache(&config, out),
+            PathBuf::from("/shared/cache"),
+            "the GGUF import and the aligned model share the run-independent cache"
+        );
+    }
 }
