@@ -272,10 +272,11 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     let cache = out.join("cache");
 
     let data = load_data(config)?;
+    let shared = shared_cache(config, &out);
     let base = stages::resolve_model(
         config.model.dir.as_deref(),
         config.model.gguf.as_deref(),
-        &shared_cache(config, &out),
+        &shared,
     )?;
     // Loaded once: a trained judge's base model serves every evaluation.
     // An endpoint judge caches its answers inside the run unless told
@@ -309,7 +310,6 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     };
 
     let base_eval = ctx.evaluate_original(&base)?;
-    let shared = shared_cache(config, &out);
     let (aligned, aligned_eval, start_dir) = ctx.align_stage(&data, &base, &shared)?;
     let needs = MethodNeeds {
         model: methods.iter().any(|m| m.needs().model),
