@@ -22,6 +22,7 @@ macro_rules! errln {
     }};
 }
 
+mod alloc;
 mod cmd;
 
 use clap::{Parser, Subcommand};
@@ -95,6 +96,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    tracing::debug!(allocator = alloc::ALLOCATOR, "memory allocator");
     let cli = Cli::parse();
     if cli.tf32 && !seal_model::runtime::allow_tf32() {
         errln!(

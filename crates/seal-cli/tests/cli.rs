@@ -312,3 +312,23 @@ fn data_benchmark_builds_either_recipe_and_reports_removals() {
         assert!(!tmp.path().join("sweep").exists());
     }
 }
+
+/// The `seal` binary's malloc is jemalloc (seal-cli's `alloc` module): the
+/// process answers jemalloc's own configuration variable, and the executable
+/// defines `malloc` and `posix_memalign`, so the dynamic linker binds
+/// libtorch's tensor allocations to jemalloc too.
+#[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_binary_allocates_with_jemalloc() {
+    let out = seal()
+        .arg("--version")
+        .env("MALLOC_CONF", "seal_test_unknown_option:1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("<jemalloc>") && stderr.contains("seal_test_unknown_option"),
+        "jemalloc did not read MALLOC_CONF: {stderr}"
+    );
+}
