@@ -37,7 +37,8 @@ def report(path):
         by_method.setdefault(run["method"], []).append(run)
     print(f"{path} ({len({r['seed'] for r in result['runs']})} seed(s), "
           f"{result.get('seconds', 0) / 60:.1f} min recorded)")
-    print("| method | AUROC | harmful kept (of 20) | harmful rate (%) | over-refusal (%) | utility NLL |")
+    total = max((r["harmful_total"] for r in result["runs"]), default=0)
+    print(f"| method | AUROC | harmful kept (of {total}) | harmful rate (%) | over-refusal (%) | utility NLL |")
     print("|---|---:|---:|---:|---:|---:|")
     for method in METHODS:
         runs = sorted(by_method.get(method, []), key=lambda r: r["seed"])

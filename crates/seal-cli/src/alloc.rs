@@ -14,7 +14,7 @@
 //! steps): after the 115-step alignment `_int_malloc` took 19% of the CPU
 //! samples, the process held 13.5 GB and the fine-tuning took 239.9 s,
 //! against 146.8 s in a fresh process. With jemalloc the same run aligned in
-//! 341 s instead of 417 s and fine-tuned in 135.4 s, holding 3.9 GB
+//! 341 s instead of 415 s and fine-tuned in 135.4 s, holding 3.9 GB
 //! (docs/performance.md, "The allocator").
 //!
 //! jemalloc reads `MALLOC_CONF` at start-up (its documented variable), e.g.
@@ -25,13 +25,9 @@
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Which allocator serves this process's `malloc`, for logs and `--version`.
-pub const ALLOCATOR: &str = if cfg!(all(
-    feature = "jemalloc",
-    target_os = "linux",
-    target_env = "gnu"
-)) {
-    "jemalloc"
-} else {
-    "system malloc"
-};
+/// Which allocator serves this process's `malloc`, for the debug log.
+#[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
+pub const ALLOCATOR: &str = "jemalloc";
+/// Which allocator serves this process's `malloc`, for the debug log.
+#[cfg(not(all(feature = "jemalloc", target_os = "linux", target_env = "gnu")))]
+pub const ALLOCATOR: &str = "system malloc";
