@@ -13,14 +13,6 @@
 use anyhow::Result;
 use seal_pipeline::PipelineConfig;
 
-// jemalloc serves the whole process, libtorch's tensors included, as in the
-// `seal` binary: glibc's malloc fragments over a long run of varying batch
-// shapes (docs/performance.md, "The allocator"). `--no-default-features`
-// keeps glibc's.
-#[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -59,7 +59,9 @@ pub struct DoseConfig {
     /// Smallest mean rise of the harmful rate (whole pool minus benign
     /// part) the gate accepts.
     pub gate_min_gap: f64,
-    /// Continue from `dose.json` in the output directory.
+    /// Continue from `dose.json` in the output directory; a record written
+    /// with other data, fine-tuning settings, precision or `max_len` is
+    /// refused.
     pub resume: bool,
     /// An aligned model directory to start from instead of running the
     /// config's alignment stage (e.g. the replication's cached one: recipe 3
@@ -297,6 +299,9 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
                 && prev.dose.recipe == dose.recipe
                 && prev.dose.bench_seed == dose.bench_seed
                 && prev.config.finetune == config.finetune
+                // The precision changes every model of the sweep.
+                && prev.config.model.dtype == config.model.dtype
+                && prev.config.max_len == config.max_len
         })?
     } else {
         None

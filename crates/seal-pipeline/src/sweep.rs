@@ -40,7 +40,9 @@ pub struct LambdaSweepConfig {
     /// alignment stage (e.g. a cached aligned model).
     #[serde(default)]
     pub start: Option<PathBuf>,
-    /// Continue from `lambda_sweep.json` in the output directory.
+    /// Continue from `lambda_sweep.json` in the output directory; a record
+    /// written with other data, ranking settings, precision or `max_len` is
+    /// refused.
     pub resume: bool,
 }
 
@@ -124,6 +126,7 @@ pub fn run_lambda_sweep(
             prev.config.rank == config.rank
                 && prev.config.data == config.data
                 && prev.config.max_len == config.max_len
+                && prev.config.model.dtype == config.model.dtype
                 && prev.sweep.solver == sweep.solver
         })?
     } else {

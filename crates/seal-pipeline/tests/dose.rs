@@ -138,6 +138,19 @@ fn dose_sweep_runs_every_condition_and_pairs_the_gate() {
         &other,
         &DoseConfig {
             resume: true,
+            ..dose.clone()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("dose.json"), "{e}");
+    // So is another precision: every model of the sweep would differ.
+    let mut other = cfg.clone();
+    other.model.dtype = seal_model::WeightDtype::Bf16;
+    let e = run_dose(
+        &other,
+        &DoseConfig {
+            resume: true,
             ..dose
         },
     )

@@ -63,6 +63,11 @@ fn sweep_ranks_at_every_lambda_and_resumes() {
     other.rank.lr *= 2.0;
     let e = run_lambda_sweep(&other, &more).unwrap_err().to_string();
     assert!(e.contains("lambda_sweep.json"), "{e}");
+    // So is another precision.
+    let mut other = cfg.clone();
+    other.model.dtype = seal_model::WeightDtype::Bf16;
+    let e = run_lambda_sweep(&other, &more).unwrap_err().to_string();
+    assert!(e.contains("lambda_sweep.json"), "{e}");
 }
 
 #[test]
