@@ -184,6 +184,12 @@ pub struct DoseResult {
     pub seconds: f64,
 }
 
+impl crate::run::SweepRecord for DoseResult {
+    fn recorded_config(&self) -> &PipelineConfig {
+        &self.config
+    }
+}
+
 fn ratio_name(r: f64) -> String {
     format!("ratio {r}")
 }
@@ -294,14 +300,11 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
     mkdir(&out)?;
     let json = out.join("dose.json");
     let previous = if dose.resume {
-        crate::run::read_previous(&json, |prev: &DoseResult| {
+        crate::run::read_previous(&json, config, |prev: &DoseResult| {
             prev.dose.sizes == dose.sizes
                 && prev.dose.recipe == dose.recipe
                 && prev.dose.bench_seed == dose.bench_seed
                 && prev.config.finetune == config.finetune
-                // The precision changes every model of the sweep.
-                && prev.config.model.dtype == config.model.dtype
-                && prev.config.max_len == config.max_len
         })?
     } else {
         None

@@ -41,11 +41,20 @@ pub fn load_data(config: &PipelineConfig) -> Result<Benchmark> {
     Ok(b)
 }
 
+/// A sweep's record (`dose.json`, `lambda_sweep.json`): the configuration
+/// it ran with, for [`read_previous`].
+pub(crate) trait SweepRecord: serde::de::DeserializeOwned {
+    /// The configuration the record was written with.
+    fn recorded_config(&self) -> &PipelineConfig;
+}
+
 /// The record a sweep left in `json`, for `resume` (`None` when there is
-/// none); `same_settings` says whether it was written for the settings of
-/// this run, and a record for other settings is refused.
-pub(crate) fn read_previous<T: serde::de::DeserializeOwned>(
+/// none). A record written with another precision or `max_len` than
+/// `config` (they change every model of any sweep), or for which
+/// `same_settings` (the sweep's own settings) is false, is refused.
+pub(crate) fn read_previous<T: SweepRecord>(
     json: &Path,
+    config: &PipelineConfig,
     same_settings: impl FnOnce(&T) -> bool,
 ) -> Result<Option<T>> {
     if !json.is_file() {
@@ -54,7 +63,9 @@ pub(crate) fn read_previous<T: serde::de::DeserializeOwned>(
     let text = std::fs::read_to_string(json).map_err(|e| PipelineError::io(json, e))?;
     let prev: T = serde_json::from_str(&text)
         .map_err(|e| PipelineError::stage("resume", format!("{}: {e}", json.display())))?;
-    if !same_settings(&prev) {
+    let was = prev.recorded_config();
+    let same_run = was.model.dtype == config.model.dtype && was.max_len == config.max_len;
+    if !(same_run && same_settings(&prev)) {
         return Err(PipelineError::stage(
             "resume",
             format!(

@@ -84,6 +84,12 @@ pub struct LambdaSweepResult {
     pub seconds: f64,
 }
 
+impl crate::run::SweepRecord for LambdaSweepResult {
+    fn recorded_config(&self) -> &PipelineConfig {
+        &self.config
+    }
+}
+
 impl LambdaSweepResult {
     /// AUROC (mean ± std over seeds) and mean harmful kept, per λ in sweep
     /// order.
@@ -122,11 +128,9 @@ pub fn run_lambda_sweep(
     mkdir(&out)?;
     let json = out.join("lambda_sweep.json");
     let previous = if sweep.resume {
-        crate::run::read_previous(&json, |prev: &LambdaSweepResult| {
+        crate::run::read_previous(&json, config, |prev: &LambdaSweepResult| {
             prev.config.rank == config.rank
                 && prev.config.data == config.data
-                && prev.config.max_len == config.max_len
-                && prev.config.model.dtype == config.model.dtype
                 && prev.sweep.solver == sweep.solver
         })?
     } else {
