@@ -521,6 +521,147 @@ pub fn response_nll(
     Ok(sums / counts.clamp_min(1.0))
 }
 
+/// Elements of one chunk of [`chunked_response_nll`]'s logits: about 16 MB
+/// in f32 on the CPU, where a chunk that stays in cache is what makes the
+/// fused loss faster; CUDA takes larger chunks (fewer kernel launches).
+fn loss_chunk_rows(vocab: i64, device: Device) -> i64 {
+    let elements: i64 = if device.is_cuda() { 1 << 26 } else { 1 << 22 };
+    (elements / vocab.max(1)).clamp(16, 4096)
+}
+
+/// [`response_nll`] for a frozen linear LM head (`weight` `[V, H]`, no
+/// bias), computed in chunks of response tokens so that no
+/// `[tokens, V]` buffer outlives its chunk: the loss of every fine-tuning
+/// and ranking step without the full-vocabulary logits, their f32 copy,
+/// `log_softmax` and its backward (docs/performance.md, "The fused loss").
+///
+/// Each chunk computes its tokens' NLL and, when `hidden` requires grad,
+/// their gradient with respect to the hidden state,
+/// `g_t = (softmax(z_t) - onehot(y_t)) W`, under `no_grad`. The returned
+/// per-sample NLLs carry `nll_t + <h_t, g_t> - <h_t, g_t>.detach()`: the same
+/// values, and for any weighting of the samples (the ranker's, a mean) the
+/// same first-order gradient with respect to everything below the head.
+/// It is **not twice differentiable** (the softmax curvature is absent),
+/// and it does not train `weight`: callers fall back to [`response_nll`]
+/// for double backward (Hessian-vector products, [`crate::AttentionImpl::Math`])
+/// or when `weight` requires grad (full fine-tuning, tied embeddings).
+/// Values agree with [`response_nll`] up to float rounding (tested).
+pub fn chunked_response_nll(
+    hidden: &Tensor,
+    batch: &LmBatch,
+    loss_kind: Kind,
+    weight: &Tensor,
+) -> Result<Tensor> {
+    let size = hidden.size();
+    let (b, l, width) = (size[0], size[1], size[2]);
+    let device = hidden.device();
+    if l < 2 {
+        return Ok(Tensor::zeros([b], (loss_kind, device)));
+    }
+    let wsize = weight.size();
+    if wsize.len() != 2 || wsize[1] != width {
+        return Err(ModelError::InvalidInput(format!(
+            "chunked_response_nll: LM head weight {wsize:?} does not map hidden width {width}"
+        )));
+    }
+    let vocab = wsize[0];
+    let targets = batch
+        .input_ids
+        .to_device(device)
+        .narrow(1, 1, l - 1)
+        .reshape([-1]);
+    let mask = batch
+        .loss_mask
+        .to_device(device)
+        .narrow(1, 1, l - 1)
+        .to_kind(Kind::Bool);
+    let flat = mask.reshape([-1]).nonzero().squeeze_dim(1);
+    let counts = mask.sum_dim_intlist(1, false, loss_kind);
+    let n = flat.size()[0];
+    let h = hidden
+        .narrow(1, 0, l - 1)
+        .reshape([-1, width])
+        .index_select(0, &flat);
+    let labels = targets.index_select(0, &flat);
+    if n > 0
+        && labels
+            .ge(vocab)
+            .logical_or(&labels.lt(0))
+            .any()
+            .int64_value(&[])
+            != 0
+    {
+        return Err(ModelError::InvalidInput(format!(
+            "chunked_response_nll: a label is outside the vocabulary of {vocab} tokens"
+        )));
+    }
+    let with_grad = h.requires_grad();
+    let (token_nll, grad) = {
+        let _no_grad = tch::no_grad_guard();
+        let hd = h.detach();
+        let wd = weight.detach();
+        let nll = Tensor::empty([n], (loss_kind, device));
+        let grad = with_grad.then(|| Tensor::empty([n, width], (h.kind(), device)));
+        let rows = loss_chunk_rows(vocab, device);
+        let mut start = 0;
+        while start < n {
+            let len = rows.min(n - start);
+            let y = labels.narrow(0, start, len).unsqueeze(1);
+            let mut z = hd
+                .narrow(0, start, len)
+                .linear::<&Tensor>(&wd, None)
+                .to_kind(loss_kind);
+            let max = z.amax([1].as_slice(), true);
+            let picked = z.gather(1, &y, false);
+            let _ = z.g_sub_(&max).exp_();
+            let sum = z.sum_dim_intlist(1, true, loss_kind);
+            // -log_softmax(z)[y] = log Σ exp(z - max) - (z_y - max)
+            let token = (sum.log() - (picked - &max)).squeeze_dim(1);
+            nll.narrow(0, start, len).copy_(&token);
+            if let Some(grad) = &grad {
+                let _ = z.g_div_(&sum);
+                let _ = z.scatter_add_(1, &y, &Tensor::full([len, 1], -1.0, (loss_kind, device)));
+                grad.narrow(0, start, len)
+                    .copy_(&z.to_kind(wd.kind()).matmul(&wd));
+            }
+            start += len;
+        }
+        (nll, grad)
+    };
+    let token_nll = match grad {
+        Some(grad) => {
+            let dot = (h.to_kind(loss_kind) * grad.to_kind(loss_kind))
+                .sum_dim_intlist(1, false, loss_kind);
+            token_nll + (&dot - dot.detach())
+        }
+        None => token_nll,
+    };
+    let rows = flat.divide_scalar_mode(l - 1, "floor");
+    let sums = Tensor::zeros([b], (loss_kind, device)).index_add(0, &rows, &token_nll);
+    Ok(sums / counts.clamp_min(1.0))
+}
+
+/// The per-sample NLL of a linear LM head without bias (`weight` `[V, H]`):
+/// [`chunked_response_nll`] under single-backward attention
+/// ([`crate::AttentionImpl::Sdpa`]) with a frozen head, else the
+/// twice-differentiable [`response_nll`]. Every built-in family's
+/// [`CausalLm::per_sample_nll`] ends here; a user's model can do the same.
+pub fn linear_head_nll(
+    hidden: &Tensor,
+    batch: &LmBatch,
+    loss_kind: Kind,
+    weight: &Tensor,
+    attention: crate::AttentionImpl,
+) -> Result<Tensor> {
+    if attention == crate::AttentionImpl::Sdpa && !weight.requires_grad() {
+        chunked_response_nll(hidden, batch, loss_kind, weight)
+    } else {
+        response_nll(hidden, batch, loss_kind, &|h| {
+            h.linear::<&Tensor>(weight, None)
+        })
+    }
+}
+
 /// A causal language model as SEAL needs it.
 pub trait CausalLm {
     /// Vocabulary size (width of the logits).

@@ -38,7 +38,7 @@ use crate::layers::{
 };
 use crate::llama::{AttentionImpl, LoadOptions};
 use crate::lora::LoraConfig;
-use crate::model::{response_nll, CausalLm, KvCache, LmBatch};
+use crate::model::{linear_head_nll, CausalLm, KvCache, LmBatch};
 use crate::weights::{save_safetensors, torch_dtype_name, write_json_atomic, WeightFiles};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -1275,9 +1275,13 @@ impl CausalLm for Phi3 {
             ));
         }
         let hidden = self.forward_hidden(&ids, Some(&batch.attention_mask), None)?;
-        response_nll(&hidden, batch, compute_kind(self.kind), &|h| {
-            self.lm_head(h)
-        })
+        linear_head_nll(
+            &hidden,
+            batch,
+            compute_kind(self.kind),
+            &self.lm_head,
+            self.attention,
+        )
     }
 
     fn trainable_parameters(&self) -> Vec<(String, Tensor)> {

@@ -235,9 +235,13 @@ impl CausalLm for Llama {
             ));
         }
         let hidden = self.forward_hidden(&ids, Some(&batch.attention_mask), None)?;
-        response_nll(&hidden, batch, compute_kind(self.kind), &|h| {
-            self.lm_head(h)
-        })
+        linear_head_nll(
+            &hidden,
+            batch,
+            compute_kind(self.kind),
+            &self.lm_head,
+            self.attention,
+        )
     }
 
     fn trainable_parameters(&self) -> Vec<(String, Tensor)> {

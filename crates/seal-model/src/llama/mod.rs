@@ -21,7 +21,7 @@ use crate::layers::{
     AttentionMask, Linear, LoraSite, RmsNorm, StepMasks,
 };
 use crate::lora::LoraConfig;
-use crate::model::{response_nll, CausalLm, KvCache, LmBatch};
+use crate::model::{linear_head_nll, CausalLm, KvCache, LmBatch};
 use crate::weights::{save_safetensors, torch_dtype_name, write_json_atomic, WeightFiles};
 use std::path::Path;
 use std::sync::Arc;
