@@ -5,8 +5,10 @@
 //!
 //! `cargo bench -p seal-bilevel --bench seal_step` (env: `SEAL_BENCH_B`,
 //! `SEAL_BENCH_L`, `SEAL_BENCH_STEPS`; `SEAL_BENCH_DEVICE=cuda` (or `cuda:N`)
-//! runs on a GPU, `SEAL_BENCH_KIND=bf16` loads bf16 base weights, on either). Skips when the
-//! model is unavailable.
+//! runs on a GPU, `SEAL_BENCH_KIND=bf16` loads bf16 base weights, on either;
+//! `SEAL_BENCH_ATTENTION=math` times the twice-differentiable math attention
+//! and exact loss instead of SDPA and the fused loss). Skips when the model
+//! is unavailable.
 //!
 //! Besides the step times it prints the model FLOP rate of each step and
 //! its MFU: that rate over the matmul peak of the same device and precision
@@ -106,6 +108,9 @@ fn main() -> Result<()> {
         Pretrained::load_with(&dir, &options, seal_model::Llama::load)?;
     let fwd = forward_flops(model.config(), b, l);
     model.add_lora(&LoraConfig::default(), 0)?;
+    if std::env::var("SEAL_BENCH_ATTENTION").as_deref() == Ok("math") {
+        model.set_attention_impl(seal_model::AttentionImpl::Math);
+    }
     // B rows of exactly L tokens (deterministic ids), loss on the second half.
     let rows: Vec<TokenizedSample> = (0..b)
         .map(|i| TokenizedSample {
