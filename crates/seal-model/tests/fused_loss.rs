@@ -41,12 +41,24 @@ fn batch(b: usize, max_len: usize, vocab: u32, seed: u64) -> LmBatch {
 
 /// Values and the gradient of a weighted sum with respect to the hidden
 /// states, for both losses.
-fn both(kind: Kind, vocab: i64, width: i64, batch: &LmBatch, seed: i64) -> [(Tensor, Tensor); 2] {
+fn both(
+    kind: Kind,
+    vocab: i64,
+    width: i64,
+    batch: &LmBatch,
+    seed: i64,
+    device: Device,
+) -> [(Tensor, Tensor); 2] {
     tch::manual_seed(seed);
     let size = batch.input_ids.size();
-    let hidden = Tensor::randn([size[0], size[1], width], (Kind::Float, Device::Cpu)).to_kind(kind);
-    let weight = (Tensor::randn([vocab, width], (Kind::Float, Device::Cpu)) * 0.3).to_kind(kind);
-    let weights = Tensor::rand([size[0]], (Kind::Float, Device::Cpu)) + 0.5;
+    let cpu = (Kind::Float, Device::Cpu);
+    let hidden = Tensor::randn([size[0], size[1], width], cpu)
+        .to_kind(kind)
+        .to_device(device);
+    let weight = (Tensor::randn([vocab, width], cpu) * 0.3)
+        .to_kind(kind)
+        .to_device(device);
+    let weights = (Tensor::rand([size[0]], cpu) + 0.5).to_device(device);
     let run = |chunked: bool| {
         let h = hidden.detach().set_requires_grad(true);
         let nll = if chunked {
@@ -58,7 +70,10 @@ fn both(kind: Kind, vocab: i64, width: i64, batch: &LmBatch, seed: i64) -> [(Ten
             .unwrap()
         };
         (&nll * &weights).sum(Kind::Float).backward();
-        (nll.detach(), h.grad())
+        (
+            nll.detach().to_device(Device::Cpu),
+            h.grad().to_device(Device::Cpu),
+        )
     };
     [run(true), run(false)]
 }
@@ -68,7 +83,7 @@ fn chunked_loss_matches_full_logits_across_chunks() {
     // 8192 tokens of vocabulary: 512 rows a chunk on the CPU, so the 8 rows
     // of up to 300 tokens span several chunks with a ragged last one.
     let b = batch(8, 300, 8192, 1);
-    let [(nll, grad), (want_nll, want_grad)] = both(Kind::Float, 8192, 24, &b, 3);
+    let [(nll, grad), (want_nll, want_grad)] = both(Kind::Float, 8192, 24, &b, 3, Device::Cpu);
     assert_eq!(nll.size(), [8]);
     assert!(max_abs_diff(&nll, &want_nll) < 1e-5, "{nll} vs {want_nll}");
     assert_eq!(nll.double_value(&[7]), 0.0, "a row without labels gets 0");
@@ -99,7 +114,7 @@ fn chunked_loss_matches_full_logits_across_chunks() {
 #[test]
 fn chunked_loss_in_bf16_agrees_up_to_rounding() {
     let b = batch(4, 120, 4096, 2);
-    let [(nll, grad), (want_nll, want_grad)] = both(Kind::BFloat16, 4096, 32, &b, 5);
+    let [(nll, grad), (want_nll, want_grad)] = both(Kind::BFloat16, 4096, 32, &b, 5, Device::Cpu);
     assert_eq!(nll.kind(), Kind::Float);
     assert_eq!(grad.kind(), Kind::BFloat16);
     assert!(max_abs_diff(&nll, &want_nll) < 1e-3, "{nll} vs {want_nll}");
@@ -201,4 +216,34 @@ fn llama_uses_the_fused_loss_only_where_it_is_exact_to_first_order() {
         g[0].abs().max().double_value(&[]) > 0.0,
         "the tied head is trained"
     );
+}
+
+/// On a GPU (larger chunks: 1365 rows for this vocabulary), the same
+/// agreement; a CPU-only machine skips it with a message.
+#[test]
+fn chunked_loss_matches_full_logits_on_cuda() {
+    if !tch::Cuda::is_available() {
+        seal_data::testing::skip("gpu", "libtorch sees no CUDA device");
+        return;
+    }
+    // 49152 tokens of vocabulary, as SmolLM2: 8 rows of up to 400 tokens
+    // span three chunks.
+    let b = batch(8, 400, 49152, 6);
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let [(nll, grad), (want_nll, want_grad)] = both(kind, 49152, 64, &b, 7, Device::Cuda(0));
+        let scale = want_grad.abs().max().double_value(&[]);
+        let (tol_nll, tol_grad) = if kind == Kind::Float {
+            (1e-4, 1e-4)
+        } else {
+            (1e-2, 2e-2)
+        };
+        assert!(
+            max_abs_diff(&nll, &want_nll) < tol_nll,
+            "{kind:?}: {nll} vs {want_nll}"
+        );
+        assert!(
+            max_abs_diff(&grad, &want_grad) < tol_grad * scale.max(1.0),
+            "{kind:?}"
+        );
+    }
 }
