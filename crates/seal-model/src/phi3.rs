@@ -33,8 +33,8 @@ use crate::error::{ModelError, Result};
 use crate::family::LoadFn;
 use crate::layers::{
     attach_lora, attend, check_token_ids, collect_taps, compute_kind, load_lora_into,
-    merge_lora_sites, repeat_kv, rotate_half, seeded_init_lock, softmax_matmul, step_masks,
-    AttentionMask, Linear, LoraAdapter, LoraSite, RmsNorm, StepMasks,
+    merge_lora_sites, rotate_half, seeded_init_lock, softmax_matmul, step_masks, AttentionMask,
+    Linear, LoraAdapter, LoraSite, RmsNorm, StepMasks,
 };
 use crate::llama::{AttentionImpl, LoadOptions};
 use crate::lora::LoraConfig;
@@ -1174,11 +1174,8 @@ impl Phi3 {
         if decoding && groups > 1 {
             return Ok(self.decode_attention(attn, &q, &k, &v, mask, b));
         }
-        let (k, v) = if groups > 1 {
-            (repeat_kv(&k, groups), repeat_kv(&v, groups))
-        } else {
-            (k, v)
-        };
+        // `attend` takes the grouped heads as they are (repeating them where
+        // its kernel needs it).
         let out = attend(&q, &k, &v, mask, self.attention)
             .transpose(1, 2)
             .contiguous()

@@ -131,11 +131,8 @@ impl Llama {
         if decoding && groups > 1 {
             return self.decode_attention(attn, &q, &k, &v, mask, b);
         }
-        let (k, v) = if groups > 1 {
-            (repeat_kv(&k, groups), repeat_kv(&v, groups))
-        } else {
-            (k, v)
-        };
+        // `attend` takes the grouped heads as they are (repeating them where
+        // its kernel needs it).
         let out = attend(&q, &k, &v, mask, self.attention);
         let out = out
             .transpose(1, 2)

@@ -17,8 +17,8 @@ use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::layers::{
     attach_lora, attend, check_token_ids, collect_taps, compute_kind, load_lora_into,
-    merge_lora_sites, repeat_kv, rotate_half, seeded_init_lock, softmax_matmul, step_masks,
-    AttentionMask, Linear, LoraSite, RmsNorm, StepMasks,
+    merge_lora_sites, rotate_half, seeded_init_lock, softmax_matmul, step_masks, AttentionMask,
+    Linear, LoraSite, RmsNorm, StepMasks,
 };
 use crate::lora::LoraConfig;
 use crate::model::{linear_head_nll, CausalLm, KvCache, LmBatch};
