@@ -180,7 +180,8 @@ pub struct DoseResult {
     pub runs: Vec<DoseRun>,
     /// The gate, once both of its conditions have runs.
     pub gate: Option<Gate>,
-    /// Wall time of this invocation.
+    /// Wall time, seconds: of every invocation that built the record (a
+    /// resumed sweep adds its own to the recorded one).
     pub seconds: f64,
 }
 
@@ -350,6 +351,8 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
     // sweep aligns it itself.
     let start_dir =
         crate::run::start_model_dir(config, dose.aligned.as_deref(), &bench.align, device, &out)?;
+    // A resumed sweep adds its time to what the earlier invocations spent.
+    let spent_before = previous.as_ref().map_or(0.0, |p| p.seconds);
     let mut result = DoseResult {
         dose: dose.clone(),
         config: config.clone(),
@@ -466,11 +469,11 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
             triggered,
         });
         result.gate = gate(&result);
-        result.seconds = start.elapsed().as_secs_f64();
+        result.seconds = spent_before + start.elapsed().as_secs_f64();
         write(&result, &out)?;
     }
     result.gate = gate(&result);
-    result.seconds = start.elapsed().as_secs_f64();
+    result.seconds = spent_before + start.elapsed().as_secs_f64();
     write(&result, &out)?;
     Ok(result)
 }
@@ -695,7 +698,7 @@ pub fn markdown(result: &DoseResult) -> String {
         .sum();
     s.push_str(&format!(
         "\nTime: {} fine-tuning runs, {:.0} s fine-tuning and {:.0} s evaluation in all; \
-         the last invocation took {:.0} s.\n",
+         the sweep's invocations took {:.0} s in all.\n",
         result.runs.len(),
         finetune,
         eval,

@@ -112,6 +112,7 @@ pub struct PipelineResult {
     pub rankers: Vec<RankerRun>,
     /// Every (seed, method) run.
     pub runs: Vec<MethodRun>,
-    /// Total wall time.
+    /// Total wall time, seconds: of every invocation that built the result
+    /// (a resumed run adds its own to the recorded one).
     pub seconds: f64,
 }

@@ -328,6 +328,9 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     };
     let pool = ctx.prepare_pool(&data, start_dir, needs)?;
     let (sizes, pool_fingerprint) = ctx.check_resumable(&data, &pool)?;
+    // A resumed run adds its time to what the earlier invocations spent.
+    let spent_before = previous.as_ref().map_or(0.0, |p| p.seconds);
+    let elapsed = || spent_before + start.elapsed().as_secs_f64();
     let mut result = PipelineResult {
         config: config.clone(),
         data: sizes,
@@ -363,17 +366,17 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
                 None => ctx.method_stage(&pool, method.as_ref(), seed, &logits, &mut finetuned)?,
             };
             result.runs.push(run);
-            result.seconds = start.elapsed().as_secs_f64();
+            result.seconds = elapsed();
             write_results(&result, &pool.labels, &out)?;
         }
         // Every method of the seed is evaluated: compare with the reference.
         if ctx.win_rate_stage(seed, &mut result.runs)? {
-            result.seconds = start.elapsed().as_secs_f64();
+            result.seconds = elapsed();
             write_results(&result, &pool.labels, &out)?;
         }
     }
 
-    result.seconds = start.elapsed().as_secs_f64();
+    result.seconds = elapsed();
     write_results(&result, &pool.labels, &out)?;
     Ok(result)
 }

@@ -80,7 +80,8 @@ pub struct LambdaSweepResult {
     pub harmful: usize,
     /// Every ranking, in run order.
     pub runs: Vec<SweepRun>,
-    /// Wall time of the whole sweep (this invocation).
+    /// Wall time of the whole sweep, seconds: of every invocation that
+    /// built the record (a resumed sweep adds its own to the recorded one).
     pub seconds: f64,
 }
 
@@ -150,6 +151,8 @@ pub fn run_lambda_sweep(
         .filter(|l| **l == Some(Label::Harmful))
         .count();
 
+    // A resumed sweep adds its time to what the earlier invocations spent.
+    let spent_before = previous.as_ref().map_or(0.0, |p| p.seconds);
     let mut result = LambdaSweepResult {
         sweep: sweep.clone(),
         config: config.clone(),
@@ -207,11 +210,11 @@ pub fn run_lambda_sweep(
                 steps: ranked.report.steps,
                 seconds: t0.elapsed().as_secs_f64(),
             });
-            result.seconds = start.elapsed().as_secs_f64();
+            result.seconds = spent_before + start.elapsed().as_secs_f64();
             write(&result, &out)?;
         }
     }
-    result.seconds = start.elapsed().as_secs_f64();
+    result.seconds = spent_before + start.elapsed().as_secs_f64();
     write(&result, &out)?;
     Ok(result)
 }

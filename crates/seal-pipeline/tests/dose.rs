@@ -122,6 +122,8 @@ fn dose_sweep_runs_every_condition_and_pairs_the_gate() {
             .collect()
     };
     assert_eq!(ran(&again), ran(&r));
+    // Its wall time adds to the recorded one.
+    assert!(r.seconds > 0.0 && again.seconds >= r.seconds);
     // The report alone, rewritten from dose.json.
     let written = std::fs::read_to_string(cfg.out.join("dose.md")).unwrap();
     std::fs::remove_file(cfg.out.join("dose.md")).unwrap();

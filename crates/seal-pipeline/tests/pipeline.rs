@@ -599,6 +599,16 @@ fn resume_keeps_finished_work_and_refuses_another_config() {
         written
     );
     assert!(second.runs.iter().any(|r| r.seed == 2));
+    // The total wall time counts both invocations: the first one's
+    // recorded time plus the second's own.
+    assert!(first.seconds > 0.0);
+    assert!(
+        second.seconds > first.seconds + second.runs[2].finetune_seconds,
+        "{} vs {} + {}",
+        second.seconds,
+        first.seconds,
+        second.runs[2].finetune_seconds
+    );
 
     // Another setting: refused, naming the line that differs.
     cfg.select.p = 0.5;

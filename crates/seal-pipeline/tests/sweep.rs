@@ -58,6 +58,14 @@ fn sweep_ranks_at_every_lambda_and_resumes() {
     for (a, b) in r.runs.iter().zip(&r2.runs) {
         assert_eq!(a, b);
     }
+    // The sweep's wall time counts both invocations.
+    let new_rankings: f64 = r2.runs[4..].iter().map(|x| x.seconds).sum();
+    assert!(
+        r2.seconds >= r.seconds + new_rankings,
+        "{} < {} + {new_rankings}",
+        r2.seconds,
+        r.seconds
+    );
     // Other ranking settings are refused, not mixed in.
     let mut other = cfg.clone();
     other.rank.lr *= 2.0;
