@@ -352,26 +352,18 @@ pub fn attend(
     attention: AttentionImpl,
 ) -> Tensor {
     let groups = q.size()[1] / k.size()[1].max(1);
-    let grouped_sdpa = attention == AttentionImpl::Sdpa && q.device() == Device::Cpu;
-    let (k, v) = if groups > 1 && !grouped_sdpa {
-        (repeat_kv(k, groups), repeat_kv(v, groups))
-    } else {
-        (k.shallow_clone(), v.shallow_clone())
-    };
-    let (k, v) = (&k, &v);
-    let gqa = groups > 1 && grouped_sdpa;
+    let gqa = groups > 1 && attention == AttentionImpl::Sdpa && q.device() == Device::Cpu;
+    let repeated = (groups > 1 && !gqa).then(|| (repeat_kv(k, groups), repeat_kv(v, groups)));
+    let (k, v) = repeated.as_ref().map_or((k, v), |(k, v)| (k, v));
     match attention {
-        AttentionImpl::Sdpa => match mask {
-            AttentionMask::Causal => {
-                Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, true, None, gqa)
-            }
-            AttentionMask::Full => {
-                Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, false, None, gqa)
-            }
-            AttentionMask::Explicit(m) => {
-                Tensor::scaled_dot_product_attention(q, k, v, Some(m), 0.0, false, None, gqa)
-            }
-        },
+        AttentionImpl::Sdpa => {
+            let (explicit, causal) = match mask {
+                AttentionMask::Causal => (None, true),
+                AttentionMask::Full => (None, false),
+                AttentionMask::Explicit(m) => (Some(m), false),
+            };
+            Tensor::scaled_dot_product_attention(q, k, v, explicit, 0.0, causal, None, gqa)
+        }
         AttentionImpl::Math => {
             let (lq, lk) = (q.size()[2], k.size()[2]);
             let hd = *q.size().last().unwrap_or(&1);

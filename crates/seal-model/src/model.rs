@@ -489,36 +489,77 @@ pub fn response_nll(
     loss_kind: Kind,
     head: &dyn Fn(&Tensor) -> Tensor,
 ) -> Result<Tensor> {
-    let size = hidden.size();
-    let (b, l, width) = (size[0], size[1], size[2]);
-    let device = hidden.device();
-    if l < 2 {
-        return Ok(Tensor::zeros([b], (loss_kind, device)));
-    }
-    let h = hidden.narrow(1, 0, l - 1).reshape([-1, width]);
-    let targets = batch
-        .input_ids
-        .to_device(device)
-        .narrow(1, 1, l - 1)
-        .reshape([-1]);
-    let mask = batch
-        .loss_mask
-        .to_device(device)
-        .narrow(1, 1, l - 1)
-        .to_kind(Kind::Bool);
-    let flat = mask.reshape([-1]).nonzero().squeeze_dim(1);
-    let counts = mask.sum_dim_intlist(1, false, loss_kind);
-    let logits = head(&h.index_select(0, &flat)).to_kind(loss_kind);
+    let Some(tokens) = ResponseTokens::of(hidden, batch, loss_kind) else {
+        return Ok(Tensor::zeros(
+            [hidden.size()[0]],
+            (loss_kind, hidden.device()),
+        ));
+    };
+    let logits = head(&tokens.hidden).to_kind(loss_kind);
     let token_nll = logits.f_cross_entropy_loss::<Tensor>(
-        &targets.index_select(0, &flat),
+        &tokens.labels,
         None,
         tch::Reduction::None,
         -100,
         0.0,
     )?;
-    let rows = flat.divide_scalar_mode(l - 1, "floor");
-    let sums = Tensor::zeros([b], (loss_kind, device)).index_add(0, &rows, &token_nll);
-    Ok(sums / counts.clamp_min(1.0))
+    Ok(tokens.per_sample_mean(&token_nll))
+}
+
+/// The positions of a batch whose next token carries a loss, shared by
+/// [`response_nll`] and [`chunked_response_nll`].
+struct ResponseTokens {
+    /// Their final hidden states `[N, H]`.
+    hidden: Tensor,
+    /// Their labels (the next token) `[N]`.
+    labels: Tensor,
+    /// The batch row of each `[N]`.
+    rows: Tensor,
+    /// Labelled tokens per row `[B]`, in the loss dtype.
+    counts: Tensor,
+}
+
+impl ResponseTokens {
+    /// `None` for rows shorter than two tokens (nothing to predict).
+    fn of(hidden: &Tensor, batch: &LmBatch, loss_kind: Kind) -> Option<Self> {
+        let size = hidden.size();
+        let (l, width) = (size[1], size[2]);
+        if l < 2 {
+            return None;
+        }
+        let device = hidden.device();
+        let targets = batch
+            .input_ids
+            .to_device(device)
+            .narrow(1, 1, l - 1)
+            .reshape([-1]);
+        let mask = batch
+            .loss_mask
+            .to_device(device)
+            .narrow(1, 1, l - 1)
+            .to_kind(Kind::Bool);
+        let flat = mask.reshape([-1]).nonzero().squeeze_dim(1);
+        Some(Self {
+            hidden: hidden
+                .narrow(1, 0, l - 1)
+                .reshape([-1, width])
+                .index_select(0, &flat),
+            labels: targets.index_select(0, &flat),
+            rows: flat.divide_scalar_mode(l - 1, "floor"),
+            counts: mask.sum_dim_intlist(1, false, loss_kind),
+        })
+    }
+
+    /// Per-row mean `[B]` of per-token values `[N]` (0 for rows without labels).
+    fn per_sample_mean(&self, token_values: &Tensor) -> Tensor {
+        let rows = self.counts.size()[0];
+        let sums = Tensor::zeros([rows], (token_values.kind(), token_values.device())).index_add(
+            0,
+            &self.rows,
+            token_values,
+        );
+        sums / self.counts.clamp_min(1.0)
+    }
 }
 
 /// Elements of one chunk of [`chunked_response_nll`]'s logits: about 16 MB
@@ -552,12 +593,10 @@ pub fn chunked_response_nll(
     loss_kind: Kind,
     weight: &Tensor,
 ) -> Result<Tensor> {
-    let size = hidden.size();
-    let (b, l, width) = (size[0], size[1], size[2]);
-    let device = hidden.device();
-    if l < 2 {
-        return Ok(Tensor::zeros([b], (loss_kind, device)));
-    }
+    let (width, device) = (hidden.size()[2], hidden.device());
+    let Some(tokens) = ResponseTokens::of(hidden, batch, loss_kind) else {
+        return Ok(Tensor::zeros([hidden.size()[0]], (loss_kind, device)));
+    };
     let wsize = weight.size();
     if wsize.len() != 2 || wsize[1] != width {
         return Err(ModelError::InvalidInput(format!(
@@ -565,24 +604,8 @@ pub fn chunked_response_nll(
         )));
     }
     let vocab = wsize[0];
-    let targets = batch
-        .input_ids
-        .to_device(device)
-        .narrow(1, 1, l - 1)
-        .reshape([-1]);
-    let mask = batch
-        .loss_mask
-        .to_device(device)
-        .narrow(1, 1, l - 1)
-        .to_kind(Kind::Bool);
-    let flat = mask.reshape([-1]).nonzero().squeeze_dim(1);
-    let counts = mask.sum_dim_intlist(1, false, loss_kind);
-    let n = flat.size()[0];
-    let h = hidden
-        .narrow(1, 0, l - 1)
-        .reshape([-1, width])
-        .index_select(0, &flat);
-    let labels = targets.index_select(0, &flat);
+    let (h, labels) = (&tokens.hidden, &tokens.labels);
+    let n = h.size()[0];
     if n > 0
         && labels
             .ge(vocab)
@@ -636,9 +659,7 @@ pub fn chunked_response_nll(
         }
         None => token_nll,
     };
-    let rows = flat.divide_scalar_mode(l - 1, "floor");
-    let sums = Tensor::zeros([b], (loss_kind, device)).index_add(0, &rows, &token_nll);
-    Ok(sums / counts.clamp_min(1.0))
+    Ok(tokens.per_sample_mean(&token_nll))
 }
 
 /// The per-sample NLL of a linear LM head without bias (`weight` `[V, H]`):

@@ -295,7 +295,7 @@ fn conditions(dose: &DoseConfig) -> Result<(Benchmark, Vec<ConditionData>)> {
 
 /// Runs (or, with `resume`, continues) the sweep into `config.out`.
 pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult> {
-    let start = Instant::now();
+    let mut clock = crate::run::WallClock::start();
     let device = crate::run::prepare(config)?;
     let out = config.out.clone();
     mkdir(&out)?;
@@ -351,8 +351,7 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
     // sweep aligns it itself.
     let start_dir =
         crate::run::start_model_dir(config, dose.aligned.as_deref(), &bench.align, device, &out)?;
-    // A resumed sweep adds its time to what the earlier invocations spent.
-    let spent_before = previous.as_ref().map_or(0.0, |p| p.seconds);
+    clock.resume_from(previous.as_ref().map(|p| p.seconds));
     let mut result = DoseResult {
         dose: dose.clone(),
         config: config.clone(),
@@ -469,11 +468,11 @@ pub fn run_dose(config: &PipelineConfig, dose: &DoseConfig) -> Result<DoseResult
             triggered,
         });
         result.gate = gate(&result);
-        result.seconds = spent_before + start.elapsed().as_secs_f64();
+        result.seconds = clock.seconds();
         write(&result, &out)?;
     }
     result.gate = gate(&result);
-    result.seconds = spent_before + start.elapsed().as_secs_f64();
+    result.seconds = clock.seconds();
     write(&result, &out)?;
     Ok(result)
 }

@@ -41,6 +41,33 @@ pub fn load_data(config: &PipelineConfig) -> Result<Benchmark> {
     Ok(b)
 }
 
+/// Wall time of a record that several invocations may build (`--resume`):
+/// the seconds the record already holds plus this invocation's so far.
+pub(crate) struct WallClock {
+    started: Instant,
+    recorded: f64,
+}
+
+impl WallClock {
+    /// Starts counting this invocation.
+    pub(crate) fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            recorded: 0.0,
+        }
+    }
+
+    /// Counts on from the `seconds` of the record being resumed, if any.
+    pub(crate) fn resume_from(&mut self, recorded: Option<f64>) {
+        self.recorded = recorded.unwrap_or(0.0);
+    }
+
+    /// Recorded seconds plus this invocation's.
+    pub(crate) fn seconds(&self) -> f64 {
+        self.recorded + self.started.elapsed().as_secs_f64()
+    }
+}
+
 /// A sweep's record (`dose.json`, `lambda_sweep.json`): the configuration
 /// it ran with, for [`read_previous`].
 pub(crate) trait SweepRecord: serde::de::DeserializeOwned {
@@ -261,7 +288,7 @@ pub(crate) fn prepare(config: &PipelineConfig) -> Result<Device> {
 /// stages below in order, writing `results.json` and the report after every
 /// method so that a run stopped early keeps what it measured.
 pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<PipelineResult> {
-    let start = Instant::now();
+    let mut clock = WallClock::start();
     let device = prepare(config)?;
     // Every name is resolved before anything is written or computed.
     let methods = registered_methods().resolve(&config.select.methods)?;
@@ -328,9 +355,7 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
     };
     let pool = ctx.prepare_pool(&data, start_dir, needs)?;
     let (sizes, pool_fingerprint) = ctx.check_resumable(&data, &pool)?;
-    // A resumed run adds its time to what the earlier invocations spent.
-    let spent_before = previous.as_ref().map_or(0.0, |p| p.seconds);
-    let elapsed = || spent_before + start.elapsed().as_secs_f64();
+    clock.resume_from(previous.as_ref().map(|p| p.seconds));
     let mut result = PipelineResult {
         config: config.clone(),
         data: sizes,
@@ -366,17 +391,17 @@ pub fn run_with(config: &PipelineConfig, options: &RunOptions) -> Result<Pipelin
                 None => ctx.method_stage(&pool, method.as_ref(), seed, &logits, &mut finetuned)?,
             };
             result.runs.push(run);
-            result.seconds = elapsed();
+            result.seconds = clock.seconds();
             write_results(&result, &pool.labels, &out)?;
         }
         // Every method of the seed is evaluated: compare with the reference.
         if ctx.win_rate_stage(seed, &mut result.runs)? {
-            result.seconds = elapsed();
+            result.seconds = clock.seconds();
             write_results(&result, &pool.labels, &out)?;
         }
     }
 
-    result.seconds = elapsed();
+    result.seconds = clock.seconds();
     write_results(&result, &pool.labels, &out)?;
     Ok(result)
 }

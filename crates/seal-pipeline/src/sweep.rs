@@ -113,7 +113,7 @@ pub fn run_lambda_sweep(
     config: &PipelineConfig,
     sweep: &LambdaSweepConfig,
 ) -> Result<LambdaSweepResult> {
-    let start = Instant::now();
+    let mut clock = crate::run::WallClock::start();
     if sweep.lambdas.is_empty() {
         return Err(PipelineError::config("lambdas", "the sweep needs a λ"));
     }
@@ -151,8 +151,7 @@ pub fn run_lambda_sweep(
         .filter(|l| **l == Some(Label::Harmful))
         .count();
 
-    // A resumed sweep adds its time to what the earlier invocations spent.
-    let spent_before = previous.as_ref().map_or(0.0, |p| p.seconds);
+    clock.resume_from(previous.as_ref().map(|p| p.seconds));
     let mut result = LambdaSweepResult {
         sweep: sweep.clone(),
         config: config.clone(),
@@ -210,11 +209,11 @@ pub fn run_lambda_sweep(
                 steps: ranked.report.steps,
                 seconds: t0.elapsed().as_secs_f64(),
             });
-            result.seconds = spent_before + start.elapsed().as_secs_f64();
+            result.seconds = clock.seconds();
             write(&result, &out)?;
         }
     }
-    result.seconds = spent_before + start.elapsed().as_secs_f64();
+    result.seconds = clock.seconds();
     write(&result, &out)?;
     Ok(result)
 }
